@@ -1,0 +1,192 @@
+/**
+ * Environment → typed, validated, frozen configuration.
+ *
+ * Every variable Ferry reads is listed in VARIABLES (and in the README). A bad
+ * value fails at start with a ConfigError that names every bad variable at once.
+ */
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export interface FerryConfig {
+  readonly redisUrl: string;
+  readonly host: string;
+  readonly port: number;
+  readonly sourceRoot: string;
+  readonly registryAllow: readonly string[];
+  readonly insecureRegistries: readonly string[];
+  readonly caFile: string | undefined;
+  readonly apiTokens: readonly string[];
+  readonly dockerConfig: string;
+  readonly signingKey: string | undefined;
+  readonly signingCert: string | undefined;
+  readonly pgpKey: string | undefined;
+  readonly keyPassphraseFile: string | undefined;
+  readonly lookupConcurrency: number;
+  readonly uploadConcurrency: number;
+  readonly uploadChunkSize: number;
+  readonly gzipLevel: number;
+  readonly queuePrefix: string;
+  readonly stateTtl: number;
+  readonly shutdownTimeout: number;
+  readonly healthPort: number | undefined;
+  readonly logLevel: string;
+  readonly url: string;
+  readonly token: string | undefined;
+}
+
+export class ConfigError extends Error {
+  readonly code = 'FERRY_CONFIG_INVALID';
+  constructor(readonly problems: readonly { variable: string; message: string }[]) {
+    super(
+      'invalid configuration: ' + problems.map((p) => `${p.variable}: ${p.message}`).join('; '),
+    );
+    this.name = 'ConfigError';
+  }
+}
+
+export const VARIABLES = [
+  'FERRY_REDIS_URL',
+  'FERRY_HOST',
+  'FERRY_PORT',
+  'FERRY_SOURCE_ROOT',
+  'FERRY_REGISTRY_ALLOW',
+  'FERRY_INSECURE_REGISTRIES',
+  'FERRY_CA_FILE',
+  'FERRY_API_TOKENS',
+  'FERRY_DOCKER_CONFIG',
+  'FERRY_SIGNING_KEY',
+  'FERRY_SIGNING_CERT',
+  'FERRY_PGP_KEY',
+  'FERRY_KEY_PASSPHRASE_FILE',
+  'FERRY_LOOKUP_CONCURRENCY',
+  'FERRY_UPLOAD_CONCURRENCY',
+  'FERRY_UPLOAD_CHUNK_SIZE',
+  'FERRY_GZIP_LEVEL',
+  'FERRY_QUEUE_PREFIX',
+  'FERRY_STATE_TTL',
+  'FERRY_SHUTDOWN_TIMEOUT',
+  'FERRY_HEALTH_PORT',
+  'FERRY_LOG_LEVEL',
+  'FERRY_URL',
+  'FERRY_TOKEN',
+] as const;
+
+const LOG_LEVELS = ['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly'];
+
+type Env = Record<string, string | undefined>;
+
+class Reader {
+  readonly problems: { variable: string; message: string }[] = [];
+  constructor(private readonly env: Env) {}
+
+  raw(name: string): string | undefined {
+    const v = this.env[name];
+    return v === undefined || v.trim() === '' ? undefined : v.trim();
+  }
+
+  string(name: string, def: string): string {
+    return this.raw(name) ?? def;
+  }
+
+  optional(name: string): string | undefined {
+    return this.raw(name);
+  }
+
+  list(name: string, def: readonly string[]): string[] {
+    const v = this.env[name];
+    if (v === undefined) return [...def];
+    return v
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0);
+  }
+
+  int(name: string, def: number, min: number, max: number): number {
+    const v = this.raw(name);
+    if (v === undefined) return def;
+    if (!/^-?\d+$/.test(v)) {
+      this.problems.push({
+        variable: name,
+        message: `expected an integer, got ${JSON.stringify(v)}`,
+      });
+      return def;
+    }
+    const n = Number(v);
+    if (n < min || n > max) {
+      this.problems.push({
+        variable: name,
+        message: `must be between ${min} and ${max}, got ${n}`,
+      });
+      return def;
+    }
+    return n;
+  }
+
+  url(name: string, def: string, protocols: string[]): string {
+    const v = this.string(name, def);
+    try {
+      const u = new URL(v);
+      if (!protocols.includes(u.protocol)) {
+        this.problems.push({
+          variable: name,
+          message: `expected a ${protocols.join(' or ')} URL, got ${u.protocol}`,
+        });
+      }
+    } catch {
+      this.problems.push({ variable: name, message: 'not a valid URL' });
+    }
+    return v;
+  }
+}
+
+/** Reads and validates the environment; throws ConfigError naming every bad variable. */
+export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): FerryConfig {
+  const r = new Reader(env);
+  const logLevel = r.string('FERRY_LOG_LEVEL', 'info');
+  if (!LOG_LEVELS.includes(logLevel)) {
+    r.problems.push({
+      variable: 'FERRY_LOG_LEVEL',
+      message: `expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`,
+    });
+  }
+  const healthPortRaw = r.raw('FERRY_HEALTH_PORT');
+  const queuePrefix = r.string('FERRY_QUEUE_PREFIX', '{ferry}');
+  if (queuePrefix.includes(':')) {
+    r.problems.push({ variable: 'FERRY_QUEUE_PREFIX', message: 'may not contain ":"' });
+  }
+  const chunk = r.int('FERRY_UPLOAD_CHUNK_SIZE', 33554432, 0, 2 ** 40);
+  if (chunk !== 0 && chunk < 1024) {
+    r.problems.push({
+      variable: 'FERRY_UPLOAD_CHUNK_SIZE',
+      message: 'must be 0 (one streamed PATCH) or at least 1024 bytes',
+    });
+  }
+  const config: FerryConfig = {
+    redisUrl: r.url('FERRY_REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
+    host: r.string('FERRY_HOST', '127.0.0.1'),
+    port: r.int('FERRY_PORT', 8080, 0, 65535),
+    sourceRoot: resolve(cwd, r.string('FERRY_SOURCE_ROOT', cwd)),
+    registryAllow: r.list('FERRY_REGISTRY_ALLOW', ['localhost', '127.0.0.1']),
+    insecureRegistries: r.list('FERRY_INSECURE_REGISTRIES', ['localhost', '127.0.0.0/8']),
+    caFile: r.optional('FERRY_CA_FILE'),
+    apiTokens: r.list('FERRY_API_TOKENS', []),
+    dockerConfig: r.string('FERRY_DOCKER_CONFIG', join(homedir(), '.docker', 'config.json')),
+    signingKey: r.optional('FERRY_SIGNING_KEY'),
+    signingCert: r.optional('FERRY_SIGNING_CERT'),
+    pgpKey: r.optional('FERRY_PGP_KEY'),
+    keyPassphraseFile: r.optional('FERRY_KEY_PASSPHRASE_FILE'),
+    lookupConcurrency: r.int('FERRY_LOOKUP_CONCURRENCY', 5, 1, 1000),
+    uploadConcurrency: r.int('FERRY_UPLOAD_CONCURRENCY', 2, 1, 1000),
+    uploadChunkSize: chunk,
+    gzipLevel: r.int('FERRY_GZIP_LEVEL', 6, 1, 9),
+    queuePrefix,
+    stateTtl: r.int('FERRY_STATE_TTL', 604800, 60, 10 * 365 * 86400),
+    shutdownTimeout: r.int('FERRY_SHUTDOWN_TIMEOUT', 30, 1, 3600),
+    healthPort: healthPortRaw === undefined ? undefined : r.int('FERRY_HEALTH_PORT', 0, 0, 65535),
+    logLevel,
+    url: r.url('FERRY_URL', 'http://127.0.0.1:8080', ['http:', 'https:']),
+    token: r.optional('FERRY_TOKEN'),
+  };
+  if (r.problems.length > 0) throw new ConfigError(r.problems);
+  return Object.freeze(config);
+}

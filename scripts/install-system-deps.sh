@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages Ferry's tests and local stack use, only when missing:
+# redis-server, docker-registry (CNCF distribution 2.8), skopeo, gpg.
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "ferry: missing ${need[*]}; run as root or install them: apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "ferry: missing ${need[*]} and no apt-get here; install them with your package manager" >&2
+  exit 1
+fi
+echo "ferry: installing ${need[*]} (apt-get)" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The Debian packages start their own services on the default ports; Ferry never
+# uses those, it starts its own on free ports. Leave them as the system set them.
