@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Ajv from 'ajv';
+import { parse } from 'yaml';
+
+const root = join(__dirname, '..', '..');
+const schemaPath = join(root, '..', 'shared', 'schemas', 'compose-spec.json');
+
+describe('docker-compose.yml', () => {
+  it('is valid against the Compose Specification schema', function () {
+    let schemaText: string;
+    try {
+      schemaText = readFileSync(schemaPath, 'utf8');
+    } catch {
+      this.skip(); // the schema ships beside the repository, not in it
+    }
+    const ajv = new Ajv({
+      allErrors: true,
+      strict: false,
+      validateFormats: false,
+      validateSchema: false,
+    });
+    const validate = ajv.compile(JSON.parse(schemaText));
+    const doc = parse(readFileSync(join(root, 'docker-compose.yml'), 'utf8'));
+    const ok = validate(doc);
+    assert.ok(ok, JSON.stringify(validate.errors, null, 2));
+    assert.deepEqual(Object.keys(doc.services).sort(), [
+      'api',
+      'coordinator',
+      'lookup',
+      'redis',
+      'registry',
+      'upload',
+    ]);
+  });
+});
