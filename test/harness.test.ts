@@ -1,0 +1,355 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { request, type Dispatcher } from 'undici';
+import {
+  freePort,
+  liveServices,
+  pidAlive,
+  portAnswers,
+  redisPing,
+  skopeo,
+  skopeoInspect,
+  spawnService,
+  startProxy,
+  startRedis,
+  startRegistry,
+  stopAllServices,
+  tmpDir,
+  waitForPidExit,
+  type ProxyHandle,
+  type RedisHandle,
+  type RegistryHandle,
+} from './helpers';
+import { mochaHooks } from './helpers/mocha-hooks';
+
+const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
+
+interface Opts {
+  headers?: Record<string, string>;
+  dispatcher?: Dispatcher;
+}
+
+/** Monolithic blob upload (POST + PUT ?digest=); returns the digest. */
+async function pushBlob(base: string, repo: string, blob: Buffer, o: Opts = {}): Promise<string> {
+  const digest = sha256(blob);
+  const start = await request(`${base}/v2/${repo}/blobs/uploads/`, {
+    method: 'POST',
+    headers: o.headers,
+    dispatcher: o.dispatcher,
+  });
+  await start.body.dump();
+  assert.equal(start.statusCode, 202, `POST upload: ${start.statusCode}`);
+  const location = new URL(String(start.headers.location), base);
+  location.searchParams.set('digest', digest);
+  const put = await request(location, {
+    method: 'PUT',
+    body: blob,
+    headers: { ...o.headers, 'content-type': 'application/octet-stream' },
+    dispatcher: o.dispatcher,
+  });
+  const text = await put.body.text();
+  assert.equal(put.statusCode, 201, `PUT blob: ${put.statusCode} ${text}`);
+  return digest;
+}
+
+/** Pushes a one-layer OCI image and returns its manifest digest. */
+async function pushImage(base: string, repo: string, tag: string, o: Opts = {}) {
+  const layer = randomBytes(1024);
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: [sha256(layer)] },
+    }),
+  );
+  const layerDigest = await pushBlob(base, repo, layer, o);
+  const configDigest = await pushBlob(base, repo, config, o);
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: {
+        mediaType: 'application/vnd.oci.image.config.v1+json',
+        digest: configDigest,
+        size: config.length,
+      },
+      layers: [
+        {
+          mediaType: 'application/vnd.oci.image.layer.v1.tar',
+          digest: layerDigest,
+          size: layer.length,
+        },
+      ],
+    }),
+  );
+  const res = await request(`${base}/v2/${repo}/manifests/${tag}`, {
+    method: 'PUT',
+    body: manifest,
+    headers: { ...o.headers, 'content-type': 'application/vnd.oci.image.manifest.v1+json' },
+    dispatcher: o.dispatcher,
+  });
+  const text = await res.body.text();
+  assert.equal(res.statusCode, 201, `PUT manifest: ${text}`);
+  return { manifestDigest: sha256(manifest), layerDigest, layer };
+}
+
+async function status(url: string, o: Opts & { method?: 'GET' | 'HEAD' } = {}): Promise<number> {
+  const res = await request(url, {
+    method: o.method ?? 'GET',
+    headers: o.headers,
+    dispatcher: o.dispatcher,
+  });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+describe('test harness', function () {
+  this.timeout(60_000);
+
+  describe('ports and processes', () => {
+    it('freePort gives a bindable loopback port', async () => {
+      const port = await freePort();
+      assert.ok(port > 0 && port < 65536);
+      assert.equal(await portAnswers(port), false);
+    });
+
+    it('spawnService fails with the last log lines when the service exits early', async () => {
+      await assert.rejects(
+        spawnService({
+          name: 'early-exit',
+          cmd: process.execPath,
+          args: ['-e', 'console.error("boom: config invalid"); process.exit(3)'],
+          ready: async () => false,
+        }),
+        (err: Error) =>
+          /exited with code 3/.test(err.message) && /boom: config invalid/.test(err.message),
+      );
+    });
+
+    it('spawnService kills a service that is not ready in time', async () => {
+      const before = new Set(liveServices().map((s) => s.pid));
+      await assert.rejects(
+        spawnService({
+          name: 'never-ready',
+          cmd: process.execPath,
+          args: ['-e', 'console.log("waiting forever"); setInterval(() => {}, 1000)'],
+          ready: async () => false,
+          timeoutMs: 500,
+          graceMs: 500,
+        }),
+        /was not ready within 500 ms[\s\S]*waiting forever/,
+      );
+      assert.deepEqual(
+        liveServices().filter((s) => !before.has(s.pid)),
+        [],
+      );
+    });
+
+    it('stop() escalates to SIGKILL when SIGTERM is ignored', async () => {
+      const svc = await spawnService({
+        name: 'stubborn',
+        cmd: process.execPath,
+        args: [
+          '-e',
+          'process.on("SIGTERM", () => {}); console.log("up"); setInterval(() => {}, 1000)',
+        ],
+        ready: async () => true,
+        graceMs: 300,
+      });
+      await new Promise((r) => setTimeout(r, 200)); // let it install the SIGTERM handler
+      assert.ok(pidAlive(svc.pid));
+      await svc.stop();
+      assert.equal(svc.exitStatus?.signal, 'SIGKILL');
+      assert.equal(pidAlive(svc.pid), false);
+    });
+
+    it('the mocha root hook stops services a test left running', async () => {
+      const svc = await spawnService({
+        name: 'forgotten',
+        cmd: process.execPath,
+        args: ['-e', 'setInterval(() => {}, 1000)'],
+        ready: async () => true,
+      });
+      assert.ok(liveServices().some((s) => s.pid === svc.pid));
+      await mochaHooks.afterAll();
+      assert.equal(pidAlive(svc.pid), false);
+      assert.equal(liveServices().length, 0);
+    });
+
+    it('services die with a process that crashes after starting them', async () => {
+      const dir = tmpDir('harness-crash');
+      const pidFile = join(dir, 'pid');
+      const script = join(dir, 'crash.ts');
+      const helpers = join(__dirname, 'helpers');
+      writeFileSync(
+        script,
+        `const { startRedis } = require(${JSON.stringify(helpers)});\n` +
+          `const { writeFileSync } = require('node:fs');\n` +
+          `startRedis().then((r) => { writeFileSync(${JSON.stringify(pidFile)}, String(r.pid)); throw new Error('test crashed'); });\n`,
+      );
+      const code = await new Promise<number | null>((resolve) => {
+        const child = spawn(process.execPath, ['--require', 'tsx/cjs', script], {
+          stdio: 'ignore',
+        });
+        child.once('exit', (c) => resolve(c));
+      });
+      assert.notEqual(code, 0);
+      const pid = Number(readFileSync(pidFile, 'utf8'));
+      assert.ok(pid > 0);
+      // SIGKILL was sent from the dying process's exit hook; give the kernel a moment to reap it.
+      assert.equal(
+        await waitForPidExit(pid, 3_000),
+        true,
+        `redis-server ${pid} outlived its parent`,
+      );
+    });
+  });
+
+  describe('redis', () => {
+    let redis: RedisHandle | undefined;
+    afterEach(async () => redis?.stop());
+
+    it('answers PING and is gone after stop', async () => {
+      redis = await startRedis();
+      assert.match(redis.url, /^redis:\/\/127\.0\.0\.1:\d+$/);
+      assert.notEqual(redis.port, 6379);
+      assert.equal(await redisPing(redis.host, redis.port), true);
+      const pid = redis.pid as number;
+      assert.ok(pidAlive(pid));
+      await redis.stop();
+      assert.equal(pidAlive(pid), false);
+      assert.equal(
+        await portAnswers(redis.port),
+        false,
+        'port still accepts connections after stop',
+      );
+    });
+
+    it('runs with maxmemory-policy noeviction and no persistence', async () => {
+      redis = await startRedis();
+      const { connect } = await import('node:net');
+      const reply = await new Promise<string>((resolve, reject) => {
+        const s = connect({ host: redis!.host, port: redis!.port });
+        let out = '';
+        s.on('connect', () =>
+          s.write('CONFIG GET maxmemory-policy\r\nCONFIG GET save\r\nCONFIG GET appendonly\r\n'),
+        );
+        s.on('data', (d) => {
+          out += d;
+          if ((out.match(/\r\n/g) ?? []).length >= 15) {
+            s.destroy();
+            resolve(out);
+          }
+        });
+        s.on('error', reject);
+      });
+      assert.match(reply, /maxmemory-policy\r\n\$10\r\nnoeviction/);
+      assert.match(reply, /save\r\n\$0\r\n\r\n/);
+      assert.match(reply, /appendonly\r\n\$2\r\nno/);
+    });
+  });
+
+  describe('registry (plain)', () => {
+    let registry: RegistryHandle | undefined;
+    afterEach(async () => registry?.stop());
+
+    it('answers GET /v2/ 200, stores an image skopeo can read, and stops', async () => {
+      registry = await startRegistry();
+      assert.match(registry.host, /^127\.0\.0\.1:\d+$/);
+      assert.equal(registry.url, `http://${registry.host}`);
+      assert.equal(await status(`${registry.url}/v2/`), 200);
+      const { manifestDigest } = await pushImage(registry.url, 'harness/plain', 'v1');
+      const info = await skopeoInspect(`docker://${registry.host}/harness/plain:v1`);
+      assert.equal(info.Digest, manifestDigest);
+      const raw = await skopeo([
+        'inspect',
+        '--tls-verify=false',
+        '--raw',
+        `docker://${registry.host}/harness/plain:v1`,
+      ]);
+      assert.equal(sha256(Buffer.from(raw.stdout)), manifestDigest);
+      assert.deepEqual(JSON.parse(readFileSync(registry.dockerConfigPath, 'utf8')), { auths: {} });
+      const pid = registry.pid as number;
+      await registry.stop();
+      assert.equal(pidAlive(pid), false);
+      assert.equal(await portAnswers(registry.port), false);
+    });
+
+    it('deletes are enabled', async () => {
+      registry = await startRegistry();
+      const { layerDigest } = await pushImage(registry.url, 'harness/del', 'v1');
+      const blob = `${registry.url}/v2/harness/del/blobs/${layerDigest}`;
+      assert.equal(await status(blob, { method: 'HEAD' }), 200);
+      const res = await request(blob, { method: 'DELETE' });
+      await res.body.dump();
+      assert.equal(res.statusCode, 202);
+      assert.equal(await status(blob, { method: 'HEAD' }), 404);
+    });
+
+    it('skopeo() rejects with stderr on failure', async () => {
+      registry = await startRegistry();
+      await assert.rejects(
+        skopeoInspect(`docker://${registry.host}/harness/missing:nope`),
+        /skopeo inspect --tls-verify=false docker:\/\/.*failed \(exit \d+\): .*(manifest unknown|not found)/i,
+      );
+    });
+  });
+
+  describe('proxy', () => {
+    let registry: RegistryHandle | undefined;
+    let proxy: ProxyHandle | undefined;
+    afterEach(async () => {
+      await proxy?.stop();
+      await registry?.stop();
+    });
+
+    it('counts bytes both ways against the size of a blob', async () => {
+      registry = await startRegistry();
+      proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
+      const base = `http://${proxy.host}`;
+      assert.equal(await status(`${base}/v2/`), 200);
+      proxy.resetCounters();
+      const blob = randomBytes(256 * 1024);
+      const digest = await pushBlob(base, 'harness/proxy', blob);
+      assert.ok(proxy.bytesUp >= blob.length, `bytesUp ${proxy.bytesUp} < ${blob.length}`);
+      assert.ok(
+        proxy.bytesUp < blob.length + 8 * 1024,
+        `bytesUp ${proxy.bytesUp} counts more than the upload`,
+      );
+      const up = proxy.bytesUp;
+      const down = proxy.bytesDown;
+      const res = await request(`${base}/v2/harness/proxy/blobs/${digest}`);
+      const body = Buffer.from(await res.body.arrayBuffer());
+      assert.equal(sha256(body), digest);
+      assert.ok(proxy.bytesDown - down >= blob.length);
+      assert.ok(proxy.bytesUp - up < 4 * 1024);
+    });
+
+    it('cutOnceAfter resets one connection, then lets traffic flow', async () => {
+      registry = await startRegistry();
+      proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
+      const base = `http://${proxy.host}`;
+      const blob = randomBytes(512 * 1024);
+      proxy.cutOnceAfter(100 * 1024);
+      await assert.rejects(
+        pushBlob(base, 'harness/cut', blob),
+        (err: Error & { code?: string }) => {
+          return /UND_ERR_SOCKET|ECONNRESET|EPIPE/.test(`${err.code} ${err.message}`);
+        },
+      );
+      assert.equal(proxy.cuts, 1);
+      assert.ok(proxy.bytesUp >= 100 * 1024 && proxy.bytesUp <= 100 * 1024 + 16 * 1024);
+      const digest = await pushBlob(base, 'harness/cut', blob);
+      assert.equal(proxy.cuts, 1);
+      assert.equal(
+        await status(`${registry.url}/v2/harness/cut/blobs/${digest}`, { method: 'HEAD' }),
+        200,
+      );
+    });
+  });
+
+  after(async () => stopAllServices());
+});

@@ -1,0 +1,139 @@
+import { createServer, connect, type Socket } from 'node:net';
+
+export interface ProxyHandle {
+  /** "127.0.0.1:PORT" — use it in place of the target's host. */
+  host: string;
+  port: number;
+  /** Total bytes client → target so far (since start or resetCounters). */
+  readonly bytesUp: number;
+  /** Total bytes target → client so far. */
+  readonly bytesDown: number;
+  /** Connections accepted so far. */
+  readonly connections: number;
+  /** Connections destroyed by cutOnceAfter so far. */
+  readonly cuts: number;
+  /**
+   * Arms a one-shot fault: the next connection whose client → target bytes pass
+   * `bytes` is destroyed (both sides reset) at that point; later connections flow.
+   */
+  cutOnceAfter(bytes: number): void;
+  resetCounters(): void;
+  stop(): Promise<void>;
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 (free port) in front of target, counting raw bytes
+ * both ways and able to cut one connection after N upstream bytes.
+ */
+export async function startProxy(target: { host: string; port: number }): Promise<ProxyHandle> {
+  if (!target || typeof target.host !== 'string' || !Number.isInteger(target.port)) {
+    throw new Error('startProxy: target must be { host: string; port: number }');
+  }
+  let bytesUp = 0;
+  let bytesDown = 0;
+  let connections = 0;
+  let cuts = 0;
+  let cutAt: number | undefined;
+  const sockets = new Set<Socket>();
+
+  const server = createServer((client) => {
+    connections++;
+    let up = 0;
+    const upstream = connect({ host: target.host, port: target.port });
+    sockets.add(client);
+    sockets.add(upstream);
+    const cut = () => {
+      // resetAndDestroy sends RST, like a dropped network path, not a clean FIN.
+      client.resetAndDestroy();
+      upstream.resetAndDestroy();
+    };
+    client.on('data', (chunk: Buffer) => {
+      if (cutAt !== undefined && up + chunk.length > cutAt) {
+        const keep = cutAt - up;
+        cutAt = undefined;
+        cuts++;
+        if (keep > 0) {
+          up += keep;
+          bytesUp += keep;
+          upstream.write(chunk.subarray(0, keep), () => cut());
+          client.pause();
+        } else {
+          cut();
+        }
+        return;
+      }
+      up += chunk.length;
+      bytesUp += chunk.length;
+      if (!upstream.write(chunk)) {
+        client.pause();
+        upstream.once('drain', () => client.resume());
+      }
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      bytesDown += chunk.length;
+      if (!client.write(chunk)) {
+        upstream.pause();
+        client.once('drain', () => upstream.resume());
+      }
+    });
+    client.on('end', () => upstream.end());
+    upstream.on('end', () => client.end());
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('error', close);
+    upstream.on('error', close);
+    client.on('close', close);
+    upstream.on('close', close);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: '127.0.0.1', port: 0 }, () => resolve());
+  });
+  const address = server.address();
+  if (address === null || typeof address === 'string')
+    throw new Error('startProxy: no TCP address');
+  const port = address.port;
+
+  let stopped: Promise<void> | undefined;
+  return {
+    host: `127.0.0.1:${port}`,
+    port,
+    get bytesUp() {
+      return bytesUp;
+    },
+    get bytesDown() {
+      return bytesDown;
+    },
+    get connections() {
+      return connections;
+    },
+    get cuts() {
+      return cuts;
+    },
+    cutOnceAfter(bytes: number) {
+      if (!Number.isInteger(bytes) || bytes < 0) {
+        throw new Error(`cutOnceAfter: bytes must be a non-negative integer, got ${bytes}`);
+      }
+      cutAt = bytes;
+    },
+    resetCounters() {
+      bytesUp = 0;
+      bytesDown = 0;
+      connections = 0;
+      cuts = 0;
+    },
+    stop() {
+      stopped ??= new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        sockets.clear();
+        server.close(() => resolve());
+      });
+      return stopped;
+    },
+  };
+}
