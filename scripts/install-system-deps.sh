@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages Ferry's tests and local stack use, only when missing:
-# redis-server, docker-registry (CNCF distribution 2.8), skopeo, gpg.
+# redis-server, docker-registry (CNCF distribution 2.8), skopeo, gpg, and htpasswd
+# (apache2-utils: the bcrypt htpasswd file of the basic-auth test registry).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { request, type Dispatcher } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
 import {
   freePort,
+  libtrustKeyId,
   liveServices,
   pidAlive,
   portAnswers,
@@ -94,6 +95,43 @@ async function pushImage(base: string, repo: string, tag: string, o: Opts = {}) 
   const text = await res.body.text();
   assert.equal(res.statusCode, 201, `PUT manifest: ${text}`);
   return { manifestDigest: sha256(manifest), layerDigest, layer };
+}
+
+/**
+ * A libtrust-style JWS signature on a schema1 manifest (ES256, key in the
+ * header's jwk) — just enough to show the schema1 registry variant verifies and
+ * accepts one; Ferry's own signer lives in @ferry/signing.
+ */
+function signSchema1(manifest: object): Buffer {
+  const content = Buffer.from(JSON.stringify(manifest, null, 3));
+  const text = content.toString();
+  const close = text.lastIndexOf('}');
+  const formatLength = text.slice(0, close).trimEnd().length;
+  const formatTail = text.slice(formatLength);
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = publicKey.export({ format: 'jwk' });
+  const kid = libtrustKeyId(publicKey.export({ type: 'spki', format: 'der' }));
+  const protectedHeader = Buffer.from(
+    JSON.stringify({
+      formatLength,
+      formatTail: Buffer.from(formatTail).toString('base64url'),
+      time: new Date().toISOString(),
+    }),
+  ).toString('base64url');
+  const signingInput = `${protectedHeader}.${content.toString('base64url')}`;
+  const signature = sign('sha256', Buffer.from(signingInput), {
+    key: privateKey,
+    dsaEncoding: 'ieee-p1363',
+  });
+  const signatures = [
+    {
+      header: { jwk: { crv: jwk.crv, kid, kty: jwk.kty, x: jwk.x, y: jwk.y }, alg: 'ES256' },
+      signature: signature.toString('base64url'),
+      protected: protectedHeader,
+    },
+  ];
+  const pretty = JSON.stringify(signatures, null, 3).replace(/\n/g, '\n   ');
+  return Buffer.from(`${text.slice(0, formatLength)},\n   "signatures": ${pretty}${formatTail}`);
 }
 
 async function status(url: string, o: Opts & { method?: 'GET' | 'HEAD' } = {}): Promise<number> {
@@ -294,6 +332,305 @@ describe('test harness', function () {
       await assert.rejects(
         skopeoInspect(`docker://${registry.host}/harness/missing:nope`),
         /skopeo inspect --tls-verify=false docker:\/\/.*failed \(exit \d+\): .*(manifest unknown|not found)/i,
+      );
+    });
+  });
+
+  describe('registry variants', () => {
+    let registry: RegistryHandle | undefined;
+    afterEach(async () => {
+      await registry?.stop();
+      registry = undefined;
+    });
+
+    const basicHeader = (u: string, p: string) => ({
+      authorization: 'Basic ' + Buffer.from(`${u}:${p}`).toString('base64'),
+    });
+
+    it('hostname localhost names the registry localhost:PORT', async () => {
+      registry = await startRegistry({ hostname: 'localhost' });
+      assert.equal(registry.host, `localhost:${registry.port}`);
+      assert.equal(await status(`${registry.url}/v2/`), 200);
+    });
+
+    it('basic: 401 without credentials, 200 with, and the docker config works for skopeo', async () => {
+      registry = await startRegistry({ auth: 'basic' });
+      const { username, password } = registry;
+      assert.ok(username && password);
+      const res = await request(`${registry.url}/v2/`);
+      await res.body.dump();
+      assert.equal(res.statusCode, 401);
+      assert.match(String(res.headers['www-authenticate']), /^Basic realm=/);
+      assert.equal(
+        await status(`${registry.url}/v2/`, { headers: basicHeader(username, password) }),
+        200,
+      );
+      assert.equal(
+        await status(`${registry.url}/v2/`, { headers: basicHeader(username, password + 'x') }),
+        401,
+      );
+      const cfg = JSON.parse(readFileSync(registry.dockerConfigPath, 'utf8'));
+      assert.equal(
+        Buffer.from(cfg.auths[registry.host].auth, 'base64').toString(),
+        `${username}:${password}`,
+      );
+      const { manifestDigest } = await pushImage(registry.url, 'harness/basic', 'v1', {
+        headers: basicHeader(username, password),
+      });
+      await assert.rejects(
+        skopeoInspect(`docker://${registry.host}/harness/basic:v1`),
+        /unauthorized|authentication required/i,
+      );
+      const info = await skopeoInspect(`docker://${registry.host}/harness/basic:v1`, [
+        '--authfile',
+        registry.dockerConfigPath,
+      ]);
+      assert.equal(info.Digest, manifestDigest);
+    });
+
+    it('basic: several users, each with its own password', async () => {
+      const users = [
+        { username: 'alice', password: 'alice-secret' },
+        { username: 'bob', password: 'bob-secret' },
+      ];
+      registry = await startRegistry({ auth: 'basic', users });
+      assert.equal(registry.username, 'alice');
+      assert.equal(
+        await status(`${registry.url}/v2/`, { headers: basicHeader('bob', 'bob-secret') }),
+        200,
+      );
+      assert.equal(
+        await status(`${registry.url}/v2/`, { headers: basicHeader('bob', 'alice-secret') }),
+        401,
+      );
+    });
+
+    it('token: Bearer challenge names the realm; issued tokens are accepted with their scope', async () => {
+      registry = await startRegistry({ auth: 'token' });
+      const ts = registry.tokenServer!;
+      assert.ok(ts);
+      const res = await request(`${registry.url}/v2/`);
+      await res.body.dump();
+      assert.equal(res.statusCode, 401);
+      const challenge = String(res.headers['www-authenticate']);
+      assert.match(challenge, /^Bearer /);
+      assert.ok(challenge.includes(`realm="${ts.url}"`), challenge);
+      const service = /service="([^"]+)"/.exec(challenge)?.[1];
+      assert.ok(service);
+
+      const getToken = async (
+        scope: string,
+        creds = basicHeader(registry!.username!, registry!.password!),
+      ) => {
+        const r = await request(
+          `${ts.url}?service=${encodeURIComponent(service)}&scope=${encodeURIComponent(scope)}`,
+          {
+            headers: creds,
+          },
+        );
+        const body = (await r.body.json()) as {
+          token: string;
+          access_token: string;
+          expires_in: number;
+        };
+        return { status: r.statusCode, body };
+      };
+      const push = await getToken('repository:harness/tok:pull,push');
+      assert.equal(push.status, 200);
+      assert.equal(push.body.token, push.body.access_token);
+      const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+      assert.equal(await status(`${registry.url}/v2/`, { headers: bearer(push.body.token) }), 200);
+      const { layerDigest } = await pushImage(registry.url, 'harness/tok', 'v1', {
+        headers: bearer(push.body.token),
+      });
+
+      const pull = await getToken('repository:harness/tok:pull');
+      const blob = `${registry.url}/v2/harness/tok/blobs/${layerDigest}`;
+      assert.equal(await status(blob, { method: 'HEAD', headers: bearer(pull.body.token) }), 200);
+      // The pull token does not allow pushing, nor reading another repository.
+      const denied = await request(`${registry.url}/v2/harness/tok/blobs/uploads/`, {
+        method: 'POST',
+        headers: bearer(pull.body.token),
+      });
+      await denied.body.dump();
+      assert.equal(denied.statusCode, 401);
+      assert.match(String(denied.headers['www-authenticate']), /error="insufficient_scope"/);
+      assert.equal(
+        await status(`${registry.url}/v2/harness/other/blobs/${layerDigest}`, {
+          method: 'HEAD',
+          headers: bearer(pull.body.token),
+        }),
+        401,
+      );
+
+      assert.deepEqual(
+        ts.requests.map((r) => [r.scope, r.account, r.status]),
+        [
+          ['repository:harness/tok:pull,push', registry.username, 200],
+          ['repository:harness/tok:pull', registry.username, 200],
+        ],
+      );
+      assert.equal(ts.issued, 2);
+      assert.equal((await getToken('repository:harness/tok:pull', {} as never)).status, 401);
+      assert.equal(
+        (await getToken('repository:harness/tok:pull', basicHeader(registry.username!, 'wrong')))
+          .status,
+        401,
+      );
+      assert.equal(ts.issued, 2);
+    });
+
+    it('token: skopeo completes the token flow with the docker config', async () => {
+      registry = await startRegistry({ auth: 'token' });
+      const ts = registry.tokenServer!;
+      const token = ts.issue(registry.username!, ['repository:harness/sk:pull,push']);
+      const { manifestDigest } = await pushImage(registry.url, 'harness/sk', 'v1', {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      const info = await skopeoInspect(`docker://${registry.host}/harness/sk:v1`, [
+        '--authfile',
+        registry.dockerConfigPath,
+      ]);
+      assert.equal(info.Digest, manifestDigest);
+      assert.ok(
+        ts.requests.some(
+          (r) => r.scope.includes('repository:harness/sk:pull') && r.account === registry!.username,
+        ),
+        JSON.stringify(ts.requests),
+      );
+    });
+
+    it('token: TTL is configurable and revokeAll makes old tokens fail', async () => {
+      registry = await startRegistry({ auth: 'token', tokenTtlSeconds: 120 });
+      const ts = registry.tokenServer!;
+      ts.setTokenTtl(2);
+      const creds = basicHeader(registry.username!, registry.password!);
+      const r = await request(`${ts.url}?scope=repository:harness/ttl:pull`, { headers: creds });
+      const body = (await r.body.json()) as {
+        token: string;
+        expires_in: number;
+        issued_at: string;
+      };
+      assert.equal(body.expires_in, 2);
+      const claims = JSON.parse(Buffer.from(body.token.split('.')[1], 'base64url').toString());
+      assert.equal(claims.exp - claims.iat, 2);
+      assert.ok(!Number.isNaN(Date.parse(body.issued_at)));
+      assert.throws(() => ts.setTokenTtl(0), /positive integer/);
+
+      const bearer = { authorization: `Bearer ${body.token}` };
+      assert.equal(await status(`${registry.url}/v2/`, { headers: bearer }), 200);
+      const pidBefore = registry.pid!;
+      await ts.revokeAll();
+      assert.equal(pidAlive(pidBefore), false);
+      assert.equal(await status(`${registry.url}/v2/`, { headers: bearer }), 401);
+      const fresh = ts.issue(registry.username!, []);
+      assert.equal(
+        await status(`${registry.url}/v2/`, { headers: { authorization: `Bearer ${fresh}` } }),
+        200,
+      );
+    });
+
+    it('tls: https /v2/ works with the CA and fails without', async () => {
+      registry = await startRegistry({ tls: true });
+      assert.equal(registry.url, `https://${registry.host}`);
+      assert.ok(registry.caFile && registry.caPem);
+      assert.equal(readFileSync(registry.caFile, 'utf8'), registry.caPem);
+      const trusted = new Agent({ connect: { ca: registry.caPem } });
+      try {
+        assert.equal(await status(`${registry.url}/v2/`, { dispatcher: trusted }), 200);
+        const viaLocalhost = `https://localhost:${registry.port}/v2/`;
+        assert.equal(await status(viaLocalhost, { dispatcher: trusted }), 200);
+      } finally {
+        await trusted.close();
+      }
+      const untrusted = new Agent();
+      try {
+        await assert.rejects(
+          status(`${registry.url}/v2/`, { dispatcher: untrusted }),
+          (err: Error & { code?: string }) =>
+            /SELF_SIGNED|UNABLE_TO_VERIFY|CERT/i.test(`${err.code} ${err.message}`),
+        );
+      } finally {
+        await untrusted.close();
+      }
+    });
+
+    it('tls + token + basic-free docker config: skopeo reads through https with the CA', async () => {
+      registry = await startRegistry({ tls: true, auth: 'token' });
+      const certDir = tmpDir('harness-certs');
+      writeFileSync(join(certDir, 'ca.crt'), registry.caPem!);
+      const token = registry.tokenServer!.issue(registry.username!, [
+        'repository:harness/tls:pull,push',
+      ]);
+      const dispatcher = new Agent({ connect: { ca: registry.caPem } });
+      try {
+        const { manifestDigest } = await pushImage(registry.url, 'harness/tls', 'v1', {
+          headers: { authorization: `Bearer ${token}` },
+          dispatcher,
+        });
+        const { stdout } = await skopeo([
+          'inspect',
+          '--cert-dir',
+          certDir,
+          '--authfile',
+          registry.dockerConfigPath,
+          `docker://${registry.host}/harness/tls:v1`,
+        ]);
+        assert.equal(JSON.parse(stdout).Digest, manifestDigest);
+      } finally {
+        await dispatcher.close();
+      }
+    });
+
+    it('schema1: accepts a signed schema1 manifest that the plain registry refuses', async () => {
+      registry = await startRegistry({ schema1: true });
+      const config = JSON.parse(readFileSync(registry.configPath, 'utf8'));
+      assert.deepEqual(config.compatibility, { schema1: { enabled: true } });
+      const layer = randomBytes(512);
+      const layerDigest = await pushBlob(registry.url, 'harness/s1', layer);
+      const manifest = signSchema1({
+        schemaVersion: 1,
+        name: 'harness/s1',
+        tag: 'v1',
+        architecture: 'amd64',
+        fsLayers: [{ blobSum: layerDigest }],
+        history: [
+          {
+            v1Compatibility: JSON.stringify({
+              id: 'a'.repeat(64),
+              created: '2020-01-01T00:00:00Z',
+            }),
+          },
+        ],
+      });
+      const put = async (base: string) => {
+        const r = await request(`${base}/v2/harness/s1/manifests/v1`, {
+          method: 'PUT',
+          body: manifest,
+          headers: { 'content-type': 'application/vnd.docker.distribution.manifest.v1+prettyjws' },
+        });
+        return { status: r.statusCode, text: await r.body.text() };
+      };
+      const accepted = await put(registry.url);
+      assert.equal(accepted.status, 201, accepted.text);
+      await registry.stop();
+      registry = await startRegistry();
+      await pushBlob(registry.url, 'harness/s1', layer);
+      const refused = await put(registry.url);
+      // distribution 2.8 without schema1 answers 500 UNKNOWN; only its log names the reason.
+      assert.equal(refused.status, 500, refused.text);
+      assert.match(registry.logs(), /manifest schema v1 unsupported/);
+    });
+
+    it('rejects bad options with a clear message', async () => {
+      await assert.rejects(
+        startRegistry({ auth: 'kerberos' as never }),
+        /auth must be 'none', 'basic' or 'token'/,
+      );
+      await assert.rejects(startRegistry({ hostname: '10.0.0.1' as never }), /hostname must be/);
+      await assert.rejects(
+        startRegistry({ auth: 'basic', users: [{ username: 'a:b', password: 'x' }] }),
+        /username/,
       );
     });
   });

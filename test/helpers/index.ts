@@ -3,6 +3,8 @@ export * from './tmp';
 export * from './processes';
 export * from './runtime';
 export * from './redis';
+export * from './certs';
+export * from './token-server';
 export * from './registry';
 export * from './proxy';
 export * from './skopeo';

@@ -1,21 +1,36 @@
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
+import { makeServerTls } from './certs';
 import { freePort } from './ports';
-import { spawnService } from './processes';
-import { chooseBackend } from './runtime';
+import { spawnService, type ServiceHandle } from './processes';
+import { chooseBackend, findBinary, INSTALL_HINT } from './runtime';
 import { tmpDir, removeTmpDir } from './tmp';
+import { startTokenServer, type TokenServer } from './token-server';
 
 export interface RegistryOptions {
   auth?: 'none' | 'basic' | 'token';
   tls?: boolean;
+  /** Accept (and verify) Docker schema1 signed manifests. */
   schema1?: boolean;
   /** The host name in `host`/`url`; the registry listens on 127.0.0.1 either way. Default 127.0.0.1. */
   hostname?: 'localhost' | '127.0.0.1';
   /** Accounts for basic/token auth; the first is the default user. Default: one random account. */
   users?: { username: string; password: string }[];
+  /** Initial token lifetime in seconds (token auth); default 300. */
+  tokenTtlSeconds?: number;
+}
+
+export interface RegistryTokenServer extends TokenServer {
+  /**
+   * Makes every token issued so far invalid at the registry: the token server
+   * switches to a new signing key and the registry is restarted (same port, same
+   * storage) trusting only the new certificate. In-flight requests are cut.
+   */
+  revokeAll(): Promise<void>;
 }
 
 export interface RegistryHandle {
@@ -28,15 +43,21 @@ export interface RegistryHandle {
   /** Default account for basic/token auth. */
   username?: string;
   password?: string;
+  users: { username: string; password: string }[];
   /** A docker config.json with `auths` for host (base64 user:pass); empty `auths` without auth. */
   dockerConfigPath: string;
   /** The registry's configuration file (JSON, which is YAML). */
   configPath: string;
-  /** pid of the docker-registry process (binary backend). */
-  pid?: number;
-  stop(): Promise<void>;
+  /** For tls: the CA that signed the registry's certificate (file and PEM). */
+  caFile?: string;
+  caPem?: string;
+  /** For token auth: the token server (realm) the registry trusts. */
+  tokenServer?: RegistryTokenServer;
+  /** pid of the docker-registry process (binary backend; changes after revokeAll). */
+  readonly pid?: number;
   /** The registry's own log so far. */
   logs(): string;
+  stop(): Promise<void>;
 }
 
 /** GET url; resolves with the status code, or rejects on a connection error. */
@@ -57,6 +78,7 @@ function probe(url: string, ca?: string): Promise<number> {
   });
 }
 
+/** Writes a docker config.json; `auths` holds host only when both username and password are given. */
 export function writeDockerConfig(
   path: string,
   host: string,
@@ -70,11 +92,25 @@ export function writeDockerConfig(
   writeFileSync(path, JSON.stringify({ auths }, null, 2) + '\n', { mode: 0o600 });
 }
 
-/**
- * A private docker-registry (distribution 2.8) on a free loopback port with
- * filesystem storage in a temp dir and deletes enabled.
- */
-export async function startRegistry(opts: RegistryOptions = {}): Promise<RegistryHandle> {
+/** bcrypt htpasswd lines (docker-registry accepts only bcrypt) made by apache2-utils' htpasswd. */
+function htpasswdLines(users: { username: string; password: string }[]): string {
+  const bin = findBinary('htpasswd');
+  if (!bin) throw new Error(`htpasswd (apache2-utils) not found for basic auth — ${INSTALL_HINT}`);
+  return users
+    .map(({ username, password }) => {
+      // -i: password on stdin, not in the process list; -B bcrypt; -C 5: cheap cost for tests.
+      const r = spawnSync(bin, ['-niB', '-C', '5', username], {
+        input: password,
+        encoding: 'utf8',
+      });
+      if (r.status !== 0)
+        throw new Error(`htpasswd failed for user ${JSON.stringify(username)}: ${r.stderr.trim()}`);
+      return r.stdout.trim();
+    })
+    .join('\n');
+}
+
+function checkOptions(opts: RegistryOptions): void {
   const auth = opts.auth ?? 'none';
   if (!['none', 'basic', 'token'].includes(auth)) {
     throw new Error(
@@ -87,66 +123,199 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       `startRegistry: hostname must be '127.0.0.1' or 'localhost', got ${JSON.stringify(hostname)}`,
     );
   }
-  if (auth !== 'none' || opts.tls || opts.schema1) {
-    throw new Error('startRegistry: auth, tls and schema1 variants are not available yet');
+  for (const u of opts.users ?? []) {
+    if (
+      !u.username ||
+      u.username.includes(':') ||
+      typeof u.password !== 'string' ||
+      u.password.length === 0
+    ) {
+      throw new Error(
+        'startRegistry: each user needs a username without ":" and a non-empty password',
+      );
+    }
   }
+  if (opts.users && opts.users.length === 0)
+    throw new Error('startRegistry: users, when given, must not be empty');
+}
+
+/**
+ * A private docker-registry (distribution 2.8) on a free loopback port with
+ * filesystem storage in a temp dir and deletes enabled; optionally basic or
+ * token auth, TLS with a test CA, schema1 support.
+ */
+export async function startRegistry(opts: RegistryOptions = {}): Promise<RegistryHandle> {
+  checkOptions(opts);
+  const auth = opts.auth ?? 'none';
+  const hostname = opts.hostname ?? '127.0.0.1';
+  const plain = auth === 'none' && !opts.tls && !opts.schema1;
   const backend = await chooseBackend('docker-registry');
-  if (backend.kind === 'container')
-    throw new Error('startRegistry: container backend not wired yet');
+  if (backend.kind === 'container') {
+    if (!plain)
+      throw new Error(
+        `docker-registry binary needed for auth/tls/schema1 variants — ${INSTALL_HINT}`,
+      );
+    return startRegistryContainer(hostname);
+  }
 
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
     const dir = tmpDir('registry');
-    const storageDir = join(dir, 'storage');
-    const port = await freePort();
-    const host = `${hostname}:${port}`;
-    const scheme = 'http';
-    const url = `${scheme}://${host}`;
-    const config: Record<string, unknown> = {
-      version: '0.1',
-      log: { level: 'info', formatter: 'text', fields: { service: 'registry' } },
-      storage: {
-        filesystem: { rootdirectory: storageDir },
-        delete: { enabled: true },
-        maintenance: { uploadpurging: { enabled: false } },
-      },
-      http: {
-        addr: `127.0.0.1:${port}`,
-        secret: randomBytes(24).toString('hex'),
-        headers: { 'X-Content-Type-Options': ['nosniff'] },
-      },
-    };
-    const configPath = join(dir, 'config.yml');
-    writeFileSync(configPath, JSON.stringify(config, null, 2) + '\n');
-    const dockerConfigPath = join(dir, 'docker-config.json');
-    writeDockerConfig(dockerConfigPath, host);
+    let tokenServer: TokenServer | undefined;
     try {
-      const service = await spawnService({
-        name: 'docker-registry',
-        cmd: backend.path,
-        args: ['serve', configPath],
-        cwd: dir,
-        ready: async () => (await probe(`${scheme}://127.0.0.1:${port}/v2/`)) > 0,
-      });
+      const port = await freePort();
+      const host = `${hostname}:${port}`;
+      const scheme = opts.tls ? 'https' : 'http';
+      const url = `${scheme}://${host}`;
+      const storageDir = join(dir, 'storage');
+      const users =
+        auth === 'none'
+          ? []
+          : (opts.users ?? [{ username: 'ferry', password: randomBytes(12).toString('hex') }]);
+
+      const config: Record<string, unknown> = {
+        version: '0.1',
+        log: { level: 'info', formatter: 'text', fields: { service: 'registry' } },
+        storage: {
+          filesystem: { rootdirectory: storageDir },
+          delete: { enabled: true },
+          maintenance: { uploadpurging: { enabled: false } },
+        },
+        http: {
+          addr: `127.0.0.1:${port}`,
+          secret: randomBytes(24).toString('hex'),
+          headers: { 'X-Content-Type-Options': ['nosniff'] },
+        },
+      };
+      const http = config.http as Record<string, unknown>;
+
+      let caFile: string | undefined;
+      let caPem: string | undefined;
+      if (opts.tls) {
+        const { ca, server } = makeServerTls();
+        caFile = join(dir, 'ca.pem');
+        caPem = ca.certPem;
+        writeFileSync(caFile, ca.certPem);
+        writeFileSync(join(dir, 'server.pem'), server.certPem);
+        writeFileSync(join(dir, 'server-key.pem'), server.keyPem, { mode: 0o600 });
+        http.tls = { certificate: join(dir, 'server.pem'), key: join(dir, 'server-key.pem') };
+      }
+
+      const rootBundle = join(dir, 'token-root.pem');
+      if (auth === 'basic') {
+        const htpasswd = join(dir, 'htpasswd');
+        writeFileSync(htpasswd, htpasswdLines(users) + '\n', { mode: 0o600 });
+        config.auth = { htpasswd: { realm: 'ferry-test-registry', path: htpasswd } };
+      } else if (auth === 'token') {
+        const service = `ferry-test-registry-${port}`;
+        tokenServer = await startTokenServer({
+          service,
+          issuer: 'ferry-test-token-server',
+          users,
+          ttlSeconds: opts.tokenTtlSeconds,
+        });
+        writeFileSync(rootBundle, tokenServer.rootCertPem);
+        config.auth = {
+          token: {
+            realm: tokenServer.url,
+            service,
+            issuer: 'ferry-test-token-server',
+            rootcertbundle: rootBundle,
+          },
+        };
+      }
+      if (opts.schema1) config.compatibility = { schema1: { enabled: true } };
+
+      const configPath = join(dir, 'config.yml');
+      writeFileSync(configPath, JSON.stringify(config, null, 2) + '\n');
+      const dockerConfigPath = join(dir, 'docker-config.json');
+      writeDockerConfig(dockerConfigPath, host, users[0]?.username, users[0]?.password);
+
+      const launch = () =>
+        spawnService({
+          name: 'docker-registry',
+          cmd: backend.path,
+          args: ['serve', configPath],
+          cwd: dir,
+          ready: async () => (await probe(`${scheme}://127.0.0.1:${port}/v2/`, caPem)) > 0,
+        });
+      let service: ServiceHandle = await launch();
+
+      let registryTokenServer: RegistryTokenServer | undefined;
+      if (tokenServer) {
+        const ts = tokenServer;
+        registryTokenServer = Object.assign(Object.create(ts) as TokenServer, {
+          async revokeAll() {
+            ts.rotateKey();
+            await service.stop();
+            writeFileSync(rootBundle, ts.rootCertPem);
+            service = await launch();
+          },
+        }) as RegistryTokenServer;
+      }
+
+      let stopped: Promise<void> | undefined;
       return {
         host,
         url,
         port,
         storageDir,
+        username: users[0]?.username,
+        password: users[0]?.password,
+        users,
         dockerConfigPath,
         configPath,
-        pid: service.pid,
+        caFile,
+        caPem,
+        tokenServer: registryTokenServer,
+        get pid() {
+          return service.pid;
+        },
         logs: () => service.logs(),
-        async stop() {
-          await service.stop();
-          removeTmpDir(dir);
+        stop() {
+          stopped ??= (async () => {
+            await service.stop();
+            await tokenServer?.stop();
+            removeTmpDir(dir);
+          })();
+          return stopped;
         },
       };
     } catch (err) {
+      await tokenServer?.stop();
       removeTmpDir(dir);
       lastError = err as Error;
+      // Someone took the port between freePort() and bind: try another one.
       if (!/address already in use/i.test(lastError.message)) throw lastError;
     }
   }
   throw lastError as Error;
+}
+
+async function startRegistryContainer(hostname: string): Promise<RegistryHandle> {
+  const { GenericContainer, Wait } = await import('testcontainers');
+  const container = await new GenericContainer('registry:2')
+    .withEnvironment({ REGISTRY_STORAGE_DELETE_ENABLED: 'true' })
+    .withExposedPorts(5000)
+    .withWaitStrategy(Wait.forHttp('/v2/', 5000))
+    .start();
+  const port = container.getMappedPort(5000);
+  const host = `${hostname}:${port}`;
+  const dir = tmpDir('registry');
+  const dockerConfigPath = join(dir, 'docker-config.json');
+  writeDockerConfig(dockerConfigPath, host);
+  return {
+    host,
+    url: `http://${host}`,
+    port,
+    storageDir: '/var/lib/registry (inside the container)',
+    users: [],
+    dockerConfigPath,
+    configPath: '/etc/docker/registry/config.yml (inside the container)',
+    logs: () => '(container logs: docker logs ' + container.getId() + ')',
+    async stop() {
+      await container.stop();
+      removeTmpDir(dir);
+    },
+  };
 }
