@@ -1,0 +1,89 @@
+import type { Redis } from 'ioredis';
+import { Keys } from './keys';
+
+export interface BlobIndexOptions {
+  prefix: string;
+  /** How long records live after their last update. Default 30 days. */
+  ttlSeconds?: number;
+  /** Repositories remembered per blob (most recent first). Default 20. */
+  maxRepositories?: number;
+}
+
+export interface CompressedRecord {
+  digest: string;
+  size: number;
+}
+
+/**
+ * What Ferry remembers about blobs — only ever as *candidates*: a digest to
+ * HEAD for or a repository to mount from. Nothing here is trusted as the hash
+ * of bytes being sent.
+ *  - where it pushed what (registry + digest → repositories), for cross-repo mounts;
+ *  - a dir: layer's uncompressed digest (diffID) + gzip level + zlib version →
+ *    the compressed digest and size its deterministic gzip gave last time.
+ */
+export class BlobIndex {
+  private readonly keys: Keys;
+  private readonly ttl: number;
+  private readonly max: number;
+
+  constructor(
+    private readonly redis: Redis,
+    opts: BlobIndexOptions,
+  ) {
+    this.keys = new Keys(opts.prefix);
+    this.ttl = opts.ttlSeconds ?? 30 * 24 * 3600;
+    this.max = opts.maxRepositories ?? 20;
+  }
+
+  /** Records that `registry` (host[:port]) holds `digest` in `repository`. */
+  async recordBlob(registry: string, repository: string, digest: string): Promise<void> {
+    const k = this.keys.blobRepos(registry, digest);
+    await this.redis
+      .multi()
+      .zadd(k, Date.now(), repository)
+      .zremrangebyrank(k, 0, -this.max - 1)
+      .expire(k, this.ttl)
+      .exec();
+  }
+
+  /** Repositories of `registry` known to hold `digest`, most recently recorded first. */
+  async reposWithBlob(registry: string, digest: string): Promise<string[]> {
+    return this.redis.zrevrange(this.keys.blobRepos(registry, digest), 0, -1);
+  }
+
+  /** Forgets a repository that turned out not to hold the blob (a failed mount). */
+  async forgetBlob(registry: string, repository: string, digest: string): Promise<void> {
+    await this.redis.zrem(this.keys.blobRepos(registry, digest), repository);
+  }
+
+  async cacheCompressed(
+    diffId: string,
+    gzipLevel: number,
+    zlibVersion: string,
+    digest: string,
+    size: number,
+  ): Promise<void> {
+    await this.redis.set(
+      this.keys.compressed(diffId, gzipLevel, zlibVersion),
+      JSON.stringify({ digest, size } satisfies CompressedRecord),
+      'EX',
+      this.ttl,
+    );
+  }
+
+  async lookupCompressed(
+    diffId: string,
+    gzipLevel: number,
+    zlibVersion: string,
+  ): Promise<CompressedRecord | null> {
+    const raw = await this.redis.get(this.keys.compressed(diffId, gzipLevel, zlibVersion));
+    if (raw === null) return null;
+    try {
+      const r = JSON.parse(raw) as CompressedRecord;
+      return typeof r.digest === 'string' && typeof r.size === 'number' ? r : null;
+    } catch {
+      return null;
+    }
+  }
+}

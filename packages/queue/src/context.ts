@@ -1,0 +1,72 @@
+import type { Redis } from 'ioredis';
+import { BlobIndex } from './blobs';
+import { createConnection, waitReady, type ConnectionRole } from './connection';
+import { Lease } from './lease';
+import { Metrics } from './metrics';
+import { PushStore } from './push-store';
+import { createQueues, type FerryQueues } from './queues';
+import { Semaphore } from './semaphore';
+
+/** The config fields the queue package needs (a subset of @ferry/config's FerryConfig). */
+export interface QueueConfig {
+  redisUrl: string;
+  queuePrefix: string;
+  stateTtl: number;
+  lookupConcurrency: number;
+}
+
+/** Everything a role needs from Redis, on one connection (workers make their own blocking ones). */
+export interface QueueContext {
+  readonly connection: Redis;
+  readonly queues: FerryQueues;
+  readonly store: PushStore;
+  readonly metrics: Metrics;
+  readonly blobs: BlobIndex;
+  /** One upload of a blob per registry at a time: key = `${registry}/${digest}`. */
+  readonly uploadLease: Lease;
+  /** FERRY_LOOKUP_CONCURRENCY existence checks per registry: key = registry host[:port]. */
+  readonly lookupSemaphore: Semaphore;
+  close(): Promise<void>;
+}
+
+export interface QueueContextOptions {
+  role: ConnectionRole;
+  name?: string;
+  /** Wait for Redis before returning (default true). */
+  waitReady?: boolean;
+  readyTimeoutMs?: number;
+}
+
+/** Opens a connection and builds the queues, store, metrics, blob index, lease and semaphore on it. */
+export async function openQueueContext(
+  config: QueueConfig,
+  opts: QueueContextOptions,
+): Promise<QueueContext> {
+  const connection = createConnection(config.redisUrl, { role: opts.role, name: opts.name });
+  try {
+    if (opts.waitReady !== false) await waitReady(connection, opts.readyTimeoutMs ?? 10_000);
+  } catch (err) {
+    connection.disconnect();
+    throw err;
+  }
+  const prefix = config.queuePrefix;
+  const metrics = new Metrics(connection, prefix);
+  const queues = createQueues({ connection, prefix });
+  return {
+    connection,
+    queues,
+    metrics,
+    store: new PushStore(connection, { prefix, ttlSeconds: config.stateTtl, metrics }),
+    blobs: new BlobIndex(connection, { prefix }),
+    uploadLease: new Lease(connection, { prefix }),
+    lookupSemaphore: new Semaphore(connection, {
+      prefix,
+      name: 'lookup',
+      limit: config.lookupConcurrency,
+    }),
+    async close() {
+      await queues.close();
+      connection.disconnect();
+    },
+  };
+}

@@ -1,0 +1,61 @@
+/**
+ * @ferry/queue — queue names, job payloads, the flow builder, connections,
+ * push state and progress events, and cluster-wide coordination in Redis.
+ */
+export * from './types';
+export {
+  createConnection,
+  waitReady,
+  type ConnectionOptions,
+  type ConnectionRole,
+} from './connection';
+export {
+  createQueues,
+  enqueuePush,
+  addUploadChild,
+  removePushJobs,
+  assembleJobId,
+  lookupJobId,
+  uploadJobId,
+  assertPushId,
+  DEFAULT_JOB_POLICY,
+  type FerryQueues,
+  type CreateQueuesOptions,
+  type EnqueuePushOptions,
+  type JobPolicy,
+} from './queues';
+export {
+  PushStore,
+  EventReader,
+  isEventId,
+  layoutToLayers,
+  type PushStoreOptions,
+  type CreatePushOptions,
+  type IdempotencyResult,
+  type TransitionResult,
+} from './push-store';
+export {
+  Semaphore,
+  SemaphoreTimeoutError,
+  type SemaphoreOptions,
+  type AcquireOptions,
+  type Permit,
+} from './semaphore';
+export { Lease, type LeaseHolder, type LeaseOptions } from './lease';
+export { BlobIndex, type BlobIndexOptions, type CompressedRecord } from './blobs';
+export {
+  Metrics,
+  METRIC_DEFS,
+  type MetricName,
+  type CounterName,
+  type HistogramName,
+  type MetricSnapshot,
+  type Labels,
+} from './metrics';
+export { Keys } from './keys';
+export {
+  openQueueContext,
+  type QueueConfig,
+  type QueueContext,
+  type QueueContextOptions,
+} from './context';

@@ -1,0 +1,136 @@
+import type { Redis } from 'ioredis';
+import { Keys } from './keys';
+
+/**
+ * Cluster-wide metrics: every role adds to one Redis hash, and the API's
+ * /metrics reads it, so Prometheus sees the whole cluster from one endpoint.
+ */
+export const METRIC_DEFS = {
+  ferry_pushes_total: {
+    type: 'counter',
+    help: 'Pushes finished, by final status',
+    buckets: undefined,
+  },
+  ferry_blobs_total: {
+    type: 'counter',
+    help: 'Layer blobs by result: exists (HEAD found it), mounted (cross-repo mount), uploaded',
+    buckets: undefined,
+  },
+  ferry_bytes_uploaded_total: {
+    type: 'counter',
+    help: 'Blob bytes sent to registries (compressed, as sent)',
+    buckets: undefined,
+  },
+  ferry_push_duration_seconds: {
+    type: 'histogram',
+    help: 'Time from a push being accepted to its final status',
+    buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600],
+  },
+  ferry_blob_upload_duration_seconds: {
+    type: 'histogram',
+    help: 'Time to upload one blob',
+    buckets: [0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600],
+  },
+} as const;
+
+export type MetricName = keyof typeof METRIC_DEFS;
+export type CounterName = {
+  [K in MetricName]: (typeof METRIC_DEFS)[K]['type'] extends 'counter' ? K : never;
+}[MetricName];
+export type HistogramName = Exclude<MetricName, CounterName>;
+export type Labels = Record<string, string>;
+
+/** prom-client's MetricObject shape (what a metric's get() returns). */
+export interface MetricSnapshot {
+  name: string;
+  help: string;
+  type: 'counter' | 'histogram';
+  aggregator: 'sum';
+  values: { value: number; labels: Labels; metricName?: string }[];
+}
+
+function sortLabels(labels: Labels): Labels {
+  return Object.fromEntries(Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)));
+}
+
+export class Metrics {
+  private readonly key: string;
+  constructor(
+    private readonly redis: Redis,
+    prefix: string,
+  ) {
+    this.key = new Keys(prefix).metrics();
+  }
+
+  /** Adds `by` to a counter. */
+  async inc(name: CounterName, labels: Labels = {}, by = 1): Promise<void> {
+    if (!(by >= 0)) throw new Error(`${name}: counters only go up (got ${by})`);
+    await this.redis.hincrbyfloat(this.key, JSON.stringify([name, 'v', sortLabels(labels)]), by);
+  }
+
+  /** Records one observation of a histogram. */
+  async observe(name: HistogramName, value: number, labels: Labels = {}): Promise<void> {
+    const l = sortLabels(labels);
+    const multi = this.redis.multi();
+    for (const le of METRIC_DEFS[name].buckets) {
+      if (value <= le) multi.hincrby(this.key, JSON.stringify([name, 'b', l, String(le)]), 1);
+    }
+    multi.hincrby(this.key, JSON.stringify([name, 'b', l, '+Inf']), 1);
+    multi.hincrbyfloat(this.key, JSON.stringify([name, 's', l]), value);
+    multi.hincrby(this.key, JSON.stringify([name, 'c', l]), 1);
+    await multi.exec();
+  }
+
+  /** Every metric, in prom-client's MetricObject shape, summed over the cluster. */
+  async snapshot(): Promise<MetricSnapshot[]> {
+    const raw = await this.redis.hgetall(this.key);
+    const out = new Map<string, MetricSnapshot>();
+    for (const [name, def] of Object.entries(METRIC_DEFS)) {
+      out.set(name, { name, help: def.help, type: def.type, aggregator: 'sum', values: [] });
+    }
+    const histo = new Map<
+      string,
+      { labels: Labels; buckets: Map<string, number>; sum: number; count: number }
+    >();
+    for (const [field, v] of Object.entries(raw)) {
+      let parsed: [string, string, Labels, string?];
+      try {
+        parsed = JSON.parse(field);
+      } catch {
+        continue;
+      }
+      const [name, part, labels, le] = parsed;
+      const snap = out.get(name);
+      if (!snap) continue;
+      const value = Number(v);
+      if (part === 'v') {
+        snap.values.push({ value, labels });
+        continue;
+      }
+      const hk = name + JSON.stringify(labels);
+      let h = histo.get(hk);
+      if (!h) {
+        h = { labels, buckets: new Map(), sum: 0, count: 0 };
+        histo.set(hk, h);
+      }
+      if (part === 'b' && le) h.buckets.set(le, value);
+      else if (part === 's') h.sum = value;
+      else if (part === 'c') h.count = value;
+    }
+    for (const [hk, h] of histo) {
+      const name = hk.slice(0, hk.indexOf('{')) as HistogramName;
+      const snap = out.get(name);
+      if (!snap) continue;
+      for (const le of [...METRIC_DEFS[name].buckets.map(String), '+Inf']) {
+        snap.values.push({
+          value: h.buckets.get(le) ?? 0,
+          labels: { ...h.labels, le },
+          metricName: `${name}_bucket`,
+        });
+      }
+      snap.values.push({ value: h.sum, labels: h.labels, metricName: `${name}_sum` });
+      snap.values.push({ value: h.count, labels: h.labels, metricName: `${name}_count` });
+    }
+    return [...out.values()];
+  }
+}

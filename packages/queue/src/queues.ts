@@ -1,0 +1,250 @@
+import { FlowProducer, Queue, type Job, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import {
+  JOB_NAMES,
+  QUEUE_NAMES,
+  type AssembleJob,
+  type LookupJob,
+  type PushLayout,
+  type PushRequest,
+  type UploadJob,
+} from './types';
+
+/** Attempts, backoff and retention of every Ferry job. */
+export interface JobPolicy {
+  attempts: number;
+  /** First retry delay; doubles each attempt (exponential). */
+  backoffMs: number;
+  /** Completed jobs kept (Bull Board shows recent pushes). */
+  keepCompleted: { count: number; age: number };
+  /** Failed jobs kept longer, for diagnosis. */
+  keepFailed: { count: number; age: number };
+}
+
+export const DEFAULT_JOB_POLICY: JobPolicy = {
+  attempts: 5,
+  backoffMs: 1_000,
+  keepCompleted: { count: 1_000, age: 24 * 3600 },
+  keepFailed: { count: 5_000, age: 7 * 24 * 3600 },
+};
+
+export interface FerryQueues {
+  readonly prefix: string;
+  readonly lookup: Queue<LookupJob>;
+  readonly upload: Queue<UploadJob>;
+  readonly assemble: Queue<AssembleJob>;
+  readonly flow: FlowProducer;
+  readonly policy: JobPolicy;
+  close(): Promise<void>;
+}
+
+export interface CreateQueuesOptions {
+  /** A 'producer' connection (createConnection) shared by the queues and the flow producer. */
+  connection: Redis;
+  /** FERRY_QUEUE_PREFIX, e.g. '{ferry}'. */
+  prefix: string;
+  policy?: Partial<JobPolicy>;
+}
+
+/** The three queues and the flow producer, on one connection, under the prefix. */
+export function createQueues(opts: CreateQueuesOptions): FerryQueues {
+  if (opts.prefix.includes(':')) {
+    throw new Error(`queue prefix ${JSON.stringify(opts.prefix)} may not contain ":"`);
+  }
+  const policy = { ...DEFAULT_JOB_POLICY, ...opts.policy };
+  const common = { connection: opts.connection, prefix: opts.prefix };
+  const lookup = new Queue<LookupJob>(QUEUE_NAMES.lookup, common);
+  const upload = new Queue<UploadJob>(QUEUE_NAMES.upload, common);
+  const assemble = new Queue<AssembleJob>(QUEUE_NAMES.assemble, common);
+  const flow = new FlowProducer(common);
+  for (const emitter of [lookup, upload, assemble, flow]) {
+    // Errors surface on the calls that fail; a listener keeps them off stderr.
+    (emitter as { on(e: 'error', f: () => void): unknown }).on('error', () => undefined);
+  }
+  return {
+    prefix: opts.prefix,
+    lookup,
+    upload,
+    assemble,
+    flow,
+    policy,
+    async close() {
+      // The connection is the caller's: Queue.close() does not close a passed-in ioredis instance.
+      await Promise.allSettled([lookup.close(), upload.close(), assemble.close(), flow.close()]);
+    },
+  };
+}
+
+const ID_PATTERN = /^[A-Za-z0-9_-]{1,100}$/;
+
+/** Throws unless the push id is usable inside job ids and Redis keys (no ':'). */
+export function assertPushId(pushId: string): void {
+  if (!ID_PATTERN.test(pushId)) {
+    throw new Error(`push id ${JSON.stringify(pushId)} must be 1-100 letters, digits, "_" or "-"`);
+  }
+}
+
+/** The assemble (parent) job id of a push. */
+export function assembleJobId(pushId: string): string {
+  return `push-${pushId}`;
+}
+
+/** The lookup job id of one layer of a push: scoped to the push, so a job has exactly one parent. */
+export function lookupJobId(pushId: string, imageIndex: number, layerIndex: number): string {
+  return `${pushId}-i${imageIndex}-l${layerIndex}`;
+}
+
+/** The upload job id of one layer of a push. */
+export function uploadJobId(pushId: string, imageIndex: number, layerIndex: number): string {
+  return `${pushId}-i${imageIndex}-l${layerIndex}-up`;
+}
+
+function childOptions(policy: JobPolicy, jobId: string): JobsOptions {
+  return {
+    jobId,
+    attempts: policy.attempts,
+    backoff: { type: 'exponential', delay: policy.backoffMs },
+    removeOnComplete: policy.keepCompleted,
+    removeOnFail: policy.keepFailed,
+    failParentOnFailure: true,
+  };
+}
+
+export interface EnqueuePushOptions {
+  /** FERRY_GZIP_LEVEL, copied into every lookup job. */
+  gzipLevel: number;
+}
+
+/**
+ * Adds a push as one BullMQ flow: the assemble job (`push-<id>`) is the parent,
+ * one lookup job per layer (`<id>-i<img>-l<n>`) its children, each failing the
+ * parent when it fails for good. Enqueuing the same push id again adds nothing
+ * (the ids collapse). Returns the parent job.
+ */
+export async function enqueuePush(
+  queues: FerryQueues,
+  pushId: string,
+  request: PushRequest,
+  layout: PushLayout,
+  opts: EnqueuePushOptions,
+): Promise<Job<AssembleJob>> {
+  assertPushId(pushId);
+  if (layout.images.length === 0) throw new Error('push layout has no image');
+  const children = [];
+  for (let img = 0; img < layout.images.length; img++) {
+    const n = layout.images[img].layers;
+    if (!Number.isInteger(n) || n < 0) throw new Error(`image ${img}: bad layer count ${n}`);
+    for (let l = 0; l < n; l++) {
+      const data: LookupJob = {
+        pushId,
+        imageIndex: img,
+        layerIndex: l,
+        source: request.source,
+        target: request.target,
+        gzipLevel: opts.gzipLevel,
+      };
+      children.push({
+        name: JOB_NAMES.lookup,
+        queueName: QUEUE_NAMES.lookup,
+        data,
+        opts: childOptions(queues.policy, lookupJobId(pushId, img, l)),
+      });
+    }
+  }
+  const node = await queues.flow.add({
+    name: JOB_NAMES.assemble,
+    queueName: QUEUE_NAMES.assemble,
+    data: { pushId, request } satisfies AssembleJob,
+    opts: {
+      jobId: assembleJobId(pushId),
+      attempts: queues.policy.attempts,
+      backoff: { type: 'exponential', delay: queues.policy.backoffMs },
+      removeOnComplete: queues.policy.keepCompleted,
+      removeOnFail: queues.policy.keepFailed,
+    },
+    children,
+  });
+  return node.job as Job<AssembleJob>;
+}
+
+/**
+ * Called by a lookup worker (before its job completes) when the blob is
+ * missing: adds the layer's upload job to the same flow, as another child of
+ * the push's assemble job, so the parent waits for it too. The parent is taken
+ * from the lookup job (job.parent); it must be the push's assemble job.
+ * Adding the same upload twice (a retried lookup) collapses on the job id.
+ */
+export async function addUploadChild(
+  queues: FerryQueues,
+  lookupJob: Pick<Job, 'parent' | 'id'> | null,
+  data: UploadJob,
+): Promise<Job<UploadJob>> {
+  assertPushId(data.pushId);
+  const parentId = assembleJobId(data.pushId);
+  const parentQueue = queues.assemble.qualifiedName;
+  if (lookupJob?.parent) {
+    const { id, queueKey } = lookupJob.parent;
+    if (id !== parentId || queueKey !== parentQueue) {
+      throw new Error(
+        `lookup job ${lookupJob.id} belongs to ${queueKey}/${id}, not to push ${data.pushId}`,
+      );
+    }
+  }
+  return queues.upload.add(JOB_NAMES.upload, data, {
+    ...childOptions(queues.policy, uploadJobId(data.pushId, data.imageIndex, data.layerIndex)),
+    parent: { id: parentId, queue: parentQueue },
+  });
+}
+
+/**
+ * Best-effort removal of a push's jobs that no worker holds yet (cancel).
+ * Jobs a worker is running stay; their worker sees PushStore.isCancelled and stops.
+ * Returns how many jobs were removed.
+ */
+export async function removePushJobs(
+  queues: FerryQueues,
+  pushId: string,
+  layout?: PushLayout,
+): Promise<number> {
+  assertPushId(pushId);
+  let removed = 0;
+  const tryRemove = async (
+    queue: Queue<never> | Queue<LookupJob> | Queue<UploadJob>,
+    id: string,
+  ) => {
+    try {
+      const job = await (queue as Queue).getJob(id);
+      if (!job) return;
+      const state = await job.getState();
+      if (state === 'active' || state === 'completed' || state === 'failed') return;
+      await job.remove();
+      removed++;
+    } catch {
+      // locked by a worker meanwhile, or already gone
+    }
+  };
+  // Children first, so the parent is not left waiting on removed dependencies.
+  const parent = await queues.assemble.getJob(assembleJobId(pushId));
+  const ids = new Set<string>();
+  if (parent) {
+    const deps = await parent.getDependencies({ unprocessed: { count: 10_000 } });
+    for (const key of deps.unprocessed ?? []) ids.add(key);
+  }
+  if (layout) {
+    layout.images.forEach((img, i) => {
+      for (let l = 0; l < img.layers; l++) {
+        ids.add(`${queues.lookup.qualifiedName}:${lookupJobId(pushId, i, l)}`);
+        ids.add(`${queues.upload.qualifiedName}:${uploadJobId(pushId, i, l)}`);
+      }
+    });
+  }
+  for (const key of ids) {
+    if (key.startsWith(queues.lookup.qualifiedName + ':')) {
+      await tryRemove(queues.lookup, key.slice(queues.lookup.qualifiedName.length + 1));
+    } else if (key.startsWith(queues.upload.qualifiedName + ':')) {
+      await tryRemove(queues.upload, key.slice(queues.upload.qualifiedName.length + 1));
+    }
+  }
+  if (parent) await tryRemove(queues.assemble as unknown as Queue<never>, parent.id as string);
+  return removed;
+}

@@ -1,0 +1,176 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { Keys } from './keys';
+import { Script } from './script';
+
+// KEYS: the semaphore's sorted set (member = holder id, score = lease expiry, ms on Redis' clock)
+// ARGV: limit, leaseMs, holder
+const ACQUIRE = new Script(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+`);
+
+// KEYS: the sorted set. ARGV: leaseMs, holder. 1 when still held (and extended), 0 when lost.
+const RENEW = new Script(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if not score or tonumber(score) <= now then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return 1
+`);
+
+// KEYS: the sorted set. Count of live holders.
+const COUNT = new Script(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+`);
+
+export interface SemaphoreOptions {
+  /** FERRY_QUEUE_PREFIX */
+  prefix: string;
+  /** Names this semaphore family, e.g. 'lookup'. */
+  name: string;
+  /** Permits per key, e.g. FERRY_LOOKUP_CONCURRENCY. */
+  limit: number;
+  /** A permit not renewed within this time frees itself (its holder died). Default 30 s. */
+  leaseMs?: number;
+}
+
+export interface AcquireOptions {
+  /** Give up after this long (0 = one try). Default 60 s. */
+  timeoutMs?: number;
+  /** First delay between tries; grows to 8x with jitter. Default 25 ms. */
+  pollMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface Permit {
+  readonly key: string;
+  readonly holder: string;
+  /** Extends the lease; false when it lapsed (another holder may have the slot now). */
+  renew(): Promise<boolean>;
+  /** Frees the slot. Idempotent. */
+  release(): Promise<void>;
+}
+
+export class SemaphoreTimeoutError extends Error {
+  readonly code = 'FERRY_SEMAPHORE_TIMEOUT';
+  constructor(name: string, key: string, ms: number) {
+    super(`no ${name} permit for ${key} within ${ms} ms`);
+    this.name = 'SemaphoreTimeoutError';
+  }
+}
+
+/**
+ * A counting semaphore shared by every process on one Redis: at most `limit`
+ * holders per key (e.g. per registry) at once. Each permit is a lease: a
+ * holder that dies without releasing frees its slot after leaseMs. Expiry is
+ * measured on Redis' clock, so machines' clocks need not agree.
+ */
+export class Semaphore {
+  private readonly keys: Keys;
+  readonly name: string;
+  readonly limit: number;
+  readonly leaseMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    opts: SemaphoreOptions,
+  ) {
+    if (!Number.isInteger(opts.limit) || opts.limit < 1)
+      throw new Error(`semaphore limit must be >= 1, got ${opts.limit}`);
+    if (!/^[A-Za-z0-9_-]+$/.test(opts.name))
+      throw new Error(`bad semaphore name ${JSON.stringify(opts.name)}`);
+    this.keys = new Keys(opts.prefix);
+    this.name = opts.name;
+    this.limit = opts.limit;
+    this.leaseMs = opts.leaseMs ?? 30_000;
+    if (!(this.leaseMs >= 10))
+      throw new Error(`semaphore lease must be >= 10 ms, got ${this.leaseMs}`);
+  }
+
+  private permit(key: string, holder: string): Permit {
+    const k = this.keys.semaphore(this.name, key);
+    let released = false;
+    return {
+      key,
+      holder,
+      renew: async () => (await RENEW.run(this.redis, [k], [this.leaseMs, holder])) === 1,
+      release: async () => {
+        if (released) return;
+        released = true;
+        await this.redis.zrem(k, holder);
+      },
+    };
+  }
+
+  /** One attempt: a permit, or null when all `limit` are held. */
+  async tryAcquire(key: string, holder: string = randomUUID()): Promise<Permit | null> {
+    const ok = await ACQUIRE.run(
+      this.redis,
+      [this.keys.semaphore(this.name, key)],
+      [this.limit, this.leaseMs, holder],
+    );
+    return ok === 1 ? this.permit(key, holder) : null;
+  }
+
+  /** Waits for a permit, polling with backoff; null on timeout or abort. */
+  async acquire(key: string, opts: AcquireOptions = {}): Promise<Permit | null> {
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const base = opts.pollMs ?? 25;
+    const deadline = Date.now() + timeoutMs;
+    const holder = randomUUID();
+    for (let attempt = 0; ; attempt++) {
+      if (opts.signal?.aborted) return null;
+      const p = await this.tryAcquire(key, holder);
+      if (p) return p;
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      const delay = Math.min(
+        left,
+        base * Math.min(8, 2 ** Math.min(attempt, 3)) * (0.5 + Math.random()),
+      );
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
+  /**
+   * Runs fn holding a permit, renewing it every leaseMs/3 while fn runs, and
+   * releases it after. Throws SemaphoreTimeoutError when none comes in time.
+   */
+  async use<T>(key: string, fn: () => Promise<T>, opts: AcquireOptions = {}): Promise<T> {
+    const permit = await this.acquire(key, opts);
+    if (!permit) throw new SemaphoreTimeoutError(this.name, key, opts.timeoutMs ?? 60_000);
+    const timer = setInterval(
+      () => void permit.renew().catch(() => undefined),
+      Math.max(5, this.leaseMs / 3),
+    );
+    try {
+      return await fn();
+    } finally {
+      clearInterval(timer);
+      await permit.release().catch(() => undefined);
+    }
+  }
+
+  /** How many permits of key are held now. */
+  async count(key: string): Promise<number> {
+    return (await COUNT.run(this.redis, [this.keys.semaphore(this.name, key)], [])) as number;
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * Queue names, job payloads, push state and progress events.
+ *
+ * Job payloads and events hold references (paths, image references, digests),
+ * never secrets: registry credentials stay with the workers.
+ */
+
+/** The three BullMQ queues of a push flow. Never reuse these words as other Redis key segments. */
+export const QUEUE_NAMES = {
+  lookup: 'lookup',
+  upload: 'upload',
+  assemble: 'assemble',
+} as const;
+export type QueueName = (typeof QUEUE_NAMES)[keyof typeof QUEUE_NAMES];
+
+/** BullMQ job names (one per queue). */
+export const JOB_NAMES = {
+  lookup: 'lookup',
+  upload: 'upload',
+  assemble: 'assemble',
+} as const;
+
+export interface SignRequest {
+  cosign?: boolean;
+  pgp?: boolean;
+}
+
+/** What a client asked for (POST /v1/pushes body, after validation). */
+export interface PushRequest {
+  /** oci:PATH[:REF] | docker-archive:PATH[:REF] | dir:PATH — PATH absolute, inside the source root. */
+  source: string;
+  /** HOST[:PORT]/REPO[:TAG] */
+  target: string;
+  /** Extra tags. */
+  tags: string[];
+  /** true: every configured key. */
+  sign?: SignRequest | boolean;
+  schema1?: boolean;
+  format: 'oci' | 'docker';
+  /** os/arch[/variant]: push one image of an index. */
+  platform?: string;
+}
+
+/** One layer of one image: a lookup job. */
+export interface LookupJob {
+  pushId: string;
+  /** Which image of the source (0 for a single image; the platform's position in an index). */
+  imageIndex: number;
+  /** Position of the layer in that image's manifest (0 = base). */
+  layerIndex: number;
+  source: string;
+  target: string;
+  gzipLevel: number;
+}
+
+/** One blob missing from the target: an upload job, added by the lookup worker. */
+export interface UploadJob {
+  pushId: string;
+  imageIndex: number;
+  layerIndex: number;
+  source: string;
+  target: string;
+  /** A candidate digest (from the source or the compressed cache) — never trusted for what is sent. */
+  digest?: string;
+  gzipLevel: number;
+}
+
+/** The parent of the flow: runs once every lookup (and upload) child has completed. */
+export interface AssembleJob {
+  pushId: string;
+  request: PushRequest;
+}
+
+/** How many layers each image has, so the flow gets one lookup job per layer. */
+export interface PushLayout {
+  images: { layers: number }[];
+}
+
+export const PUSH_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type PushStatus = (typeof PUSH_STATUSES)[number];
+export const FINAL_STATUSES: readonly PushStatus[] = ['succeeded', 'failed', 'cancelled'];
+export function isFinalStatus(s: string): boolean {
+  return (FINAL_STATUSES as readonly string[]).includes(s);
+}
+
+export const LAYER_STATES = ['pending', 'exists', 'mounted', 'uploading', 'uploaded'] as const;
+export type LayerStateName = (typeof LAYER_STATES)[number];
+
+/** Identifies a layer of a push: image position + layer position. */
+export interface LayerKey {
+  imageIndex: number;
+  index: number;
+}
+
+export interface LayerState extends LayerKey {
+  digest?: string;
+  size?: number;
+  state: LayerStateName;
+  bytesSent: number;
+  /** Repository a cross-repo mount came from (state 'mounted'). */
+  mountedFrom?: string;
+}
+
+/** A patch a worker applies to one layer; every field optional. */
+export type LayerPatch = Partial<Omit<LayerState, 'imageIndex' | 'index'>>;
+
+export interface ManifestRef {
+  digest: string;
+  mediaType: string;
+  size: number;
+}
+
+/** One pushed manifest per tag (schema1) and/or per platform (an index's images). */
+export interface TaggedManifest extends ManifestRef {
+  tag?: string;
+  platform?: string;
+}
+
+export interface PushError {
+  code: string;
+  message: string;
+}
+
+/** Signatures the coordinator made (shape owned by the signing issue). */
+export type SignatureRecord = Record<string, unknown>;
+
+export interface PushState {
+  id: string;
+  status: PushStatus;
+  source: string;
+  target: string;
+  tags: string[];
+  request: PushRequest;
+  layers: LayerState[];
+  manifest?: ManifestRef;
+  manifests?: TaggedManifest[];
+  signatures?: SignatureRecord[];
+  error?: PushError;
+  /** ISO-8601 times. */
+  createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+}
+
+export interface PushSummary {
+  id: string;
+  status: PushStatus;
+  source: string;
+  target: string;
+  createdAt: string;
+  finishedAt?: string;
+}
+
+/** What the coordinator reports when a push succeeds. */
+export interface PushResult {
+  manifest: ManifestRef;
+  manifests?: TaggedManifest[];
+  signatures?: SignatureRecord[];
+}
+
+/**
+ * Progress events in a push's stream (SSE `data:`, CLI `--json` lines).
+ * The store appends `status` and `layer` events itself (create, setStatus,
+ * updateLayer, finish, cancel); workers append the others with appendEvent.
+ * `at` (ISO time) is filled in by the store when missing.
+ */
+export type PushEvent =
+  | {
+      type: 'status';
+      status: PushStatus;
+      /** On succeeded. */
+      manifest?: ManifestRef;
+      manifests?: TaggedManifest[];
+      /** On failed (and cancelled: FERRY_CANCELLED). */
+      error?: PushError;
+      at?: string;
+    }
+  | ({ type: 'layer'; at?: string } & LayerState)
+  | {
+      /** A manifest (or index) was PUT by digest. */
+      type: 'manifest';
+      digest: string;
+      mediaType: string;
+      size: number;
+      platform?: string;
+      at?: string;
+    }
+  | { type: 'tag'; tag: string; digest: string; at?: string }
+  | { type: 'signature'; kind: 'cosign' | 'pgp' | 'schema1'; digest: string; at?: string }
+  | { type: 'log'; level?: 'info' | 'warn'; message: string; at?: string };
+
+export type PushEventType = PushEvent['type'];
+
+/** An event as read back: the stream entry id is the SSE event id. */
+export interface StoredEvent {
+  id: string;
+  event: PushEvent;
+}
