@@ -17,6 +17,9 @@ import {
   startProxy,
   startRedis,
   startRegistry,
+  startTokenServer,
+  chooseBackend,
+  containerEngineAvailable,
   stopAllServices,
   tmpDir,
   waitForPidExit,
@@ -202,6 +205,24 @@ describe('test harness', function () {
       await svc.stop();
       assert.equal(svc.exitStatus?.signal, 'SIGKILL');
       assert.equal(pidAlive(svc.pid), false);
+    });
+
+    it('a missing binary with no container engine fails with one line saying what to install', async () => {
+      const t0 = Date.now();
+      const first = await containerEngineAvailable();
+      const t1 = Date.now();
+      assert.ok(t1 - t0 < 2_500, `engine detection took ${t1 - t0} ms`);
+      assert.equal(await containerEngineAvailable(), first);
+      assert.ok(Date.now() - t1 < 50, 'engine detection is not cached');
+      if (first) return; // an engine answers here: the container fallback would be used instead
+      await assert.rejects(chooseBackend('ferry-no-such-binary'), (err: Error) => {
+        assert.equal(err.message.includes('\n'), false);
+        assert.match(
+          err.message,
+          /ferry-no-such-binary not found.*bash scripts\/install-system-deps\.sh/,
+        );
+        return true;
+      });
     });
 
     it('the mocha root hook stops services a test left running', async () => {
@@ -498,6 +519,36 @@ describe('test harness', function () {
         ),
         JSON.stringify(ts.requests),
       );
+    });
+
+    it('token: the registry accepts the key named by x5c alone or by its libtrust kid alone', async () => {
+      registry = await startRegistry({ auth: 'token' });
+      const ts = registry.tokenServer!;
+      for (const keyIn of ['x5c', 'kid', 'both'] as const) {
+        const token = ts.issue(registry.username!, [], keyIn);
+        const header = JSON.parse(Buffer.from(token.split('.')[0], 'base64url').toString());
+        assert.equal('kid' in header, keyIn !== 'x5c');
+        assert.equal('x5c' in header, keyIn !== 'kid');
+        const r = await status(`${registry.url}/v2/`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        assert.equal(r, 200, `token with ${keyIn}`);
+      }
+      // A token signed by a key the registry does not trust is refused.
+      const other = await startTokenServer({
+        service: 'x',
+        issuer: 'ferry-test-token-server',
+        users: [{ username: 'u', password: 'p' }],
+      });
+      try {
+        const forged = other.issue(registry.username!, []);
+        assert.equal(
+          await status(`${registry.url}/v2/`, { headers: { authorization: `Bearer ${forged}` } }),
+          401,
+        );
+      } finally {
+        await other.stop();
+      }
     });
 
     it('token: TTL is configurable and revokeAll makes old tokens fail', async () => {

@@ -46,8 +46,11 @@ export interface TokenServer {
    * clients refresh by) long before the registry itself refuses the token.
    */
   setTokenTtl(seconds: number): void;
-  /** Signs a token directly (tests that need one without HTTP). */
-  issue(account: string, scopes: string[]): string;
+  /**
+   * Signs a token directly (tests that need one without HTTP). `keyIn` picks how
+   * the header names the key: both `x5c` and `kid` (default), or only one of them.
+   */
+  issue(account: string, scopes: string[], keyIn?: 'both' | 'x5c' | 'kid'): string;
   /** Switches to a fresh signing key and certificate (old tokens then fail once the registry trusts only the new one). */
   rotateKey(): void;
   stop(): Promise<void>;
@@ -110,13 +113,17 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
   };
   newKey();
 
-  const issue = (account: string, scopes: string[]): string => {
+  const issue = (
+    account: string,
+    scopes: string[],
+    keyIn: 'both' | 'x5c' | 'kid' = 'both',
+  ): string => {
     const now = Math.floor(Date.now() / 1000);
     const header = {
       typ: 'JWT',
       alg: 'RS256',
-      kid: keyId,
-      x5c: [signing.certDer.toString('base64')],
+      ...(keyIn !== 'x5c' ? { kid: keyId } : {}),
+      ...(keyIn !== 'kid' ? { x5c: [signing.certDer.toString('base64')] } : {}),
     };
     const access = scopes.map(parseScope).filter((a): a is Access => a !== undefined);
     const claims = {
