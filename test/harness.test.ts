@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Agent, request, type Dispatcher } from 'undici';
 import {
@@ -190,17 +190,19 @@ describe('test harness', function () {
     });
 
     it('stop() escalates to SIGKILL when SIGTERM is ignored', async () => {
+      const marker = join(tmpDir('harness-stubborn'), 'handler-installed');
       const svc = await spawnService({
         name: 'stubborn',
         cmd: process.execPath,
         args: [
           '-e',
-          'process.on("SIGTERM", () => {}); console.log("up"); setInterval(() => {}, 1000)',
+          `process.on("SIGTERM", () => {}); require("fs").writeFileSync(${JSON.stringify(marker)}, "");` +
+            ' setInterval(() => {}, 1000)',
         ],
-        ready: async () => true,
+        // ready once the SIGTERM handler is in place
+        ready: async () => existsSync(marker),
         graceMs: 300,
       });
-      await new Promise((r) => setTimeout(r, 200)); // let it install the SIGTERM handler
       assert.ok(pidAlive(svc.pid));
       await svc.stop();
       assert.equal(svc.exitStatus?.signal, 'SIGKILL');

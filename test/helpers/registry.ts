@@ -244,14 +244,31 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       let registryTokenServer: RegistryTokenServer | undefined;
       if (tokenServer) {
         const ts = tokenServer;
-        registryTokenServer = Object.assign(Object.create(ts) as TokenServer, {
+        registryTokenServer = {
+          url: ts.url,
+          host: ts.host,
+          port: ts.port,
+          requests: ts.requests,
+          get issued() {
+            return ts.issued;
+          },
+          get rootCertPem() {
+            return ts.rootCertPem;
+          },
+          get keyId() {
+            return ts.keyId;
+          },
+          setTokenTtl: (seconds) => ts.setTokenTtl(seconds),
+          issue: (account, scopes, keyIn) => ts.issue(account, scopes, keyIn),
+          rotateKey: () => ts.rotateKey(),
+          stop: () => ts.stop(),
           async revokeAll() {
             ts.rotateKey();
             await service.stop();
             writeFileSync(rootBundle, ts.rootCertPem);
             service = await launch();
           },
-        }) as RegistryTokenServer;
+        };
       }
 
       let stopped: Promise<void> | undefined;
