@@ -739,6 +739,27 @@ describe('test harness', function () {
         200,
       );
     });
+    it('cutOnceAfter counts from the moment it is armed, also on a kept-alive connection', async () => {
+      registry = await startRegistry();
+      proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
+      const agent = new Agent({ connections: 1 });
+      try {
+        const base = `http://${proxy.host}`;
+        const first = randomBytes(64 * 1024);
+        await pushBlob(base, 'harness/keep', first, { dispatcher: agent });
+        assert.equal(proxy.connections, 1);
+        // This connection already carried > 64 KiB; the cut must still wait for 32 KiB more.
+        proxy.cutOnceAfter(32 * 1024);
+        const before = proxy.bytesUp;
+        await assert.rejects(
+          pushBlob(base, 'harness/keep', randomBytes(64 * 1024), { dispatcher: agent }),
+        );
+        assert.equal(proxy.cuts, 1);
+        assert.equal(proxy.bytesUp - before, 32 * 1024);
+      } finally {
+        await agent.close();
+      }
+    });
   });
 
   after(async () => stopAllServices());

@@ -13,8 +13,10 @@ export interface ProxyHandle {
   /** Connections destroyed by cutOnceAfter so far. */
   readonly cuts: number;
   /**
-   * Arms a one-shot fault: the next connection whose client → target bytes pass
-   * `bytes` is destroyed (both sides reset) at that point; later connections flow.
+   * Arms a one-shot fault: the first connection whose client → target bytes,
+   * counted from this call (so a kept-alive connection's earlier requests do not
+   * count), pass `bytes` gets exactly `bytes` through and is then destroyed with a
+   * TCP reset on both sides; after that everything flows again.
    */
   cutOnceAfter(bytes: number): void;
   resetCounters(): void;
@@ -34,11 +36,13 @@ export async function startProxy(target: { host: string; port: number }): Promis
   let connections = 0;
   let cuts = 0;
   let cutAt: number | undefined;
+  let armed = 0; // bumped by every cutOnceAfter; a connection counts toward the cut from then on
   const sockets = new Set<Socket>();
 
   const server = createServer((client) => {
     connections++;
-    let up = 0;
+    let up = 0; // client → target bytes of this connection since the last arming
+    let seenArm = armed;
     const upstream = connect({ host: target.host, port: target.port });
     sockets.add(client);
     sockets.add(upstream);
@@ -48,6 +52,10 @@ export async function startProxy(target: { host: string; port: number }): Promis
       upstream.resetAndDestroy();
     };
     client.on('data', (chunk: Buffer) => {
+      if (seenArm !== armed) {
+        seenArm = armed;
+        up = 0;
+      }
       if (cutAt !== undefined && up + chunk.length > cutAt) {
         const keep = cutAt - up;
         cutAt = undefined;
@@ -120,6 +128,7 @@ export async function startProxy(target: { host: string; port: number }): Promis
         throw new Error(`cutOnceAfter: bytes must be a non-negative integer, got ${bytes}`);
       }
       cutAt = bytes;
+      armed++;
     },
     resetCounters() {
       bytesUp = 0;
