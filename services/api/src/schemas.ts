@@ -1,0 +1,313 @@
+/**
+ * The JSON schemas of the REST interface, written once: fastify validates
+ * requests with them (routes.ts registers ROUTE_SCHEMAS as they are) and
+ * /openapi.json is generated from the very same objects (openapi.ts).
+ */
+
+export const TAG_PATTERN = '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$';
+export const PLATFORM_PATTERN = '^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$';
+export const PUSH_ID_PATTERN = '^[A-Za-z0-9_-]{1,100}$';
+
+export const ErrorSchema = {
+  $id: 'Error',
+  type: 'object',
+  required: ['error'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      properties: {
+        code: { type: 'string', description: 'Stable FERRY_… code' },
+        message: { type: 'string' },
+        field: { type: 'string', description: 'The request field that was wrong' },
+      },
+    },
+  },
+} as const;
+
+export const PushRequestSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['source', 'target'],
+  properties: {
+    source: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 4096,
+      description:
+        'oci:PATH[:REF], docker-archive:PATH[:REF] or dir:PATH; PATH must lie inside the server’s source root',
+      examples: ['oci:/srv/images/app:1.0'],
+    },
+    target: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 512,
+      description: 'A Docker reference HOST[:PORT]/REPO[:TAG] on an allowed registry',
+      examples: ['registry.example.com/team/app:1.0'],
+    },
+    tags: {
+      type: 'array',
+      maxItems: 100,
+      uniqueItems: true,
+      items: { type: 'string', pattern: TAG_PATTERN },
+      description: 'Extra tags',
+    },
+    sign: {
+      description: 'true: every configured key',
+      anyOf: [
+        { type: 'boolean' },
+        {
+          type: 'object',
+          additionalProperties: false,
+          properties: { cosign: { type: 'boolean' }, pgp: { type: 'boolean' } },
+        },
+      ],
+    },
+    schema1: { type: 'boolean' },
+    format: { type: 'string', enum: ['oci', 'docker'] },
+    platform: {
+      type: 'string',
+      pattern: PLATFORM_PATTERN,
+      description: 'os/arch[/variant]: one image of an index',
+    },
+  },
+} as const;
+
+export const PushIdParamsSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: PUSH_ID_PATTERN } },
+} as const;
+
+export const ListQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    status: { type: 'string', enum: ['queued', 'running', 'succeeded', 'failed', 'cancelled'] },
+    limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$', description: '1-1000, default 50' },
+  },
+} as const;
+
+export const EventsQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    lastEventId: { type: 'string', description: 'Like the Last-Event-ID header' },
+  },
+} as const;
+
+const ManifestRefSchema = {
+  type: 'object',
+  properties: {
+    digest: { type: 'string' },
+    mediaType: { type: 'string' },
+    size: { type: 'integer' },
+    tag: { type: 'string' },
+    platform: { type: 'string' },
+  },
+} as const;
+
+export const PushStateSchema = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    status: { type: 'string', enum: ['queued', 'running', 'succeeded', 'failed', 'cancelled'] },
+    source: { type: 'string' },
+    target: { type: 'string' },
+    tags: { type: 'array', items: { type: 'string' } },
+    layers: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          index: { type: 'integer' },
+          imageIndex: { type: 'integer' },
+          digest: { type: 'string' },
+          size: { type: 'integer' },
+          state: {
+            type: 'string',
+            enum: ['pending', 'exists', 'mounted', 'uploading', 'uploaded'],
+          },
+          bytesSent: { type: 'integer' },
+          mountedFrom: { type: 'string' },
+        },
+      },
+    },
+    manifest: ManifestRefSchema,
+    manifests: { type: 'array', items: ManifestRefSchema },
+    signatures: { type: 'array', items: { type: 'object' } },
+    error: {
+      type: 'object',
+      properties: { code: { type: 'string' }, message: { type: 'string' } },
+    },
+    createdAt: { type: 'string', format: 'date-time' },
+    startedAt: { type: 'string', format: 'date-time' },
+    finishedAt: { type: 'string', format: 'date-time' },
+    links: { type: 'object', properties: { self: { type: 'string' }, events: { type: 'string' } } },
+  },
+} as const;
+
+export const PushAcceptedSchema = {
+  type: 'object',
+  required: ['id', 'status', 'links'],
+  properties: {
+    id: { type: 'string' },
+    status: { type: 'string' },
+    links: {
+      type: 'object',
+      properties: { self: { type: 'string' }, events: { type: 'string' } },
+    },
+  },
+} as const;
+
+type Json = unknown;
+
+export interface RouteDoc {
+  method: 'GET' | 'POST' | 'DELETE';
+  /** fastify syntax (:id); openapi.ts converts to {id}. */
+  url: string;
+  summary: string;
+  /** false: no bearer token needed. */
+  auth: boolean;
+  /** Fed to fastify as the route's validation schema, and to the OpenAPI document. */
+  schema?: { body?: Json; params?: Json; querystring?: Json; headers?: Json };
+  /** Documentation only (fastify does not serialise with them). */
+  responses: Record<string, { description: string; content?: Record<string, Json> }>;
+}
+
+const json = (schema: Json) => ({ 'application/json': { schema } });
+const err = (description: string) => ({
+  description,
+  content: json({ $ref: '#/components/schemas/Error' }),
+});
+
+/** Every route of the API, in one table: routes.ts registers handlers by `${method} ${url}`. */
+export const ROUTES: RouteDoc[] = [
+  {
+    method: 'POST',
+    url: '/v1/pushes',
+    summary: 'Start a push (Idempotency-Key header: same key, same push)',
+    auth: true,
+    schema: { body: PushRequestSchema },
+    responses: {
+      '202': { description: 'Accepted and queued', content: json(PushAcceptedSchema) },
+      '400': err('Malformed field'),
+      '401': err('Missing or wrong token'),
+      '403': err('Source outside the root, or registry not allowed'),
+      '413': err('Body too large'),
+      '422': err('Source or platform not found; Idempotency-Key reused with another body'),
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/pushes',
+    summary: 'List pushes, newest first',
+    auth: true,
+    schema: { querystring: ListQuerySchema },
+    responses: {
+      '200': {
+        description: 'Pushes',
+        content: json({
+          type: 'object',
+          properties: { pushes: { type: 'array', items: PushStateSchema } },
+        }),
+      },
+      '400': err('Bad status or limit'),
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/pushes/:id',
+    summary: 'State of a push',
+    auth: true,
+    schema: { params: PushIdParamsSchema },
+    responses: {
+      '200': { description: 'The push', content: json(PushStateSchema) },
+      '404': err('Unknown push'),
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/pushes/:id/events',
+    summary:
+      'Progress as Server-Sent Events; each event has an id, Last-Event-ID resumes after it; ends after the final status',
+    auth: true,
+    schema: { params: PushIdParamsSchema, querystring: EventsQuerySchema },
+    responses: {
+      '200': {
+        description: 'text/event-stream',
+        content: { 'text/event-stream': { schema: { type: 'string' } } },
+      },
+      '400': err('Bad Last-Event-ID'),
+      '404': err('Unknown push'),
+    },
+  },
+  {
+    method: 'DELETE',
+    url: '/v1/pushes/:id',
+    summary: 'Cancel a push',
+    auth: true,
+    schema: { params: PushIdParamsSchema },
+    responses: {
+      '200': { description: 'Cancelled', content: json(PushAcceptedSchema) },
+      '404': err('Unknown push'),
+      '409': err('The push has finished already'),
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/signing/public-key',
+    summary: 'PEM of the cosign verification key',
+    auth: true,
+    responses: { '200': { description: 'PEM' }, '404': err('No signing key configured') },
+  },
+  {
+    method: 'GET',
+    url: '/v1/signing/pgp-key',
+    summary: 'Armored OpenPGP public key',
+    auth: true,
+    responses: { '200': { description: 'Armored key' }, '404': err('No OpenPGP key configured') },
+  },
+  {
+    method: 'GET',
+    url: '/sigstore/*',
+    summary: 'Lookaside signatures: /sigstore/{repo}@sha256={hex}/signature-{n} (no token)',
+    auth: false,
+    responses: { '200': { description: 'A signature' }, '404': err('No such signature') },
+  },
+  {
+    method: 'GET',
+    url: '/healthz',
+    summary: 'The process is up',
+    auth: false,
+    responses: { '200': { description: 'ok' } },
+  },
+  {
+    method: 'GET',
+    url: '/readyz',
+    summary: 'Redis answers',
+    auth: false,
+    responses: { '200': { description: 'ready' }, '503': { description: 'Redis unreachable' } },
+  },
+  {
+    method: 'GET',
+    url: '/metrics',
+    summary: 'Prometheus metrics (cluster-wide counters, queue depths)',
+    auth: true,
+    responses: { '200': { description: 'text/plain; version=0.0.4' } },
+  },
+  {
+    method: 'GET',
+    url: '/openapi.json',
+    summary: 'This document',
+    auth: true,
+    responses: { '200': { description: 'OpenAPI 3.1' } },
+  },
+];
+
+export function routeDoc(method: RouteDoc['method'], url: string): RouteDoc {
+  const r = ROUTES.find((x) => x.method === method && x.url === url);
+  if (!r) throw new Error(`no route ${method} ${url} in ROUTES`);
+  return r;
+}

@@ -1,0 +1,149 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
+import type { Redis } from 'ioredis';
+import { loadConfig, type FerryConfig } from '@ferry/config';
+import { createLogger } from '@ferry/log';
+import {
+  createConnection,
+  createQueues,
+  PushStore,
+  waitReady,
+  type FerryQueues,
+} from '@ferry/queue';
+import { buildApi } from '@ferry/api';
+import type { FastifyInstance } from 'fastify';
+import { tmpDir } from '../../../test/helpers/tmp';
+
+/** A source root holding a two-layer dir: image at <root>/images/app. */
+export function makeSourceRoot(): { root: string; app: string } {
+  const root = tmpDir('api-src');
+  const app = join(root, 'images', 'app');
+  for (const layer of ['01-base', '02-app']) {
+    mkdirSync(join(app, 'layers', layer, 'etc'), { recursive: true });
+    writeFileSync(join(app, 'layers', layer, 'etc', `${layer}.txt`), `${layer}\n`);
+  }
+  writeFileSync(join(app, 'config.json'), JSON.stringify({ config: { Cmd: ['/bin/true'] } }));
+  return { root, app };
+}
+
+export interface TestApi {
+  app: FastifyInstance;
+  conn: Redis;
+  queues: FerryQueues;
+  store: PushStore;
+  config: FerryConfig;
+  close(): Promise<void>;
+}
+
+export async function makeApi(
+  redisUrl: string,
+  root: string,
+  env: Record<string, string> = {},
+  opts: { sseKeepAliveMs?: number } = {},
+): Promise<TestApi> {
+  const config = loadConfig(
+    {
+      FERRY_REDIS_URL: redisUrl,
+      FERRY_SOURCE_ROOT: root,
+      FERRY_REGISTRY_ALLOW: '127.0.0.1,localhost,registry.test:5000',
+      FERRY_API_TOKENS: 'secret-token-1,secret-token-2',
+      FERRY_QUEUE_PREFIX: `{a${randomUUID().slice(0, 8)}}`,
+      FERRY_STATE_TTL: '3600',
+      ...env,
+    },
+    root,
+  );
+  const conn = createConnection(redisUrl, { role: 'producer' });
+  await waitReady(conn);
+  const queues = createQueues({ connection: conn, prefix: config.queuePrefix });
+  const store = new PushStore(conn, { prefix: config.queuePrefix, ttlSeconds: config.stateTtl });
+  const app = buildApi({
+    config,
+    redis: conn,
+    queues,
+    store,
+    logger: createLogger({ silent: process.env.FERRY_TEST_LOG !== '1' }),
+    sseKeepAliveMs: opts.sseKeepAliveMs ?? 500,
+  });
+  await app.ready();
+  return {
+    app,
+    conn,
+    queues,
+    store,
+    config,
+    async close() {
+      await app.close();
+      await queues.close();
+      conn.disconnect();
+    },
+  };
+}
+
+export const AUTH = { authorization: 'Bearer secret-token-1' };
+
+export interface SseEvent {
+  id?: string;
+  data: string;
+}
+
+/**
+ * Reads an SSE response over a real HTTP connection until the server ends
+ * it (or `stopAfter` events arrived), parsing `id:` and `data:` fields.
+ */
+export function readSse(
+  url: string,
+  headers: Record<string, string>,
+  stopAfter = Infinity,
+  onOpen?: () => void,
+): Promise<{ status: number; contentType: string; events: SseEvent[]; ended: boolean }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      url,
+      { headers: { accept: 'text/event-stream', ...headers } },
+      (res) => {
+        const events: SseEvent[] = [];
+        let buf = '';
+        let done = false;
+        const finish = (ended: boolean) => {
+          if (done) return;
+          done = true;
+          resolve({
+            status: res.statusCode ?? 0,
+            contentType: String(res.headers['content-type']),
+            events,
+            ended,
+          });
+          if (!ended) req.destroy();
+        };
+        onOpen?.();
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          buf += chunk;
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            const ev: SseEvent = { data: '' };
+            let hasData = false;
+            for (const line of block.split('\n')) {
+              if (line.startsWith('id: ')) ev.id = line.slice(4);
+              else if (line.startsWith('data: ')) {
+                ev.data += line.slice(6);
+                hasData = true;
+              }
+            }
+            if (hasData) events.push(ev);
+            if (events.length >= stopAfter) return finish(false);
+          }
+        });
+        res.on('end', () => finish(true));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
