@@ -1,0 +1,214 @@
+/**
+ * Deterministic tar of one layer directory with the `tar` package: entries in
+ * a fixed order (depth first, names sorted bytewise), a fixed mtime on every
+ * entry (directories too), uid/gid 0, empty user/group names, no
+ * atime/ctime/dev/ino/nlink. Symlinks are stored as symlinks (lstat +
+ * readlink; never followed), hard links as links, sockets/devices/FIFOs are
+ * skipped with a warning, names that are not UTF-8 are refused.
+ */
+import type { Stats } from 'node:fs';
+import { lstat, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Pack, type WriteEntry } from 'tar';
+import { SourceError, SourceErrorCodes } from './errors';
+import type { ByteSource } from './pipeline';
+
+/** The mtime of every entry Ferry tars: the epoch, so builds are reproducible. */
+export const FIXED_MTIME = new Date(0);
+
+export interface LayerWalk {
+  /** Paths relative to the layer directory, in archive order. */
+  paths: string[];
+  /** lstat results keyed by absolute path (the tar package's statCache). */
+  stats: Map<string, Stats>;
+  /** Entries left out (sockets, devices, FIFOs), relative paths. */
+  skipped: string[];
+  /**
+   * Hard links: "dev:ino" → absolute path of the first name (in archive order)
+   * of a file with several names; later names are stored as links to it.
+   */
+  links: Map<string, string>;
+}
+
+export type WarnFn = (message: string, path: string) => void;
+
+function printable(b: Buffer): string {
+  // Show a non-UTF-8 name with its bad bytes escaped.
+  let s = '';
+  for (const byte of b)
+    s +=
+      byte >= 0x20 && byte < 0x7f
+        ? String.fromCharCode(byte)
+        : `\\x${byte.toString(16).padStart(2, '0')}`;
+  return s;
+}
+
+/**
+ * Lists a layer directory in archive order. Never follows a symlink: every
+ * entry is lstat'ed and directories are entered only when lstat says they are
+ * directories.
+ */
+export async function walkLayer(dir: string, label: string, warn?: WarnFn): Promise<LayerWalk> {
+  const paths: string[] = [];
+  const stats = new Map<string, Stats>();
+  const skipped: string[] = [];
+  const links = new Map<string, string>();
+  const visit = async (absDir: string, relDir: string): Promise<void> => {
+    const names = await readdir(absDir, { encoding: 'buffer' });
+    names.sort(Buffer.compare);
+    const decoded: string[] = [];
+    for (const raw of names) {
+      const name = raw.toString('utf8');
+      if (!Buffer.from(name, 'utf8').equals(raw)) {
+        const shown = (relDir ? relDir + '/' : '') + printable(raw);
+        throw new SourceError(
+          SourceErrorCodes.UNSUPPORTED_FILE,
+          `${label}: file name "${shown}" is not valid UTF-8; tar (PAX) names must be UTF-8 — rename it`,
+          `${label}/${shown}`,
+        );
+      }
+      decoded.push(name);
+    }
+    const entryStats = await Promise.all(decoded.map((n) => lstat(join(absDir, n))));
+    for (let i = 0; i < decoded.length; i++) {
+      const rel = relDir ? `${relDir}/${decoded[i]}` : decoded[i]!;
+      const abs = join(absDir, decoded[i]!);
+      const st = entryStats[i]!;
+      if (st.isFile() || st.isSymbolicLink() || st.isDirectory()) {
+        if (st.isFile() && st.nlink > 1) {
+          // The first name keeps the content: the tar package sees it as a single-link file,
+          // and every later name finds it in the link cache and becomes a hard-link entry.
+          const key = `${st.dev}:${st.ino}`;
+          if (!links.has(key)) {
+            links.set(key, abs);
+            st.nlink = 1;
+          }
+        }
+        stats.set(abs, st);
+        paths.push(rel);
+        if (st.isDirectory()) await visit(abs, rel);
+      } else {
+        const kind = st.isSocket()
+          ? 'socket'
+          : st.isFIFO()
+            ? 'FIFO'
+            : st.isBlockDevice()
+              ? 'block device'
+              : st.isCharacterDevice()
+                ? 'character device'
+                : 'special file';
+        skipped.push(rel);
+        warn?.(`${label}: skipping ${kind} ${rel} (not stored in layers)`, rel);
+      }
+    }
+  };
+  await visit(dir, '');
+  return { paths, stats, skipped, links };
+}
+
+function sanitizedStat(st: Stats): Stats {
+  // Only what the tar header needs; owner, times and device numbers are fixed or absent.
+  const s = {
+    mode: st.mode,
+    size: st.size,
+    uid: 0,
+    gid: 0,
+    mtime: FIXED_MTIME,
+    atime: undefined,
+    ctime: undefined,
+    dev: undefined,
+    ino: undefined,
+    nlink: undefined,
+    isFile: () => st.isFile(),
+    isDirectory: () => st.isDirectory(),
+    isSymbolicLink: () => st.isSymbolicLink(),
+  };
+  return s as unknown as Stats;
+}
+
+function onWriteEntry(entry: WriteEntry): void {
+  // Called by the tar package just before the header is encoded (after link detection).
+  if (entry.stat) entry.stat = sanitizedStat(entry.stat);
+  entry.myuser = '';
+  entry.mtime = FIXED_MTIME;
+  entry.noMtime = false;
+  entry.portable = false;
+}
+
+export interface TarOptions {
+  /** tar's read size per file chunk; output bytes do not depend on it. */
+  maxReadSize?: number;
+}
+
+/** A ByteSource producing the deterministic tar of a walked layer directory. */
+export function tarSource(
+  dir: string,
+  walk: LayerWalk,
+  label: string,
+  opts: TarOptions = {},
+): ByteSource {
+  let pack: Pack | undefined;
+  let cancelled = false;
+  return {
+    start(onData, onEnd, onError) {
+      const p = new Pack({
+        cwd: dir,
+        portable: false,
+        noDirRecurse: true,
+        follow: false,
+        strict: true,
+        statCache: walk.stats,
+        linkCache: new Map(walk.links) as Map<`${number}:${number}`, string>,
+        mtime: FIXED_MTIME,
+        maxReadSize: opts.maxReadSize ?? 1024 * 1024,
+        jobs: 4,
+        onWriteEntry,
+      });
+      pack = p;
+      p.on('data', (c: Buffer) => {
+        if (!cancelled) onData(c);
+      });
+      p.on('end', () => {
+        if (!cancelled) onEnd();
+      });
+      p.on('error', (err: unknown) => {
+        const e = err as Error;
+        if (cancelled) return;
+        const code = (e as NodeJS.ErrnoException).code;
+        const path = (e as { path?: string }).path;
+        onError(
+          new SourceError(
+            code === 'ENOENT'
+              ? SourceErrorCodes.SOURCE_NOT_FOUND
+              : SourceErrorCodes.UNSUPPORTED_FILE,
+            `${label}: cannot tar ${path ?? 'an entry'}: ${e.message} (did the directory change while it was read?)`,
+            label,
+            { cause: e },
+          ),
+        );
+      });
+      p.on('warn', (code: string, message: string) => {
+        if (!cancelled)
+          onError(
+            new SourceError(
+              SourceErrorCodes.UNSUPPORTED_FILE,
+              `${label}: tar: ${code} ${message}`,
+              label,
+            ),
+          );
+      });
+      for (const path of walk.paths) p.add(path);
+      p.end();
+    },
+    pause: () => pack?.pause(),
+    resume: () => pack?.resume(),
+    cancel() {
+      if (cancelled) return;
+      cancelled = true;
+      // The tar package cannot be aborted mid-file without leaking its descriptor; let it
+      // run to the end with nobody listening (reads only, no compression), which closes every file.
+      pack?.on('error', () => undefined);
+      pack?.resume();
+    },
+  };
+}

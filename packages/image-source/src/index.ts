@@ -1,0 +1,98 @@
+/**
+ * @ferry/image-source — reads container images from OCI layouts,
+ * docker-archives and layered directories, and streams their layers with
+ * digests computed from the bytes produced. Knows nothing of queues or HTTP.
+ */
+import { parsePlatform } from '@ferry/manifest';
+import { openDir } from './dir';
+import { openDockerArchive } from './docker-archive';
+import { SourceError, SourceErrorCodes } from './errors';
+import { openOci } from './oci';
+import { resolveInsideRoot } from './root';
+import { parseSource, type SourceSpec } from './spec';
+import type { OpenOptions, OpenedSource } from './types';
+
+export * from './errors';
+export * from './spec';
+export * from './types';
+export { resolveInsideRoot, isInside } from './root';
+export { runPipeline, hashOnly, fromReadable, GZIP_CHUNK_SIZE, READ_CHUNK_SIZE } from './pipeline';
+export type {
+  LayerStream,
+  LayerResult,
+  ByteSource,
+  PipelineOptions,
+  PipelineMode,
+} from './pipeline';
+export { walkLayer, tarSource, FIXED_MTIME } from './dir-tar';
+export { indexTar, lookupFile, type TarEntry } from './tar-index';
+export { REF_NAME_ANNOTATION } from './oci';
+
+/** The zlib Node links: part of the key under which a dir: layer's compressed digest may be cached. */
+export const ZLIB_VERSION: string = process.versions.zlib ?? 'unknown';
+
+/** The gzip level used when none is given (FERRY_GZIP_LEVEL's default). */
+export const DEFAULT_GZIP_LEVEL = 6;
+
+/**
+ * The cache key for "the compressed digest of the layer whose uncompressed
+ * tar is `diffId`, gzipped at `level` by this zlib". Such a cache may only
+ * suggest a digest to look for; it never replaces hashing what is sent.
+ */
+export function compressedDigestCacheKey(diffId: string, level = DEFAULT_GZIP_LEVEL): string {
+  return `${diffId}|gzip-${level}|zlib-${ZLIB_VERSION}`;
+}
+
+/**
+ * Opens a source below `opts.root`: parses the spec, checks the path (realpath,
+ * symlinks included) and reads the image metadata. Layer bytes are read only
+ * when a layer is opened.
+ */
+export async function openSource(
+  spec: SourceSpec | string,
+  opts: OpenOptions,
+): Promise<OpenedSource> {
+  const s = typeof spec === 'string' ? parseSource(spec) : spec;
+  if (
+    !s ||
+    !['oci', 'docker-archive', 'dir'].includes(s.transport) ||
+    typeof s.path !== 'string' ||
+    !s.path
+  ) {
+    throw new SourceError(
+      SourceErrorCodes.BAD_SOURCE,
+      'source must have a transport and a path',
+      'source',
+    );
+  }
+  const level = opts.gzipLevel ?? DEFAULT_GZIP_LEVEL;
+  if (!Number.isInteger(level) || level < 0 || level > 9) {
+    throw new SourceError(
+      SourceErrorCodes.BAD_SOURCE,
+      `gzip level ${level} is not an integer 0-9`,
+      'gzipLevel',
+    );
+  }
+  if (opts.platform !== undefined) {
+    try {
+      parsePlatform(opts.platform);
+    } catch (e) {
+      throw new SourceError(SourceErrorCodes.BAD_SOURCE, (e as Error).message, 'platform');
+    }
+  }
+  const realPath = await resolveInsideRoot(opts.root, s.path, 'source');
+  const warn = (message: string, path?: string): void => {
+    opts.logger?.warn(message, { source: `${s.transport}:${s.path}`, path });
+    opts.onWarning?.(message, path);
+  };
+  switch (s.transport) {
+    case 'dir': {
+      const image = await openDir(realPath, { ...opts, gzipLevel: level }, warn);
+      return { spec: s, images: [image], realPath };
+    }
+    case 'oci':
+      return openOci(realPath, s, { ...opts, gzipLevel: level });
+    case 'docker-archive':
+      return openDockerArchive(realPath, s, { ...opts, gzipLevel: level });
+  }
+}

@@ -1,0 +1,73 @@
+import type { Logger } from '@ferry/log';
+import type { LayerStream } from './pipeline';
+import type { SourceSpec } from './spec';
+
+export interface Layer {
+  /** Position in the image, from 0. */
+  index: number;
+  mediaType: string;
+  /** As STATED by the source (oci / docker-archive blobs); undefined when Ferry compresses (dir:, tar layers). */
+  digest?: string;
+  size?: number;
+  diffId?: string;
+  /**
+   * Regenerates the layer's bytes deterministically. With `offset`, the bytes
+   * before it are produced and hashed but not emitted. `done` reports the
+   * digests of all bytes once the stream has ended.
+   */
+  open(offset?: number): Promise<LayerStream>;
+  /** The diffID without compressing: hashes the uncompressed tar (dir:, tar layers) or gunzips a blob. */
+  diffIdOnly(): Promise<{ diffId: string; uncompressedSize: number }>;
+  /** e.g. "layers/01-base" or "blobs/sha256/ab12… (layer 2/3)", for logs and progress. */
+  description: string;
+}
+
+export interface ImagePlatform {
+  os: string;
+  architecture: string;
+  variant?: string;
+}
+
+export interface SourceImage {
+  platform?: ImagePlatform;
+  layers: Layer[];
+  /** The stated config (oci / docker-archive) as raw bytes; undefined for dir: (built from diffIds by @ferry/manifest). */
+  configBytes?: Buffer;
+  configMediaType?: string;
+  /** dir: the parsed config.json fields to build the config from (validated). */
+  configFields?: Record<string, unknown>;
+  /** oci: the stored manifest bytes + media type (pushed as-is when the format allows, to preserve digests). */
+  manifestBytes?: Buffer;
+  manifestMediaType?: string;
+  /** oci: the stored manifest's digest (verified against its bytes). */
+  manifestDigest?: string;
+  /** oci: the annotations of the manifest's descriptor in its index (ref name, ...). */
+  annotations?: Record<string, string>;
+  /** dir: the layer directory names, e.g. ["01-base", "02-app"] (for history entries). */
+  layerNames?: string[];
+}
+
+export interface OpenedSource {
+  spec: SourceSpec;
+  images: SourceImage[];
+  /** oci: the stored index (pushed as-is) when every platform of it is pushed. */
+  indexBytes?: Buffer;
+  indexMediaType?: string;
+  indexDigest?: string;
+  /** The real path the source was read from (inside the root). */
+  realPath: string;
+}
+
+export interface OpenOptions {
+  /** The source root: nothing outside it is read (realpath check, symlinks included). */
+  root: string;
+  /** gzip level for layers Ferry compresses (dir:, uncompressed archive layers); default 6. */
+  gzipLevel?: number;
+  /** "os/arch[/variant]": pick one image of a multi-platform source. */
+  platform?: string;
+  logger?: Logger;
+  /** Called for each warning (skipped special files, ...) besides the logger. */
+  onWarning?: (message: string, path?: string) => void;
+  /** Tuning / tests: the tar package's per-file read size for dir: layers (output bytes do not depend on it). */
+  tarReadSize?: number;
+}
