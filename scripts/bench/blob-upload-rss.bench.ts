@@ -14,6 +14,8 @@
 import { spawn } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { RegistryClient, regeneratingBlobSource } from '@ferry/registry-client';
+import { startRegistry } from '../../test/helpers';
 import { peakRss, report } from './common';
 
 const SIZE = Number(process.env.BENCH_BLOB_BYTES ?? 1024 * 1024 * 1024);
@@ -46,7 +48,6 @@ interface ChildResult {
 
 async function child(mode: string): Promise<void> {
   // Both modes load the same modules, so the difference is the upload itself.
-  const { RegistryClient, regeneratingBlobSource } = await import('@ferry/registry-client');
   const source = regeneratingBlobSource(() => keystream(SIZE), { size: SIZE });
   const registry = process.env.BENCH_REGISTRY ?? '';
   const client = new RegistryClient({ allow: [registry.split(':')[0] || '127.0.0.1'] });
@@ -95,7 +96,6 @@ function runChild(mode: string, registry: string): Promise<ChildResult> {
 }
 
 async function main(): Promise<void> {
-  const { startRegistry } = await import('../../test/helpers');
   const reg = await startRegistry();
   try {
     const baseline = await runChild('baseline', reg.host);
