@@ -1,0 +1,271 @@
+/**
+ * coordinator: the parent job of a push's flow. Runs once every layer is in
+ * the registry. Writes the config blob (as stated by the source, or built from
+ * the diffIDs of the bytes pushed), each image manifest by digest, the index
+ * when a multi-platform source is pushed whole, then signs (the signing issue
+ * fills that step) and only then tags, so a tag never points at an unsigned
+ * image. The registry's Docker-Content-Digest is checked against the bytes sent
+ * (registry-client does that on every manifest PUT).
+ */
+import type { Job } from 'bullmq';
+import type { FerryConfig } from '@ferry/config';
+import type { OpenedSource, SourceImage } from '@ferry/image-source';
+import type { Logger } from '@ferry/log';
+import {
+  buildConfig,
+  buildIndex,
+  buildManifest,
+  canonicalOf,
+  convertLayerMediaType,
+  formatPlatform,
+  isIndexMediaType,
+  MediaTypes,
+  parseManifest,
+  type Canonical,
+  type Descriptor,
+  type ManifestFormat,
+} from '@ferry/manifest';
+import {
+  QUEUE_NAMES,
+  type AssembleJob,
+  type PushResult,
+  type QueueContext,
+  type TaggedManifest,
+} from '@ferry/queue';
+import {
+  bufferBlobSource,
+  parseReference,
+  type RegistryClient,
+  type RepoRef,
+} from '@ferry/registry-client';
+import {
+  createRegistryClient,
+  SourceCache,
+  startWorker,
+  type LayerOutcome,
+  type RoleHandle,
+} from '@ferry/runtime';
+import { UnrecoverableError } from 'bullmq';
+
+export interface CoordinatorDeps {
+  ctx: QueueContext;
+  client: RegistryClient;
+  sources: SourceCache;
+  logger: Logger;
+}
+
+const MANIFEST_FAMILY: Record<string, ManifestFormat> = {
+  [MediaTypes.ociManifest]: 'oci',
+  [MediaTypes.ociIndex]: 'oci',
+  [MediaTypes.dockerManifest]: 'docker',
+  [MediaTypes.dockerManifestList]: 'docker',
+};
+
+/** Layer results of the flow's children: an upload's result wins over its lookup's hand-off. */
+export function layerResults(values: Record<string, LayerOutcome>): Map<string, LayerOutcome> {
+  const out = new Map<string, LayerOutcome>();
+  for (const v of Object.values(values)) {
+    if (!v || typeof v !== 'object' || typeof v.imageIndex !== 'number') continue;
+    const k = `${v.imageIndex}/${v.layerIndex}`;
+    const prev = out.get(k);
+    if (!prev || prev.state === 'upload') out.set(k, v);
+  }
+  return out;
+}
+
+interface PushedImage {
+  manifest: Canonical;
+  platform?: SourceImage['platform'];
+}
+
+async function pushBlobIfMissing(
+  client: RegistryClient,
+  repo: RepoRef,
+  c: Canonical,
+): Promise<void> {
+  if (await client.blobExists(repo, c.digest)) return;
+  await client.uploadBlob(repo, bufferBlobSource(c.bytes, c.digest), { monolithic: true });
+}
+
+/** Config + manifest of one image, built from the layer results (or kept as stored when nothing changed). */
+function assembleImage(
+  image: SourceImage,
+  imageIndex: number,
+  results: Map<string, LayerOutcome>,
+  format: ManifestFormat,
+): { config: Canonical; manifest: Canonical } {
+  const layers: Descriptor[] = [];
+  const diffIds: string[] = [];
+  image.layers.forEach((layer, i) => {
+    const r = results.get(`${imageIndex}/${i}`);
+    if (!r || r.state === 'upload' || !r.digest || r.size === undefined) {
+      throw new UnrecoverableError(
+        `FERRY_LAYER_MISSING: layer ${i} of image ${imageIndex} (${layer.description}) has no pushed blob`,
+      );
+    }
+    layers.push({ mediaType: layer.mediaType, digest: r.digest, size: r.size });
+    diffIds.push(r.diffId ?? layer.diffId ?? '');
+  });
+
+  let config: Canonical;
+  if (image.configBytes) {
+    config = canonicalOf(
+      image.configBytes,
+      image.configMediaType ?? (format === 'oci' ? MediaTypes.ociConfig : MediaTypes.dockerConfig),
+    );
+  } else {
+    if (diffIds.some((x) => !x)) {
+      throw new UnrecoverableError(
+        'FERRY_LAYER_MISSING: a layer has no diffID to build the config from',
+      );
+    }
+    config = buildConfig(image.configFields, diffIds, {
+      history: image.layerNames?.map((n) => `ferry: layers/${n}`),
+    });
+  }
+
+  // An OCI layout's stored manifest is pushed as is when nothing about it changes: digests preserved.
+  if (
+    image.manifestBytes &&
+    image.manifestMediaType &&
+    MANIFEST_FAMILY[image.manifestMediaType] === format
+  ) {
+    const stored = parseManifest(image.manifestBytes, image.manifestMediaType);
+    const same =
+      stored.config?.digest === config.digest &&
+      (stored.layers ?? []).length === layers.length &&
+      (stored.layers ?? []).every((l, i) => l.digest === layers[i].digest);
+    if (same)
+      return { config, manifest: canonicalOf(image.manifestBytes, image.manifestMediaType) };
+  }
+  const manifest = buildManifest(
+    format,
+    { mediaType: config.mediaType, digest: config.digest, size: config.size },
+    layers.map((l) => ({ ...l, mediaType: convertLayerMediaType(l.mediaType, format) })),
+  );
+  return { config, manifest };
+}
+
+function topIndex(
+  opened: OpenedSource,
+  pushed: PushedImage[],
+  format: ManifestFormat,
+  keptAll: boolean,
+): Canonical {
+  if (
+    keptAll &&
+    opened.indexBytes &&
+    opened.indexMediaType &&
+    isIndexMediaType(opened.indexMediaType) &&
+    MANIFEST_FAMILY[opened.indexMediaType] === format
+  ) {
+    const stored = parseManifest(opened.indexBytes, opened.indexMediaType);
+    const digests = new Set(pushed.map((p) => p.manifest.digest));
+    if ((stored.manifests ?? []).every((m) => digests.has(m.digest))) {
+      return canonicalOf(opened.indexBytes, opened.indexMediaType);
+    }
+  }
+  return buildIndex(
+    format,
+    pushed.map((p) => ({
+      mediaType: p.manifest.mediaType,
+      digest: p.manifest.digest,
+      size: p.manifest.size,
+      ...(p.platform ? { platform: p.platform } : {}),
+    })),
+  );
+}
+
+export function assembleProcessor(deps: CoordinatorDeps) {
+  const { ctx, client, sources, logger } = deps;
+  return async (job: Job<AssembleJob>): Promise<PushResult | undefined> => {
+    const { pushId, request } = job.data;
+    if (await ctx.store.isCancelled(pushId)) {
+      logger.info(`push ${pushId} was cancelled; nothing assembled`);
+      return undefined;
+    }
+    const format: ManifestFormat = request.format ?? 'oci';
+    const ref = parseReference(request.target);
+    const repo = { registry: ref.registry, repository: ref.repository };
+    const opened = await sources.open(request.source, request.platform);
+    const results = layerResults(
+      (await job.getChildrenValues<LayerOutcome>()) as Record<string, LayerOutcome>,
+    );
+
+    const pushed: PushedImage[] = [];
+    let keptAll = true;
+    for (const [i, image] of opened.images.entries()) {
+      const { config, manifest } = assembleImage(image, i, results, format);
+      if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
+      await pushBlobIfMissing(client, repo, config);
+      await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
+      await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
+      await ctx.store.appendEvent(pushId, {
+        type: 'manifest',
+        digest: manifest.digest,
+        mediaType: manifest.mediaType,
+        size: manifest.size,
+        ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
+      });
+      pushed.push({ manifest, platform: image.platform });
+    }
+
+    let top: Canonical;
+    const manifests: TaggedManifest[] = [];
+    if (pushed.length === 1) {
+      top = pushed[0].manifest;
+    } else {
+      top = topIndex(opened, pushed, format, keptAll);
+      await client.putManifest(repo, top.digest, top.bytes, top.mediaType);
+      await ctx.store.appendEvent(pushId, {
+        type: 'manifest',
+        digest: top.digest,
+        mediaType: top.mediaType,
+        size: top.size,
+      });
+      for (const p of pushed) {
+        manifests.push({
+          digest: p.manifest.digest,
+          mediaType: p.manifest.mediaType,
+          size: p.manifest.size,
+          ...(p.platform ? { platform: formatPlatform(p.platform) } : {}),
+        });
+      }
+    }
+
+    // Signing goes here (the signing issue): sign `top` before any tag points at it.
+
+    if (await ctx.store.isCancelled(pushId)) {
+      logger.info(`push ${pushId} was cancelled before tagging; no tag written`);
+      return undefined;
+    }
+    const tags = [ref.tag ?? 'latest', ...request.tags.filter((t) => t !== (ref.tag ?? 'latest'))];
+    for (const tag of [...new Set(tags)]) {
+      await client.putManifest(repo, tag, top.bytes, top.mediaType);
+      await ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest });
+    }
+    const result: PushResult = {
+      manifest: { digest: top.digest, mediaType: top.mediaType, size: top.size },
+      ...(manifests.length ? { manifests } : {}),
+    };
+    await ctx.store.finish(pushId, result);
+    logger.info(`push ${pushId}: ${request.target} is ${top.digest}`);
+    return result;
+  };
+}
+
+/** Starts the coordinator role. */
+export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
+  const log = logger.child({ role: 'coordinator' });
+  const client = createRegistryClient(config, log);
+  const sources = new SourceCache(config, log);
+  return startWorker<AssembleJob, PushResult | undefined>({
+    role: 'coordinator',
+    queueName: QUEUE_NAMES.assemble,
+    concurrency: 4,
+    config,
+    logger: log,
+    processor: (ctx) => assembleProcessor({ ctx, client, sources, logger: log }),
+    closables: [{ name: 'registry client', close: () => client.close() }],
+  });
+}

@@ -1,0 +1,171 @@
+/**
+ * lookup-worker: one job per layer. Finds the layer's digest (stated by the
+ * source, or — for layers Ferry compresses — the uncompressed tar's diffID
+ * mapped through the compressed-digest cache), asks the target repository
+ * whether it has the blob (at most FERRY_LOOKUP_CONCURRENCY checks per
+ * registry across the cluster), tries a cross-repository mount from
+ * repositories Ferry pushed it to, and otherwise adds an upload job to the
+ * same flow before completing.
+ */
+import type { Job } from 'bullmq';
+import type { FerryConfig } from '@ferry/config';
+import { ZLIB_VERSION } from '@ferry/image-source';
+import type { Logger } from '@ferry/log';
+import {
+  addUploadChild,
+  QUEUE_NAMES,
+  type LookupJob,
+  type QueueContext,
+  type UploadJob,
+} from '@ferry/queue';
+import type { RegistryClient } from '@ferry/registry-client';
+import {
+  CancelledError,
+  createRegistryClient,
+  layerOf,
+  PushRequests,
+  SourceCache,
+  startWorker,
+  targetRepo,
+  type LayerOutcome,
+  type RoleHandle,
+} from '@ferry/runtime';
+
+export interface LookupDeps {
+  ctx: QueueContext;
+  client: RegistryClient;
+  sources: SourceCache;
+  requests: PushRequests;
+  logger: Logger;
+  /** How long to wait for a lookup permit before giving the job back (transient). */
+  permitTimeoutMs?: number;
+}
+
+/** Upload job payload plus what the lookup learnt (the diffID keys the upload lease of a dir: layer). */
+export type UploadJobData = UploadJob & { diffId?: string; platform?: string };
+
+export function lookupProcessor(deps: LookupDeps) {
+  const { ctx, client, sources, requests, logger } = deps;
+  return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
+    const d = job.data;
+    if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
+    await ctx.store.setStatus(d.pushId, 'running');
+    const request = await requests.get(d.pushId);
+    const repo = targetRepo(d.target);
+    const layer = await layerOf(sources, d.source, request?.platform, d.imageIndex, d.layerIndex);
+    const key = { imageIndex: d.imageIndex, index: d.layerIndex };
+    const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
+
+    // 1. The candidate digest: stated by the source, or suggested by the cache.
+    let digest = layer.digest;
+    let size = layer.size;
+    let diffId = layer.diffId;
+    if (!digest) {
+      const r = await layer.diffIdOnly();
+      diffId = r.diffId;
+      const cached = await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, ZLIB_VERSION);
+      if (cached) {
+        digest = cached.digest;
+        size = cached.size;
+      }
+    }
+
+    if (digest) {
+      // 2. HEAD on the target, under the per-registry permit.
+      const have = await ctx.lookupSemaphore.use(
+        repo.registry,
+        () => client.blobExists(repo, digest!),
+        { timeoutMs: deps.permitTimeoutMs ?? 120_000 },
+      );
+      if (have) {
+        logger.info(`layer ${digest} already exists in ${repo.repository}, skipping`);
+        await ctx.store.updateLayer(d.pushId, key, {
+          state: 'exists',
+          digest,
+          size: have.size,
+          bytesSent: 0,
+        });
+        await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
+        await ctx.metrics.inc('ferry_blobs_total', { result: 'exists' }).catch(() => undefined);
+        return { ...base, state: 'exists', digest, size: have.size, diffId };
+      }
+      // 3. A cross-repository mount from where Ferry pushed it before.
+      const from = (await ctx.blobs.reposWithBlob(repo.registry, digest)).filter(
+        (r) => r !== repo.repository,
+      );
+      for (const source of from.slice(0, 3)) {
+        const mounted = await ctx.lookupSemaphore.use(
+          repo.registry,
+          () => client.mountBlob(repo, digest!, source),
+          { timeoutMs: deps.permitTimeoutMs ?? 120_000 },
+        );
+        if (mounted) {
+          const got = await client.blobExists(repo, digest);
+          logger.info(`layer ${digest} mounted from ${source} into ${repo.repository}`);
+          await ctx.store.updateLayer(d.pushId, key, {
+            state: 'mounted',
+            digest,
+            size: got?.size ?? size,
+            bytesSent: 0,
+            mountedFrom: source,
+          });
+          await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
+          await ctx.metrics.inc('ferry_blobs_total', { result: 'mounted' }).catch(() => undefined);
+          return {
+            ...base,
+            state: 'mounted',
+            digest,
+            size: got?.size ?? size,
+            diffId,
+            mountedFrom: source,
+          };
+        }
+        await ctx.blobs.forgetBlob(repo.registry, source, digest);
+      }
+    }
+
+    // 4. Missing: hand it to an upload job in the same flow, before this job completes.
+    const upload: UploadJobData = {
+      pushId: d.pushId,
+      imageIndex: d.imageIndex,
+      layerIndex: d.layerIndex,
+      source: d.source,
+      target: d.target,
+      gzipLevel: d.gzipLevel,
+      ...(layer.digest ? { digest: layer.digest } : digest ? { digest } : {}),
+      ...(diffId ? { diffId } : {}),
+      ...(request?.platform ? { platform: request.platform } : {}),
+    };
+    await addUploadChild(ctx.queues, job, upload);
+    await ctx.store.updateLayer(
+      d.pushId,
+      key,
+      {
+        state: 'pending',
+        ...(layer.digest ? { digest: layer.digest } : {}),
+        ...(layer.size !== undefined ? { size: layer.size } : {}),
+      },
+      { event: false },
+    );
+    return { ...base, state: 'upload', digest: layer.digest, size: layer.size, diffId };
+  };
+}
+
+/** Starts the lookup role. */
+export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
+  const log = logger.child({ role: 'lookup' });
+  const client = createRegistryClient(config, log);
+  const sources = new SourceCache(config, log);
+  const handle = await startWorker<LookupJob, LayerOutcome>({
+    role: 'lookup',
+    queueName: QUEUE_NAMES.lookup,
+    // Each job holds a registry permit only for its HEAD; the cluster-wide cap is the semaphore.
+    concurrency: Math.max(config.lookupConcurrency * 2, 4),
+    config,
+    logger: log,
+    processor: (ctx) =>
+      lookupProcessor({ ctx, client, sources, requests: new PushRequests(ctx.store), logger: log }),
+    closables: [{ name: 'registry client', close: () => client.close() }],
+  });
+  return handle;
+}

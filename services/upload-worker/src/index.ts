@@ -1,0 +1,242 @@
+/**
+ * upload-worker: one job per missing blob. Streams source → tar → gzip →
+ * SHA-256 → registry with constant memory and no temp files; the digest sent
+ * with the final PUT is the one computed from the bytes that went out.
+ *
+ * One upload of a blob to a registry at a time across the cluster: a Redis
+ * lease (with a fencing token) keyed by the blob — its digest when the source
+ * states one, else its content (diffID + compression settings). A job that
+ * finds the lease taken does not hold a worker slot: it moves itself to
+ * delayed and looks again later, when it usually finds the blob present
+ * (or mounts it from the repository the other push wrote it to).
+ */
+import { hostname } from 'node:os';
+import { DelayedError, type Job } from 'bullmq';
+import type { FerryConfig } from '@ferry/config';
+import { ZLIB_VERSION, type Layer } from '@ferry/image-source';
+import type { Logger } from '@ferry/log';
+import { QUEUE_NAMES, type QueueContext, type UploadJob } from '@ferry/queue';
+import type { BlobSource, RegistryClient, RepoRef } from '@ferry/registry-client';
+import {
+  blobLeaseKey,
+  CancelledError,
+  createRegistryClient,
+  layerOf,
+  SourceCache,
+  startWorker,
+  targetRepo,
+  type LayerOutcome,
+  type RoleHandle,
+} from '@ferry/runtime';
+
+export type UploadJobData = UploadJob & { diffId?: string; platform?: string };
+
+export interface UploadDeps {
+  ctx: QueueContext;
+  client: RegistryClient;
+  sources: SourceCache;
+  logger: Logger;
+  chunkSize: number;
+  /** Lease time; renewed every third of it while the upload runs. */
+  leaseMs?: number;
+  /** How long a job waits (delayed, no slot held) before looking at a leased blob again. */
+  waitMs?: number;
+}
+
+const PROGRESS_EVERY_MS = 500;
+
+export function uploadProcessor(deps: UploadDeps) {
+  const { ctx, client, sources } = deps;
+  const leaseMs = deps.leaseMs ?? 30_000;
+  const waitMs = deps.waitMs ?? 1_000;
+  const owner = `${hostname()}-${process.pid}`;
+
+  return async (job: Job<UploadJobData>, token?: string): Promise<LayerOutcome> => {
+    const d = job.data;
+    if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
+    const repo = targetRepo(d.target);
+    const layer = await layerOf(sources, d.source, d.platform, d.imageIndex, d.layerIndex);
+    const key = { imageIndex: d.imageIndex, index: d.layerIndex };
+    const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
+    const diffId = layer.diffId ?? d.diffId;
+    const leaseKey = blobLeaseKey(repo.registry, layer.digest, diffId, d.gzipLevel, ZLIB_VERSION);
+
+    /** The blob is in the target already, or can be mounted there: no bytes to send. */
+    const presentOrMount = async (): Promise<LayerOutcome | undefined> => {
+      let digest = layer.digest;
+      if (!digest && diffId) {
+        digest = (await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, ZLIB_VERSION))?.digest;
+      }
+      if (!digest) return undefined;
+      const have = await client.blobExists(repo, digest);
+      if (have) {
+        await ctx.store.updateLayer(d.pushId, key, {
+          state: 'exists',
+          digest,
+          size: have.size,
+          bytesSent: 0,
+        });
+        await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
+        await ctx.metrics.inc('ferry_blobs_total', { result: 'exists' }).catch(() => undefined);
+        return { ...base, state: 'exists', digest, size: have.size, diffId };
+      }
+      for (const from of (await ctx.blobs.reposWithBlob(repo.registry, digest))
+        .filter((r) => r !== repo.repository)
+        .slice(0, 3)) {
+        if (await client.mountBlob(repo, digest, from)) {
+          const got = await client.blobExists(repo, digest);
+          await ctx.store.updateLayer(d.pushId, key, {
+            state: 'mounted',
+            digest,
+            size: got?.size,
+            bytesSent: 0,
+            mountedFrom: from,
+          });
+          await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
+          await ctx.metrics.inc('ferry_blobs_total', { result: 'mounted' }).catch(() => undefined);
+          return { ...base, state: 'mounted', digest, size: got?.size, diffId, mountedFrom: from };
+        }
+      }
+      return undefined;
+    };
+
+    const fence = await ctx.uploadLease.acquire(leaseKey, `${owner}-${job.id}`, leaseMs);
+    if (fence === null) {
+      const found = await presentOrMount();
+      if (found) return found;
+      // Another worker is uploading this blob: wait without holding a slot.
+      const delay = waitMs + Math.floor(Math.random() * waitMs);
+      await job.moveToDelayed(Date.now() + delay, token);
+      throw new DelayedError();
+    }
+
+    let renewFailed = false;
+    const renew = setInterval(
+      () => {
+        ctx.uploadLease
+          .renew(leaseKey, `${owner}-${job.id}`, fence, leaseMs)
+          .then((ok) => {
+            if (!ok) renewFailed = true;
+          })
+          .catch(() => undefined);
+      },
+      Math.max(100, Math.floor(leaseMs / 3)),
+    );
+    try {
+      // The holder before us may have finished it.
+      const found = await presentOrMount();
+      if (found) return found;
+      return await upload(deps, job, repo, layer, key, base, diffId, () => renewFailed);
+    } finally {
+      clearInterval(renew);
+      await ctx.uploadLease.release(leaseKey, `${owner}-${job.id}`, fence).catch(() => undefined);
+    }
+  };
+}
+
+async function upload(
+  deps: UploadDeps,
+  job: Job<UploadJobData>,
+  repo: RepoRef,
+  layer: Layer,
+  key: { imageIndex: number; index: number },
+  base: { imageIndex: number; layerIndex: number; mediaType: string },
+  knownDiffId: string | undefined,
+  leaseLost: () => boolean,
+): Promise<LayerOutcome> {
+  const { ctx, client, logger } = deps;
+  const d = job.data;
+  const started = Date.now();
+  await ctx.store.updateLayer(d.pushId, key, {
+    state: 'uploading',
+    bytesSent: 0,
+    ...(layer.digest ? { digest: layer.digest } : {}),
+    ...(layer.size !== undefined ? { size: layer.size } : {}),
+  });
+  let diffId = knownDiffId;
+  let lastReport = 0;
+  let reported = 0;
+  const abort = new AbortController();
+  let cancelledCheck = 0;
+  const source: BlobSource = {
+    size: layer.size,
+    digest: layer.digest,
+    open: async (offset: number) => {
+      const s = await layer.open(offset);
+      return {
+        stream: s.stream,
+        done: s.done.then((r) => {
+          diffId = r.diffId;
+          return { digest: r.digest, size: r.size };
+        }),
+      };
+    },
+  };
+  const result = await client.uploadBlob(repo, source, {
+    chunkSize: deps.chunkSize,
+    signal: abort.signal,
+    onProgress: (bytesSent) => {
+      const now = Date.now();
+      if (now - lastReport < PROGRESS_EVERY_MS) return;
+      lastReport = now;
+      reported = bytesSent;
+      void ctx.store
+        .updateLayer(d.pushId, key, { state: 'uploading', bytesSent })
+        .catch(() => undefined);
+      void job.updateProgress({ bytesSent }).catch(() => undefined);
+      if (now - cancelledCheck > 2_000) {
+        cancelledCheck = now;
+        void ctx.store.isCancelled(d.pushId).then((c) => {
+          if (c || leaseLost()) abort.abort();
+        });
+      }
+    },
+  });
+  void reported;
+  await ctx.blobs.recordBlob(repo.registry, repo.repository, result.digest);
+  if (!layer.digest && diffId) {
+    await ctx.blobs.cacheCompressed(diffId, d.gzipLevel, ZLIB_VERSION, result.digest, result.size);
+  }
+  await ctx.store.updateLayer(d.pushId, key, {
+    state: result.mountedFrom ? 'mounted' : 'uploaded',
+    digest: result.digest,
+    size: result.size,
+    bytesSent: result.bytesSent,
+    ...(result.mountedFrom ? { mountedFrom: result.mountedFrom } : {}),
+  });
+  await ctx.metrics
+    .inc('ferry_blobs_total', { result: result.mountedFrom ? 'mounted' : 'uploaded' })
+    .catch(() => undefined);
+  await ctx.metrics.inc('ferry_bytes_uploaded_total', {}, result.bytesSent).catch(() => undefined);
+  await ctx.metrics
+    .observe('ferry_blob_upload_duration_seconds', (Date.now() - started) / 1000)
+    .catch(() => undefined);
+  logger.info(
+    `pushed ${result.digest} (${result.size} bytes, ${result.bytesSent} sent, ${result.restarts} restarts, ${result.resumes} resumes) to ${repo.repository}`,
+  );
+  return {
+    ...base,
+    state: result.mountedFrom ? 'mounted' : 'uploaded',
+    digest: result.digest,
+    size: result.size,
+    diffId,
+    mountedFrom: result.mountedFrom,
+  };
+}
+
+/** Starts the upload role. */
+export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
+  const log = logger.child({ role: 'upload' });
+  const client = createRegistryClient(config, log);
+  const sources = new SourceCache(config, log);
+  return startWorker<UploadJobData, LayerOutcome>({
+    role: 'upload',
+    queueName: QUEUE_NAMES.upload,
+    concurrency: config.uploadConcurrency,
+    config,
+    logger: log,
+    processor: (ctx) =>
+      uploadProcessor({ ctx, client, sources, logger: log, chunkSize: config.uploadChunkSize }),
+    closables: [{ name: 'registry client', close: () => client.close() }],
+  });
+}
