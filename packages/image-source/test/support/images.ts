@@ -25,10 +25,10 @@ export async function drain(ls: LayerStream): Promise<{ bytes: Buffer; result: L
 }
 
 /** Reads a layer stream, expecting it to fail; returns the error (from the stream, and checks done agrees). */
-export async function drainError(ls: LayerStream): Promise<{ error: Error; received: number }> {
-  let received = 0;
+export async function drainError(ls: LayerStream): Promise<{ error: Error; received: Buffer }> {
+  const chunks: Buffer[] = [];
   try {
-    for await (const c of ls.stream) received += (c as Buffer).length;
+    for await (const c of ls.stream) chunks.push(c as Buffer);
   } catch (e) {
     await ls.done.then(
       () => {
@@ -36,9 +36,9 @@ export async function drainError(ls: LayerStream): Promise<{ error: Error; recei
       },
       () => undefined,
     );
-    return { error: e as Error, received };
+    return { error: e as Error, received: Buffer.concat(chunks) };
   }
-  throw new Error(`stream ended without an error after ${received} bytes`);
+  throw new Error(`stream ended without an error after ${Buffer.concat(chunks).length} bytes`);
 }
 
 /** Deterministic pseudo-random but compressible text. */
