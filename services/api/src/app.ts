@@ -254,6 +254,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       const inspected = await inspector.inspectSource(body.source, {
         root: config.sourceRoot,
         platform: body.platform,
+        gzipLevel: config.gzipLevel,
       });
       source = inspected.source;
       layout = inspected.layout;

@@ -1,6 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { request as httpRequest } from 'node:http';
 import type { Redis } from 'ioredis';
 import { loadConfig, type FerryConfig } from '@ferry/config';
@@ -146,4 +147,88 @@ export function readSse(
     req.on('error', reject);
     req.end();
   });
+}
+
+function digestOf(b: Buffer): string {
+  return 'sha256:' + createHash('sha256').update(b).digest('hex');
+}
+
+/**
+ * Writes a two-platform OCI layout by hand: linux/amd64 with `amd64Layers`
+ * layers and linux/arm64 with `arm64Layers`, behind a nested image index
+ * named by `ref` in index.json.
+ */
+export function writeOciLayout(
+  dir: string,
+  amd64Layers: number,
+  arm64Layers: number,
+  ref = 'latest',
+): void {
+  mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
+  writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  const blob = (b: Buffer) => {
+    const d = digestOf(b);
+    writeFileSync(join(dir, 'blobs', 'sha256', d.slice(7)), b);
+    return { digest: d, size: b.length };
+  };
+  const image = (arch: string, n: number) => {
+    const layers = [];
+    const diffIds = [];
+    for (let i = 0; i < n; i++) {
+      const raw = Buffer.from(`${arch} layer ${i} `.repeat(50));
+      diffIds.push(digestOf(raw));
+      layers.push({
+        mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+        ...blob(gzipSync(raw)),
+      });
+    }
+    const config = blob(
+      Buffer.from(
+        JSON.stringify({
+          architecture: arch,
+          os: 'linux',
+          rootfs: { type: 'layers', diff_ids: diffIds },
+          config: {},
+        }),
+      ),
+    );
+    const manifest = blob(
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+          layers,
+        }),
+      ),
+    );
+    return {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      ...manifest,
+      platform: { os: 'linux', architecture: arch },
+    };
+  };
+  const index = blob(
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [image('amd64', amd64Layers), image('arm64', arm64Layers)],
+      }),
+    ),
+  );
+  writeFileSync(
+    join(dir, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [
+        {
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          ...index,
+          annotations: { 'org.opencontainers.image.ref.name': ref },
+        },
+      ],
+    }),
+  );
 }
