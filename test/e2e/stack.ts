@@ -43,7 +43,11 @@ export async function startWorkers(
   config: FerryConfig,
   opts: { uploadWorkers?: number } = {},
 ): Promise<WorkerStack> {
-  const logger = createLogger({ level: config.logLevel, format: 'json' });
+  const logger = createLogger({
+    level: config.logLevel,
+    format: 'json',
+    silent: !process.env.FERRY_TEST_LOG_LEVEL,
+  });
   const ctx = await openQueueContext(config, { role: 'producer', name: 'ferry-test' });
   const roles: RoleHandle[] = [];
   roles.push(await startLookup(config, logger));

@@ -1,0 +1,114 @@
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync, cpSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  skopeo,
+  startRedis,
+  startRegistry,
+  tmpDir,
+  type RedisHandle,
+  type RegistryHandle,
+} from '../helpers';
+import { RegistryClient } from '@ferry/registry-client';
+import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
+
+const repoRoot = join(__dirname, '..', '..');
+
+describe('pipeline: bad content fails the push and tags nothing', function () {
+  this.timeout(180_000);
+  let redis: RedisHandle;
+  let registry: RegistryHandle;
+  let stack: WorkerStack;
+  let root: string;
+  let client: RegistryClient;
+
+  before(async () => {
+    [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
+    root = tmpDir('content');
+    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), { recursive: true });
+    stack = await startWorkers(
+      stackConfig({
+        FERRY_REDIS_URL: redis.url,
+        FERRY_REGISTRY_ALLOW: registry.host,
+        FERRY_SOURCE_ROOT: root,
+      }),
+    );
+    client = new RegistryClient({ allow: [registry.host] });
+    const seed = await waitForPush(
+      stack.ctx,
+      await submitPush(stack.config, stack.ctx, {
+        source: `dir:${join(root, 'hello')}`,
+        target: `${registry.host}/seed/hello:1`,
+      }),
+    );
+    assert.equal(seed.status, 'succeeded');
+    await skopeo([
+      'copy',
+      '--insecure-policy',
+      '--src-tls-verify=false',
+      `docker://${registry.host}/seed/hello:1`,
+      `oci:${join(root, 'layout')}:v1`,
+    ]);
+  });
+  after(async () => {
+    await client?.close();
+    await stack?.stop();
+    await Promise.allSettled([redis?.stop(), registry?.stop()]);
+  });
+
+  it('a tampered OCI blob fails with FERRY_BLOB_DIGEST_MISMATCH naming the blob; no blob, no tag', async () => {
+    // A fresh registry namespace does not hold the blob, so the bytes must be read and sent.
+    const fresh = await startRegistry();
+    try {
+      const layout = join(root, 'layout');
+      const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8'));
+      const m = JSON.parse(
+        readFileSync(join(layout, 'blobs', 'sha256', index.manifests[0].digest.slice(7)), 'utf8'),
+      );
+      const victim = m.layers[1].digest as string;
+      const path = join(layout, 'blobs', 'sha256', victim.slice(7));
+      const bytes = readFileSync(path);
+      bytes[bytes.length - 10] ^= 0xff;
+      writeFileSync(path, bytes);
+
+      const s2 = await startWorkers(
+        stackConfig({
+          FERRY_REDIS_URL: redis.url,
+          FERRY_REGISTRY_ALLOW: fresh.host,
+          FERRY_SOURCE_ROOT: root,
+        }),
+      );
+      try {
+        const state = await waitForPush(
+          s2.ctx,
+          await submitPush(s2.config, s2.ctx, {
+            source: `oci:${layout}:v1`,
+            target: `${fresh.host}/bad/hello:1`,
+          }),
+        );
+        assert.equal(state.status, 'failed');
+        assert.equal(state.error?.code, 'FERRY_BLOB_DIGEST_MISMATCH', JSON.stringify(state.error));
+        assert.ok(state.error!.message.includes(victim.slice(7, 19)), state.error!.message);
+        const c = new RegistryClient({ allow: [fresh.host] });
+        try {
+          const repo = { registry: fresh.host, repository: 'bad/hello' };
+          assert.equal(await c.blobExists(repo, victim), undefined);
+          assert.equal(await c.headManifest(repo, '1'), undefined);
+        } finally {
+          await c.close();
+        }
+      } finally {
+        await s2.stop();
+      }
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  it('a source outside the root or a missing path fails before anything is queued', async () => {
+    await assert.rejects(
+      submitPush(stack.config, stack.ctx, { source: 'dir:/etc', target: `${registry.host}/x/y:1` }),
+      (e: Error & { code?: string }) => e.code === 'FERRY_SOURCE_OUTSIDE_ROOT',
+    );
+  });
+});
