@@ -14,7 +14,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import type { Logger } from '@ferry/log';
 import { isAllowed, isInsecure, normalizeHost } from './allow';
@@ -96,6 +96,8 @@ export const DEFAULT_INSECURE: readonly string[] = ['localhost', '127.0.0.0/8', 
 export const DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024;
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_REDIRECTS = 5;
+/** How long a registry may take to answer once a streamed body has been sent in full. */
+const RESPONSE_TIMEOUT_MS = 300_000;
 
 export const MANIFEST_ACCEPT: readonly string[] = [
   'application/vnd.oci.image.manifest.v1+json',
@@ -204,6 +206,7 @@ export class RegistryClient {
   private readonly insecure: readonly string[];
   private readonly agent: Agent;
   private readonly creds: CredentialStore;
+  private readonly dockerConfigPath: string;
   private readonly attempts: number;
   private readonly baseDelayMs: number;
   private readonly maxDelayMs: number;
@@ -213,6 +216,8 @@ export class RegistryClient {
   private readonly onRetry?: (info: RetryInfo) => void;
   private readonly registries = new Map<string, RegistryState>();
   private readonly tokens = new Map<string, Token>();
+  /** Token requests in flight, so concurrent callers share one. */
+  private readonly tokenFetches = new Map<string, Promise<Token>>();
 
   constructor(opts: RegistryClientOptions) {
     if (!opts || !Array.isArray(opts.allow)) {
@@ -261,7 +266,8 @@ export class RegistryClient {
       pipelining: 1,
       ...(ca ? { connect: { ca } } : {}),
     });
-    this.creds = new CredentialStore(opts.dockerConfigPath ?? defaultDockerConfigPath());
+    this.dockerConfigPath = opts.dockerConfigPath ?? defaultDockerConfigPath();
+    this.creds = new CredentialStore(this.dockerConfigPath);
   }
 
   async close(): Promise<void> {
@@ -385,6 +391,8 @@ export class RegistryClient {
       auth?: string;
       signal?: AbortSignal;
       what: string;
+      /** 0 disables undici's timer (a streamed body may take longer than any fixed limit). */
+      headersTimeout?: number;
     },
   ): Promise<Res> {
     const headers: Headers = { 'user-agent': this.userAgent, ...(opts.headers ?? {}) };
@@ -397,6 +405,7 @@ export class RegistryClient {
         headers,
         body: opts.body ?? null,
         signal: opts.signal,
+        ...(opts.headersTimeout !== undefined ? { headersTimeout: opts.headersTimeout } : {}),
       });
       return { status: r.statusCode, headers: r.headers, body: r.body, url };
     } catch (e) {
@@ -441,11 +450,26 @@ export class RegistryClient {
     notFound?: ErrorCode,
   ): Promise<RegistryError> {
     const text = await readText(res);
-    return errorFromResponse(res.status, text, {
+    const err = errorFromResponse(res.status, text, {
       registry: reg,
       what,
       notFound,
       retryAfterMs: parseRetryAfter(header(res, 'retry-after')),
+    });
+    if (err.code !== ErrorCodes.REGISTRY_UNAUTHORIZED || !this.sameOrigin(reg, res.url)) return err;
+    let hint: string;
+    try {
+      const c = await this.credentialsFor(reg);
+      hint = c
+        ? `${reg} refused the credentials for it in ${this.dockerConfigPath}`
+        : `no credentials for ${reg} in ${this.dockerConfigPath}`;
+    } catch (e) {
+      hint = (e as Error).message;
+    }
+    return new RegistryError(err.code, `${err.message}; ${hint}`, {
+      status: err.status,
+      errors: err.errors,
+      registry: reg,
     });
   }
 
@@ -630,8 +654,16 @@ export class RegistryClient {
         if (t && now < t.expiresAt) return `Bearer ${t.token}`;
       }
     }
-    const t = await this.fetchToken(reg, ch, scope, signal);
-    this.tokens.set(this.tokenKey(reg, scope), t);
+    const key = this.tokenKey(reg, scope);
+    let pending = this.tokenFetches.get(key);
+    if (!pending) {
+      pending = this.fetchToken(reg, ch, scope, signal).finally(() =>
+        this.tokenFetches.delete(key),
+      );
+      this.tokenFetches.set(key, pending);
+    }
+    const t = await pending;
+    this.tokens.set(key, t);
     return `Bearer ${t.token}`;
   }
 
@@ -1006,25 +1038,35 @@ export class RegistryClient {
       session = ((await this.openSession(reg, name, scope, signal)) as { session: Session })
         .session;
 
-    const up = new Upload(this, reg, name, scope, source, opts, result, session, chunkSize);
+    const up = new Upload(
+      this.uploadOps(),
+      reg,
+      name,
+      scope,
+      source,
+      opts,
+      result,
+      session,
+      chunkSize,
+    );
     return up.run();
   }
 
-  // internal hooks for Upload (kept off the public surface by convention)
-  /** @internal */ _exchange = this.exchange.bind(this);
-  /** @internal */ _authorization = this.authorization.bind(this);
-  /** @internal */ _errorOf = this.errorOf.bind(this);
-  /** @internal */ _resolveLocation = this.resolveLocation.bind(this);
-  /** @internal */ _backoff = this.backoff.bind(this);
-  /** @internal */ _onUnauthorized = this.onUnauthorized.bind(this);
-  /** @internal */ _openSession = this.openSession.bind(this);
-  /** @internal */ _cancelSession = this.cancelSession.bind(this);
-  /** @internal */ _sessionOffset = this.sessionOffset.bind(this);
-  /** @internal */ get _attempts(): number {
-    return this.attempts;
-  }
-  /** @internal */ get _log(): Logger | undefined {
-    return this.log;
+  /** The private operations an Upload needs (kept off the public surface). */
+  private uploadOps(): UploadOps {
+    return {
+      exchange: this.exchange.bind(this),
+      authorization: this.authorization.bind(this),
+      errorOf: this.errorOf.bind(this),
+      resolveLocation: this.resolveLocation.bind(this),
+      backoff: this.backoff.bind(this),
+      onUnauthorized: this.onUnauthorized.bind(this),
+      openSession: this.openSession.bind(this),
+      cancelSession: this.cancelSession.bind(this),
+      sessionOffset: this.sessionOffset.bind(this),
+      attempts: this.attempts,
+      log: this.log,
+    };
   }
 
   // ---------------------------------------------------------------- public: manifests
@@ -1207,6 +1249,20 @@ export class RegistryClient {
 
 const SCHEMA1_SIGNED = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 
+interface UploadOps {
+  exchange: RegistryClient['exchange'];
+  authorization: RegistryClient['authorization'];
+  errorOf: RegistryClient['errorOf'];
+  resolveLocation: RegistryClient['resolveLocation'];
+  backoff: RegistryClient['backoff'];
+  onUnauthorized: RegistryClient['onUnauthorized'];
+  openSession: RegistryClient['openSession'];
+  cancelSession: RegistryClient['cancelSession'];
+  sessionOffset: RegistryClient['sessionOffset'];
+  attempts: number;
+  log?: Logger;
+}
+
 /** What ended one attempt of the upload loop. */
 type Outcome =
   | { kind: 'done'; digest: string; size: number }
@@ -1227,7 +1283,7 @@ class Upload {
   private expected = 0;
 
   constructor(
-    private readonly c: RegistryClient,
+    private readonly c: UploadOps,
     private readonly reg: string,
     private readonly name: string,
     private readonly scope: string[],
@@ -1254,7 +1310,7 @@ class Upload {
         }
         if (outcome.kind === 'restart') await this.restart(outcome.why);
         else {
-          const off = await this.c._sessionOffset(
+          const off = await this.c.sessionOffset(
             this.reg,
             this.session,
             this.scope,
@@ -1264,7 +1320,7 @@ class Upload {
           else {
             this.offset = off;
             this.result.resumes++;
-            this.c._log?.info('resuming upload from the offset the registry reports', {
+            this.c.log?.info('resuming upload from the offset the registry reports', {
               registry: this.reg,
               repository: this.name,
               offset: off,
@@ -1273,26 +1329,26 @@ class Upload {
         }
       }
     } catch (e) {
-      await this.c._cancelSession(this.reg, this.session.location, this.scope);
+      await this.c.cancelSession(this.reg, this.session.location, this.scope);
       throw e;
     }
   }
 
   private async restart(why: string): Promise<void> {
-    if (this.result.restarts + 1 >= this.c._attempts + 1) {
+    if (this.result.restarts + 1 >= this.c.attempts + 1) {
       throw new RegistryError(
         ErrorCodes.UPLOAD_SESSION_LOST,
         `${this.what}: gave up after ${this.result.restarts} fresh sessions (${why})`,
         { registry: this.reg },
       );
     }
-    this.c._log?.warn('upload session is dead; starting a fresh one', {
+    this.c.log?.warn('upload session is dead; starting a fresh one', {
       registry: this.reg,
       repository: this.name,
       why,
     });
-    await this.c._cancelSession(this.reg, this.session.location, this.scope);
-    const r = await this.c._openSession(this.reg, this.name, this.scope, this.opts.signal);
+    await this.c.cancelSession(this.reg, this.session.location, this.scope);
+    const r = await this.c.openSession(this.reg, this.name, this.scope, this.opts.signal);
     this.session = (r as { session: Session }).session;
     this.offset = 0;
     this.result.restarts++;
@@ -1314,7 +1370,7 @@ class Upload {
     if (!err.transient) throw err;
     if (this.offset > this.failuresAt) this.failures = 0;
     this.failuresAt = this.offset;
-    await this.c._backoff(this.reg, this.what, this.failures, err, this.opts.signal);
+    await this.c.backoff(this.reg, this.what, this.failures, err, this.opts.signal);
     this.failures++;
     return { kind: 'resume' };
   }
@@ -1366,6 +1422,62 @@ class Upload {
     }
   }
 
+  /**
+   * Sends one upload request. A stream body gets no fixed headers timeout (it
+   * may take longer than any limit to produce); instead the registry must answer
+   * within RESPONSE_TIMEOUT_MS once the last byte went out.
+   */
+  private async send(
+    method: Dispatcher.HttpMethod,
+    url: URL,
+    body: Dispatcher.DispatchOptions['body'],
+    headers: Headers,
+    what: string,
+  ): Promise<Res> {
+    const auth = await this.c.authorization(this.reg, this.scope, false, this.opts.signal);
+    const base = {
+      headers: { 'content-type': 'application/octet-stream', ...headers },
+      body,
+      auth,
+      what,
+    };
+    if (!(body instanceof Readable)) {
+      return this.c.exchange(this.reg, method, url, { ...base, signal: this.opts.signal });
+    }
+    const ac = new AbortController();
+    const outer = this.opts.signal;
+    const onAbort = (): void => ac.abort();
+    outer?.addEventListener('abort', onAbort, { once: true });
+    let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    body.once('end', () => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        ac.abort();
+      }, RESPONSE_TIMEOUT_MS);
+    });
+    try {
+      return await this.c.exchange(this.reg, method, url, {
+        ...base,
+        signal: ac.signal,
+        headersTimeout: 0,
+      });
+    } catch (e) {
+      if (timedOut) {
+        throw new RegistryError(
+          ErrorCodes.REGISTRY_UNAVAILABLE,
+          `${what}: no response within ${RESPONSE_TIMEOUT_MS / 1000} s after the body was sent`,
+          { registry: this.reg },
+        );
+      }
+      if (outer?.aborted) throw abortError();
+      throw e;
+    } finally {
+      if (timer) clearTimeout(timer);
+      outer?.removeEventListener('abort', onAbort);
+    }
+  }
+
   /** The offset after a successful PATCH: what we expect, unless the registry says otherwise. */
   private afterPatch(reported: number | undefined): void {
     if (
@@ -1394,21 +1506,15 @@ class Upload {
     expectedAfter: () => number,
   ): Promise<void> {
     const what = `PATCH ${this.what}`;
-    const res = await this.c._exchange(this.reg, 'PATCH', this.session.location, {
-      headers: { 'content-type': 'application/octet-stream', ...headers },
-      body,
-      auth: await this.c._authorization(this.reg, this.scope, false, this.opts.signal),
-      signal: this.opts.signal,
-      what,
-    });
+    const res = await this.send('PATCH', this.session.location, body, headers, what);
     if (res.status !== 202 && res.status !== 204) {
-      if (res.status === 401) this.c._onUnauthorized(this.reg, res, this.scope);
-      throw await this.c._errorOf(this.reg, res, what, ErrorCodes.UPLOAD_SESSION_LOST);
+      if (res.status === 401) this.c.onUnauthorized(this.reg, res, this.scope);
+      throw await this.c.errorOf(this.reg, res, what, ErrorCodes.UPLOAD_SESSION_LOST);
     }
     await dump(res);
     const loc = header(res, 'location');
     if (loc)
-      this.session.location = this.c._resolveLocation(this.reg, this.session.location, loc, what);
+      this.session.location = this.c.resolveLocation(this.reg, this.session.location, loc, what);
     this.expected = expectedAfter();
     this.afterPatch(parseRangeEnd(header(res, 'range')));
   }
@@ -1482,16 +1588,10 @@ class Upload {
     const what = `PUT ${this.what}`;
     const url = new URL(this.session.location.toString());
     url.searchParams.set('digest', digest);
-    const res = await this.c._exchange(this.reg, 'PUT', url, {
-      headers: { 'content-type': 'application/octet-stream', ...headers },
-      body,
-      auth: await this.c._authorization(this.reg, this.scope, false, this.opts.signal),
-      signal: this.opts.signal,
-      what,
-    });
+    const res = await this.send('PUT', url, body, headers, what);
     if (res.status !== 201 && res.status !== 204 && res.status !== 200) {
-      if (res.status === 401) this.c._onUnauthorized(this.reg, res, this.scope);
-      const err = await this.c._errorOf(this.reg, res, what, ErrorCodes.UPLOAD_SESSION_LOST);
+      if (res.status === 401) this.c.onUnauthorized(this.reg, res, this.scope);
+      const err = await this.c.errorOf(this.reg, res, what, ErrorCodes.UPLOAD_SESSION_LOST);
       if (err.code === ErrorCodes.DIGEST_MISMATCH) {
         if (this.digestRestartUsed) throw err;
         this.digestRestartUsed = true;
@@ -1560,7 +1660,7 @@ class Upload {
       if (e instanceof RestartSignal) throw e;
       if (err instanceof RegistryError && err.transient && this.sourceError === undefined) {
         // A monolithic PUT has no offset to resume from: back off, then a fresh session.
-        await this.c._backoff(this.reg, this.what, this.failures++, err, this.opts.signal);
+        await this.c.backoff(this.reg, this.what, this.failures++, err, this.opts.signal);
         throw new RestartSignal(err.message);
       }
       throw e;

@@ -490,6 +490,65 @@ describe('registry client against a node:http fake', function () {
     }
   });
 
+  it('stops on abort, cancels the session and puts nothing', async () => {
+    const ac = new AbortController();
+    const { Readable } = await import('node:stream');
+    const src: BlobSource = {
+      open: async () => {
+        let n = 0;
+        const stream = new Readable({
+          read() {
+            n++;
+            if (n === 3) ac.abort();
+            setTimeout(() => this.push(Buffer.alloc(64 * 1024, n)), 20);
+          },
+        });
+        return { stream, done: new Promise(() => undefined) };
+      },
+    };
+    await rejectsWith(
+      client.uploadBlob(repo(), src, { chunkSize: 64 * 1024, signal: ac.signal }),
+      'FERRY_ABORTED',
+    );
+    assert.equal(fake.requests.filter((q) => q.method === 'PUT').length, 0);
+    assert.equal(fake.requests.filter((q) => q.method === 'DELETE').length, 1);
+    assert.equal(fake.sessions.size, 0);
+  });
+
+  it('shares one token request among concurrent calls', async () => {
+    const { createServer } = await import('node:http');
+    let issued = 0;
+    const ts = createServer((_req, res) => {
+      issued++;
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ token: `t${issued}`, expires_in: 300 }));
+      }, 50);
+    });
+    await new Promise<void>((r) => ts.listen(0, '127.0.0.1', r));
+    const tsPort = (ts.address() as { port: number }).port;
+    await fake.stop();
+    fake = await startFakeRegistry({
+      gate: (req) =>
+        req.headers.authorization?.startsWith('Bearer ')
+          ? undefined
+          : {
+              status: 401,
+              headers: {
+                'www-authenticate': `Bearer realm="http://127.0.0.1:${tsPort}/token",service="fake"`,
+              },
+            },
+    });
+    try {
+      const d = digestOf(Buffer.from('x'));
+      const all = await Promise.all([1, 2, 3, 4, 5].map(() => client.blobExists(repo(), d)));
+      assert.deepEqual(all, [undefined, undefined, undefined, undefined, undefined]);
+      assert.equal(issued, 1);
+    } finally {
+      ts.close();
+    }
+  });
+
   it('fails permanently when a fresh token is refused too', async () => {
     await fake.stop();
     const { createServer } = await import('node:http');
