@@ -1,5 +1,5 @@
 import { realpath } from 'node:fs/promises';
-import { isAbsolute, relative, resolve, sep } from 'node:path';
+import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { SourceError, SourceErrorCodes } from './errors';
 
 /** True when `child` (a real path) is `root` or below it. */
@@ -47,6 +47,23 @@ export async function resolveInsideRoot(
     real = await realpath(isAbsolute(path) ? path : resolve(realRoot, path));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    // Do not reveal whether something exists outside the root: if the deepest existing
+    // ancestor already resolves outside, say so instead of "does not exist".
+    let probe = isAbsolute(path) ? path : resolve(realRoot, path);
+    while (dirname(probe) !== probe) {
+      probe = dirname(probe);
+      const r = await realpath(probe).catch(() => undefined);
+      if (r !== undefined) {
+        if (!isInside(realRoot, r)) {
+          throw new SourceError(
+            SourceErrorCodes.SOURCE_OUTSIDE_ROOT,
+            `${path} is outside the source root ${root}`,
+            field,
+          );
+        }
+        break;
+      }
+    }
     throw new SourceError(
       SourceErrorCodes.SOURCE_NOT_FOUND,
       code === 'ENOENT' || code === 'ENOTDIR'
