@@ -1361,18 +1361,30 @@ class Upload {
     if (!(err instanceof RegistryError)) throw err;
     if (err.code === ErrorCodes.ABORTED) throw err;
     if (err.code === ErrorCodes.UPLOAD_SESSION_LOST) return { kind: 'restart', why: err.message };
-    if (err.status === 416) return { kind: 'resume' };
+    if (err.status === 416) {
+      // The registry holds a different offset than we thought: ask it, no backoff —
+      // but a registry that keeps answering 416 without progress must not loop forever.
+      this.countFailure(err);
+      return { kind: 'resume' };
+    }
     if (err.status === 401 || err.code === ErrorCodes.REGISTRY_UNAUTHORIZED) {
       if (this.refreshedAt === this.offset) throw err;
       this.refreshedAt = this.offset;
       return { kind: 'resume' };
     }
     if (!err.transient) throw err;
+    const n = this.countFailure(err);
+    await this.c.backoff(this.reg, this.what, n - 1, err, this.opts.signal);
+    return { kind: 'resume' };
+  }
+
+  /** Counts consecutive failures without progress; throws once the retry budget is spent. */
+  private countFailure(err: RegistryError): number {
     if (this.offset > this.failuresAt) this.failures = 0;
     this.failuresAt = this.offset;
-    await this.c.backoff(this.reg, this.what, this.failures, err, this.opts.signal);
     this.failures++;
-    return { kind: 'resume' };
+    if (this.failures >= this.c.attempts) throw err;
+    return this.failures;
   }
 
   /** Wraps the source stream: counts bytes and remembers a source failure. */
@@ -1660,7 +1672,8 @@ class Upload {
       if (e instanceof RestartSignal) throw e;
       if (err instanceof RegistryError && err.transient && this.sourceError === undefined) {
         // A monolithic PUT has no offset to resume from: back off, then a fresh session.
-        await this.c.backoff(this.reg, this.what, this.failures++, err, this.opts.signal);
+        const n = this.countFailure(err);
+        await this.c.backoff(this.reg, this.what, n - 1, err, this.opts.signal);
         throw new RestartSignal(err.message);
       }
       throw e;

@@ -419,6 +419,14 @@ describe('registry client against a node:http fake', function () {
       } finally {
         await c2.close();
       }
+      // credsStore: the same helper, as the default store for every host
+      writeFileSync(cfg, JSON.stringify({ auths: { [fake.host]: {} }, credsStore: 'ferrytest' }));
+      const c3 = new RegistryClient({ allow: ['127.0.0.1'], dockerConfigPath: cfg });
+      try {
+        await c3.ping(fake.host);
+      } finally {
+        await c3.close();
+      }
       assert.ok(seen.includes(`first:${expected}`), 'the helper credentials reached their host');
       assert.ok(
         seen.filter((s) => s.startsWith('second:')).every((s) => s === 'second:'),
@@ -488,6 +496,45 @@ describe('registry client against a node:http fake', function () {
     } finally {
       ts.close();
     }
+  });
+
+  it('restarts once in a fresh session after DIGEST_INVALID on the final PUT, then fails permanently', async () => {
+    const invalid = {
+      status: 400,
+      body: '{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}',
+    };
+    fake.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, action: invalid });
+    const data = randomBytes(70_000);
+    const r = await client.uploadBlob(repo(), bufferBlobSource(data), { chunkSize: 0 });
+    assert.equal(r.restarts, 1);
+    assert.equal(r.bytesSent, 2 * data.length);
+    assert.ok(fake.blobs.get(r.digest)!.equals(data));
+
+    fake.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, action: invalid });
+    fake.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, action: invalid });
+    const e = await rejectsWith(
+      client.uploadBlob(repo(), bufferBlobSource(data), { chunkSize: 0 }),
+      'FERRY_DIGEST_MISMATCH',
+    );
+    assert.equal(e.transient, false);
+    assert.equal(e.errors?.[0]?.code, 'DIGEST_INVALID');
+    assert.equal(fake.sessions.size, 0, 'abandoned sessions are cancelled');
+  });
+
+  it('does not loop on a registry that keeps answering 416', async () => {
+    for (let i = 0; i < 20; i++) {
+      fake.addFault({ method: 'PATCH', path: /\/blobs\/uploads\//, action: { status: 416 } });
+    }
+    const e = await rejectsWith(
+      client.uploadBlob(repo(), bufferBlobSource(randomBytes(10_000)), { chunkSize: 4096 }),
+      'FERRY_REGISTRY_PROTOCOL',
+    );
+    assert.equal(e.status, 416);
+    assert.equal(
+      fake.requests.filter((q) => q.method === 'PATCH').length,
+      4,
+      'retry.attempts bounds it',
+    );
   });
 
   it('stops on abort, cancels the session and puts nothing', async () => {

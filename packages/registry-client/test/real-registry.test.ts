@@ -192,6 +192,21 @@ describe('registry client against docker-registry 2.8', function () {
       assert.ok(Buffer.concat(parts).equals(data));
     });
 
+    it('cancels an upload session by its Location', async () => {
+      const post = await request(`${reg.url}/v2/team/app/blobs/uploads/`, { method: 'POST' });
+      await post.body.dump();
+      assert.equal(post.statusCode, 202);
+      const location = String(post.headers.location);
+      await client.cancelUpload(repo(), location);
+      const after = await request(new URL(location, reg.url));
+      await after.body.dump();
+      assert.equal(after.statusCode, 404, 'the registry no longer knows the session');
+      await client.cancelUpload(repo(), location); // gone already: fine
+      await assert.rejects(client.cancelUpload(repo(), 'http://localhost:1/v2/x/blobs/uploads/y'), {
+        code: 'FERRY_REDIRECT_REFUSED',
+      });
+    });
+
     it('reports unknown blobs and repositories', async () => {
       assert.equal(
         await client.blobExists(repo(), digestOf(Buffer.from('never pushed'))),
