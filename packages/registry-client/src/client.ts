@@ -98,6 +98,27 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_REDIRECTS = 5;
 /** How long a registry may take to answer once a streamed body has been sent in full. */
 const RESPONSE_TIMEOUT_MS = 300_000;
+/** How long BlobStream.done may take to settle once its stream has ended. */
+const DONE_TIMEOUT_MS = 60_000;
+
+/** Awaits p, or fails naming who did not answer. */
+function settle<T>(p: Promise<T>, ms: number, who: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_r, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new RegistryError(
+            ErrorCodes.INVALID_ARGUMENT,
+            `${who} did not report its digest (BlobStream.done) within ${ms / 1000} s of its end`,
+          ),
+        ),
+      ms,
+    );
+    timer.unref();
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
 
 export const MANIFEST_ACCEPT: readonly string[] = [
   'application/vnd.oci.image.manifest.v1+json',
@@ -1387,14 +1408,18 @@ class Upload {
     return this.failures;
   }
 
-  /** Wraps the source stream: counts bytes and remembers a source failure. */
-  private counted(bs: BlobStream, start: number): Transform {
+  private sent(n: number, position: number): void {
+    this.result.bytesSent += n;
+    this.opts.onProgress?.(this.result.bytesSent, position);
+  }
+
+  /** Wraps the source stream: counts bytes (unless the caller does) and remembers a source failure. */
+  private counted(bs: BlobStream, start: number, count: boolean): Transform {
     this.pos = start;
     const counter = new Transform({
       transform: (chunk: Buffer, _enc, cb) => {
-        this.result.bytesSent += chunk.length;
         this.pos += chunk.length;
-        this.opts.onProgress?.(this.result.bytesSent, this.pos);
+        if (count) this.sent(chunk.length, this.pos);
         cb(null, chunk);
       },
     });
@@ -1419,10 +1444,10 @@ class Upload {
       bs = await this.source.open(this.offset);
       bs.done.catch(() => undefined);
       if (this.opts.monolithic) return await this.monolithic(bs);
-      counter = this.counted(bs, this.offset);
+      counter = this.counted(bs, this.offset, this.chunkSize === 0);
       if (this.chunkSize === 0) await this.streamed(counter);
       else await this.chunked(counter);
-      const { digest, size } = await bs.done;
+      const { digest, size } = await settle(bs.done, DONE_TIMEOUT_MS, 'the blob source');
       return await this.finish(digest, size);
     } catch (e) {
       if (e instanceof RestartSignal) return { kind: 'restart', why: e.message };
@@ -1537,6 +1562,7 @@ class Upload {
     let have = 0;
     const send = async (buf: Buffer): Promise<void> => {
       const start = this.offset;
+      this.sent(buf.length, start + buf.length);
       await this.patchWith(
         buf,
         {
@@ -1631,16 +1657,16 @@ class Upload {
     if (digest === undefined) {
       // first pass: hash only
       (bs.stream as Readable).resume();
-      const first = await bs.done;
+      const first = await bs.done; // the whole stream is read here, so done settles
       this.checkProduced(first.digest, first.size);
       digest = first.digest;
       bs = await this.source.open(0);
       bs.done.catch(() => undefined);
     }
-    const counter = this.counted(bs, 0);
+    const counter = this.counted(bs, 0, true);
     try {
       const out = await this.put(digest, size, counter, { 'content-length': String(size) });
-      const produced = await bs.done;
+      const produced = await settle(bs.done, DONE_TIMEOUT_MS, 'the blob source');
       this.checkProduced(produced.digest, produced.size);
       if (produced.digest !== digest) {
         throw new RegistryError(
