@@ -1,0 +1,252 @@
+import type { PushEvent, PushState, StoredEvent } from '@ferry/queue';
+
+/** An error the CLI prints as one line: `ferry: CODE: message`. */
+export class CliError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    /** Process exit status. */
+    readonly exitCode = 1,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export interface ClientOptions {
+  server: string;
+  token?: string;
+}
+
+interface ErrorBody {
+  error?: { code?: string; message?: string; field?: string };
+}
+
+/** A small client of Ferry's REST API (global fetch; the token goes only to the configured server). */
+export class FerryClient {
+  readonly base: URL;
+  constructor(private readonly opts: ClientOptions) {
+    let u: URL;
+    try {
+      u = new URL(opts.server);
+    } catch {
+      throw new CliError(
+        'FERRY_BAD_SERVER',
+        `--server ${JSON.stringify(opts.server)} is not a URL`,
+        2,
+      );
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+      throw new CliError(
+        'FERRY_BAD_SERVER',
+        `--server must be an http(s) URL, got ${u.protocol}`,
+        2,
+      );
+    }
+    this.base = u;
+  }
+
+  url(path: string): string {
+    return new URL(path, this.base).toString();
+  }
+
+  headers(extra: Record<string, string> = {}): Record<string, string> {
+    return { ...(this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : {}), ...extra };
+  }
+
+  private async call<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    extra: Record<string, string> = {},
+  ): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(this.url(path), {
+        method,
+        headers: this.headers(
+          body === undefined ? extra : { 'content-type': 'application/json', ...extra },
+        ),
+        body: body === undefined ? undefined : JSON.stringify(body),
+        redirect: 'error',
+      });
+    } catch (err) {
+      throw new CliError(
+        'FERRY_SERVER_UNREACHABLE',
+        `cannot reach ${this.base.origin}: ${causeOf(err)}`,
+      );
+    }
+    const text = await res.text();
+    if (!res.ok) throw errorFromResponse(res.status, text);
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new CliError(
+        'FERRY_BAD_RESPONSE',
+        `${method} ${path}: the server answered ${res.status} with no JSON`,
+      );
+    }
+  }
+
+  createPush(
+    body: unknown,
+    idempotencyKey?: string,
+  ): Promise<{ id: string; status: string; links: { self: string; events: string } }> {
+    return this.call(
+      'POST',
+      '/v1/pushes',
+      body,
+      idempotencyKey ? { 'idempotency-key': idempotencyKey } : {},
+    );
+  }
+
+  getPush(id: string): Promise<PushState & { links: Record<string, string> }> {
+    return this.call('GET', `/v1/pushes/${encodeURIComponent(id)}`);
+  }
+
+  cancelPush(id: string): Promise<{ id: string; status: string }> {
+    return this.call('DELETE', `/v1/pushes/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * Follows a push's SSE stream until its final status event, reconnecting
+   * with Last-Event-ID when the connection drops (up to `maxRetries` failed
+   * attempts in a row). Resolves with the final status event.
+   */
+  async followEvents(
+    id: string,
+    onEvent: (e: StoredEvent) => void,
+    opts: {
+      maxRetries?: number;
+      retryDelayMs?: number;
+      onReconnect?: (attempt: number, why: string) => void;
+    } = {},
+  ): Promise<Extract<PushEvent, { type: 'status' }>> {
+    const maxRetries = opts.maxRetries ?? 10;
+    let lastId: string | undefined;
+    let failures = 0;
+    for (;;) {
+      let why: string;
+      try {
+        const final = await this.readStream(id, lastId, (e) => {
+          lastId = e.id;
+          failures = 0;
+          onEvent(e);
+        });
+        if (final) return final;
+        why = 'the server closed the stream';
+      } catch (err) {
+        if (
+          err instanceof CliError &&
+          err.code !== 'FERRY_SERVER_UNREACHABLE' &&
+          err.code !== 'FERRY_UNAVAILABLE'
+        )
+          throw err;
+        why = err instanceof Error ? err.message : String(err);
+      }
+      failures++;
+      if (failures > maxRetries) {
+        throw new CliError(
+          'FERRY_EVENTS_LOST',
+          `lost the event stream of push ${id} (${why}); see: ferry status ${id}`,
+        );
+      }
+      opts.onReconnect?.(failures, why);
+      await new Promise((r) =>
+        setTimeout(r, Math.min((opts.retryDelayMs ?? 500) * 2 ** (failures - 1), 5_000)),
+      );
+    }
+  }
+
+  /** One SSE connection: the final status event if it came, else undefined (the stream ended early). */
+  private async readStream(
+    id: string,
+    lastId: string | undefined,
+    onEvent: (e: StoredEvent) => void,
+  ): Promise<Extract<PushEvent, { type: 'status' }> | undefined> {
+    let res: Response;
+    try {
+      res = await fetch(this.url(`/v1/pushes/${encodeURIComponent(id)}/events`), {
+        headers: this.headers({
+          accept: 'text/event-stream',
+          ...(lastId ? { 'last-event-id': lastId } : {}),
+        }),
+        redirect: 'error',
+      });
+    } catch (err) {
+      throw new CliError(
+        'FERRY_SERVER_UNREACHABLE',
+        `cannot reach ${this.base.origin}: ${causeOf(err)}`,
+      );
+    }
+    if (!res.ok) throw errorFromResponse(res.status, await res.text());
+    if (!res.body) return undefined;
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for (;;) {
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          throw new CliError('FERRY_SERVER_UNREACHABLE', `the event stream broke: ${causeOf(err)}`);
+        }
+        if (chunk.done) return undefined;
+        buf += decoder.decode(chunk.value, { stream: true }).replace(/\r\n?/g, '\n');
+        let sep;
+        while ((sep = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, sep);
+          buf = buf.slice(sep + 2);
+          let eid: string | undefined;
+          const data: string[] = [];
+          for (const line of block.split('\n')) {
+            if (line.startsWith(':')) continue;
+            const colon = line.indexOf(':');
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+            if (field === 'id') eid = value;
+            else if (field === 'data') data.push(value);
+          }
+          if (!data.length || !eid) continue;
+          let event: PushEvent;
+          try {
+            event = JSON.parse(data.join('\n')) as PushEvent;
+          } catch {
+            continue;
+          }
+          onEvent({ id: eid, event });
+          if (
+            event.type === 'status' &&
+            ['succeeded', 'failed', 'cancelled'].includes(event.status)
+          ) {
+            await reader.cancel().catch(() => undefined);
+            return event;
+          }
+        }
+      }
+    } finally {
+      reader.releaseLock?.();
+    }
+  }
+}
+
+function causeOf(err: unknown): string {
+  const e = err as { message?: string; cause?: { code?: string; message?: string } };
+  return e?.cause?.code ?? e?.cause?.message ?? e?.message ?? String(err);
+}
+
+function errorFromResponse(status: number, text: string): CliError {
+  let body: ErrorBody | undefined;
+  try {
+    body = JSON.parse(text) as ErrorBody;
+  } catch {
+    body = undefined;
+  }
+  const code = body?.error?.code ?? `HTTP_${status}`;
+  let message =
+    body?.error?.message ?? (text.trim().slice(0, 200) || `the server answered ${status}`);
+  if (body?.error?.field && !message.includes(body.error.field))
+    message += ` (field ${body.error.field})`;
+  return new CliError(code, message);
+}

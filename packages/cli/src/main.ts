@@ -1,0 +1,244 @@
+import { Command, CommanderError, Option } from 'commander';
+import { loadConfig } from '@ferry/config';
+import { createLogger } from '@ferry/log';
+import { CliError, FerryClient } from './client';
+import {
+  JsonRenderer,
+  PlainRenderer,
+  TtyRenderer,
+  formatBytes,
+  layerText,
+  type Renderer,
+} from './render';
+import { ROLES, serve, type Role } from './serve';
+import { absolutizeSource } from './source-arg';
+
+export interface CliIo {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean };
+  env: Record<string, string | undefined>;
+  cwd: string;
+}
+
+const DEFAULT_URL = 'http://127.0.0.1:8080';
+const NOT_YET = 'not implemented yet: signing arrives with the signing issue';
+
+interface ServerOpts {
+  server?: string;
+  token?: string;
+  json?: boolean;
+}
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+function client(opts: ServerOpts, io: CliIo): FerryClient {
+  return new FerryClient({
+    server: opts.server ?? io.env.FERRY_URL ?? DEFAULT_URL,
+    token: opts.token ?? (io.env.FERRY_TOKEN || undefined),
+  });
+}
+
+function serverOptions(cmd: Command): Command {
+  return cmd
+    .option('--server <url>', `Ferry API URL (default: $FERRY_URL or ${DEFAULT_URL})`)
+    .option('--token <token>', 'API bearer token (default: $FERRY_TOKEN)');
+}
+
+interface PushOpts extends ServerOpts {
+  tag: string[];
+  sign?: boolean;
+  schema1?: boolean;
+  format?: 'oci' | 'docker';
+  platform?: string;
+  wait: boolean;
+}
+
+async function push(source: string, target: string, opts: PushOpts, io: CliIo): Promise<number> {
+  const api = client(opts, io);
+  const body: Record<string, unknown> = { source: absolutizeSource(source, io.cwd), target };
+  if (opts.tag.length) body.tags = opts.tag;
+  if (opts.sign) body.sign = true;
+  if (opts.schema1) body.schema1 = true;
+  if (opts.format) body.format = opts.format;
+  if (opts.platform) body.platform = opts.platform;
+  const accepted = await api.createPush(body);
+  if (!opts.wait) {
+    io.stdout.write(opts.json ? JSON.stringify(accepted) + '\n' : `${accepted.id}\n`);
+    return 0;
+  }
+  const renderer: Renderer = opts.json
+    ? new JsonRenderer(io.stdout)
+    : io.stderr.isTTY
+      ? new TtyRenderer(io.stderr)
+      : new PlainRenderer(io.stderr);
+  renderer.start({ id: accepted.id, source: String(body.source), target });
+  const final = await api.followEvents(accepted.id, (e) => renderer.event(e), {
+    onReconnect: (n, why) => renderer.reconnect(n, why),
+  });
+  renderer.end();
+  if (final.status === 'succeeded') {
+    const digest = final.manifest?.digest ?? (await api.getPush(accepted.id)).manifest?.digest;
+    if (!digest)
+      throw new CliError(
+        'FERRY_BAD_RESPONSE',
+        `push ${accepted.id} succeeded without a manifest digest`,
+      );
+    if (!opts.json) io.stdout.write(`${digest}\n`);
+    return 0;
+  }
+  const err = final.error ?? {
+    code: `FERRY_PUSH_${final.status.toUpperCase()}`,
+    message: `push ${accepted.id} ${final.status}`,
+  };
+  throw new CliError(err.code, err.message);
+}
+
+async function status(id: string, opts: ServerOpts, io: CliIo): Promise<number> {
+  const s = await client(opts, io).getPush(id);
+  if (opts.json) {
+    io.stdout.write(JSON.stringify(s) + '\n');
+    return 0;
+  }
+  const lines = [
+    `id:       ${s.id}`,
+    `status:   ${s.status}`,
+    `source:   ${s.source}`,
+    `target:   ${s.target}`,
+  ];
+  if (s.tags?.length) lines.push(`tags:     ${s.tags.join(', ')}`);
+  lines.push(`created:  ${s.createdAt}`);
+  if (s.finishedAt) lines.push(`finished: ${s.finishedAt}`);
+  for (const l of s.layers ?? []) {
+    const name = l.digest ?? `layer ${l.index}`;
+    const img = s.layers.some((x) => x.imageIndex > 0) ? `image ${l.imageIndex} ` : '';
+    lines.push(
+      `  ${img}${name}: ${layerText(l)}${l.bytesSent ? ` (${formatBytes(l.bytesSent)} sent)` : ''}`,
+    );
+  }
+  for (const m of s.manifests ?? [])
+    lines.push(
+      `  manifest ${m.digest}${m.tag ? ` tag ${m.tag}` : ''}${m.platform ? ` ${m.platform}` : ''}`,
+    );
+  if (s.error) lines.push(`error:    ${s.error.code}: ${s.error.message}`);
+  if (s.manifest)
+    lines.push(`manifest: ${s.manifest.mediaType} ${s.manifest.size} bytes`, s.manifest.digest);
+  io.stdout.write(lines.join('\n') + '\n');
+  return 0;
+}
+
+async function cancel(id: string, opts: ServerOpts, io: CliIo): Promise<number> {
+  const r = await client(opts, io).cancelPush(id);
+  io.stdout.write(opts.json ? JSON.stringify(r) + '\n' : `${r.id}: ${r.status}\n`);
+  return 0;
+}
+
+async function runServe(roleArg: string, io: CliIo): Promise<number> {
+  const roles: Role[] = roleArg === 'all' ? [...ROLES] : [roleArg as Role];
+  const config = loadConfig(io.env, io.cwd);
+  const logger = createLogger({ level: config.logLevel });
+  return serve(roles, config, logger);
+}
+
+export function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
+  const program = new Command('ferry')
+    .description('Push container images to OCI / Docker v2 registries through a Ferry server')
+    .version('0.1.0')
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      outputError: (s, write) =>
+        write(`ferry: FERRY_USAGE: ${s.replace(/^error: /, '').trim()} (see ferry --help)\n`),
+    });
+
+  serverOptions(
+    program
+      .command('push')
+      .description(
+        'push SOURCE (oci:PATH[:REF], docker-archive:PATH[:REF], dir:PATH) to TARGET (HOST[:PORT]/REPO[:TAG])',
+      )
+      .argument('<source>')
+      .argument('<target>')
+      .option('-t, --tag <tag>', 'an extra tag (repeatable)', collect, [])
+      .option('--sign', 'sign with every key the server has')
+      .option('--schema1', 'push a legacy signed schema1 manifest')
+      .addOption(new Option('--format <format>', 'manifest format').choices(['oci', 'docker']))
+      .option('--platform <os/arch>', 'push one platform of a multi-platform source')
+      .option('--json', 'one JSON object per event on stdout, the last one the final status')
+      .option('--no-wait', 'print the push id and return at once'),
+  ).action(async (source: string, target: string, opts: PushOpts) =>
+    setExit(await push(source, target, opts, io)),
+  );
+
+  serverOptions(
+    program
+      .command('status')
+      .description('show a push')
+      .argument('<id>')
+      .option('--json', 'print the state as JSON'),
+  ).action(async (id: string, opts: ServerOpts) => setExit(await status(id, opts, io)));
+
+  serverOptions(
+    program
+      .command('cancel')
+      .description('cancel a push')
+      .argument('<id>')
+      .option('--json', 'print the answer as JSON'),
+  ).action(async (id: string, opts: ServerOpts) => setExit(await cancel(id, opts, io)));
+
+  program
+    .command('serve')
+    .description('run Ferry roles in this process (all by default)')
+    .addOption(new Option('--role <role>', 'which role').choices(['all', ...ROLES]).default('all'))
+    .action(async (opts: { role: string }) => setExit(await runServe(opts.role, io)));
+
+  program
+    .command('keygen')
+    .description('make signing keys')
+    .option('--out <dir>', 'where to write the keys')
+    .action(() => {
+      throw new CliError('FERRY_NOT_IMPLEMENTED', NOT_YET, 2);
+    });
+  program
+    .command('verify')
+    .description('verify the signatures of TARGET')
+    .argument('<target>')
+    .option('--key <pub>', 'public key')
+    .action(() => {
+      throw new CliError('FERRY_NOT_IMPLEMENTED', NOT_YET, 2);
+    });
+  return program;
+}
+
+/** Runs the ferry command line; resolves with the exit status. Errors become one line: `ferry: CODE: message`. */
+export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<number> {
+  const full: CliIo = {
+    stdout: io.stdout ?? process.stdout,
+    stderr: io.stderr ?? process.stderr,
+    env: io.env ?? process.env,
+    cwd: io.cwd ?? process.cwd(),
+  };
+  let code = 0;
+  const program = buildProgram(full, (c) => (code = c));
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return code;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (
+        err.code === 'commander.helpDisplayed' ||
+        err.code === 'commander.version' ||
+        err.code === 'commander.help'
+      )
+        return 0;
+      return 2;
+    }
+    const e = err as { code?: unknown; message?: string; exitCode?: number };
+    const codeStr = typeof e.code === 'string' ? e.code : 'FERRY_ERROR';
+    const message = (e.message ?? String(err)).replace(/\s+/g, ' ').trim();
+    full.stderr.write(`ferry: ${codeStr}: ${message}\n`);
+    return err instanceof CliError ? err.exitCode : 1;
+  }
+}
