@@ -3,7 +3,7 @@
  * read back with plain HTTP GETs and skopeo.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import {
@@ -14,6 +14,7 @@ import {
   type BlobSource,
 } from '@ferry/registry-client';
 import {
+  libtrustKeyId,
   startRegistry,
   startProxy,
   skopeo,
@@ -423,6 +424,86 @@ describe('registry client against docker-registry 2.8', function () {
           return true;
         },
       );
+    });
+  });
+
+  describe('schema1 registry', () => {
+    let reg: RegistryHandle;
+    before(async () => {
+      reg = await startRegistry({ schema1: true });
+    });
+    after(async () => {
+      await reg?.stop();
+    });
+
+    /** A minimal libtrust-style JWS (ES256, jwk in the header) — enough for the registry to verify. */
+    function signed(manifest: object): { body: Buffer; payload: Buffer } {
+      const payload = Buffer.from(JSON.stringify(manifest, null, 3));
+      const text = payload.toString();
+      const formatLength = text.lastIndexOf('\n}');
+      const tail = text.slice(formatLength);
+      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const jwk = publicKey.export({ format: 'jwk' });
+      const prot = Buffer.from(
+        JSON.stringify({
+          formatLength,
+          formatTail: Buffer.from(tail).toString('base64url'),
+          time: '2026-01-01T00:00:00Z',
+        }),
+      ).toString('base64url');
+      const sig = sign('sha256', Buffer.from(`${prot}.${payload.toString('base64url')}`), {
+        key: privateKey,
+        dsaEncoding: 'ieee-p1363',
+      });
+      const kid = libtrustKeyId(publicKey.export({ type: 'spki', format: 'der' }));
+      const sigs = JSON.stringify([
+        {
+          header: { jwk: { crv: jwk.crv, kid, kty: jwk.kty, x: jwk.x, y: jwk.y }, alg: 'ES256' },
+          signature: sig.toString('base64url'),
+          protected: prot,
+        },
+      ]);
+      return {
+        body: Buffer.from(`${text.slice(0, formatLength)},\n   "signatures": ${sigs}${tail}`),
+        payload,
+      };
+    }
+
+    it('checks a signed schema1 manifest against the digest the registry computes over its payload', async () => {
+      const client = new RegistryClient({ allow: ['127.0.0.1'], retry: quick });
+      try {
+        const repo = { registry: reg.host, repository: 's1/app' };
+        const layer = await client.uploadBlob(repo, bufferBlobSource(randomBytes(512)));
+        const { body, payload } = signed({
+          schemaVersion: 1,
+          name: 's1/app',
+          tag: 'v1',
+          architecture: 'amd64',
+          fsLayers: [{ blobSum: layer.digest }],
+          history: [
+            {
+              v1Compatibility: JSON.stringify({
+                id: 'b'.repeat(64),
+                created: '2026-01-01T00:00:00Z',
+              }),
+            },
+          ],
+        });
+        const mt = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
+        const r = await client.putManifest(repo, 'v1', body, mt);
+        assert.equal(
+          r.digest,
+          digestOf(payload),
+          'the registry agreed: Docker-Content-Digest is over the payload',
+        );
+        assert.notEqual(r.digest, digestOf(body));
+        const head = await client.headManifest(repo, 'v1', [mt]);
+        assert.equal(head?.digest, r.digest);
+        const got = await client.getManifest(repo, r.digest, [mt]);
+        assert.equal(got.digest, r.digest);
+      } finally {
+        await client.close();
+      }
     });
   });
 
