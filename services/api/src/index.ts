@@ -28,9 +28,14 @@ export interface RunningApi {
   close(): Promise<void>;
 }
 
-/** Connects to Redis, builds the API and listens on FERRY_HOST:FERRY_PORT. */
+/** Builds the API on a Redis connection (made in the background) and listens on FERRY_HOST:FERRY_PORT. */
 export async function startApi(config: FerryConfig, logger: Logger): Promise<RunningApi> {
-  const ctx = await openQueueContext(config, { role: 'producer', name: 'ferry-api' });
+  // Not waiting for Redis: the API comes up either way and /readyz tells when Redis answers.
+  const ctx = await openQueueContext(config, {
+    role: 'producer',
+    name: 'ferry-api',
+    waitReady: false,
+  });
   const app = buildApi({
     config,
     redis: ctx.connection,

@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { loadConfig } from '@ferry/config';
+import { createLogger } from '@ferry/log';
+import { startApi } from '@ferry/api';
+import { freePort } from '../../../test/helpers/ports';
+import { redisPing } from '../../../test/helpers/redis';
+import { tmpDir } from '../../../test/helpers/tmp';
+import { makeSourceRoot, readSse } from './helpers';
+
+describe('startApi', function () {
+  it('comes up without Redis (/readyz 503), becomes ready when Redis appears, and close() stops it', async () => {
+    const redisPort = await freePort();
+    const src = makeSourceRoot();
+    const config = loadConfig(
+      {
+        FERRY_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        FERRY_HOST: '127.0.0.1',
+        FERRY_PORT: '0',
+        FERRY_SOURCE_ROOT: src.root,
+        FERRY_API_TOKENS: 't0ken',
+        FERRY_QUEUE_PREFIX: '{start}',
+        FERRY_SHUTDOWN_TIMEOUT: '5',
+      },
+      src.root,
+    );
+    const api = await startApi(config, createLogger({ silent: true }));
+    const dir = tmpDir('api-late-redis');
+    let redis: ReturnType<typeof spawn> | undefined;
+    try {
+      assert.match(api.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+      assert.equal((await fetch(`${api.url}/healthz`)).status, 200);
+      assert.equal((await fetch(`${api.url}/readyz`)).status, 503);
+
+      redis = spawn(
+        'redis-server',
+        [
+          '--port',
+          String(redisPort),
+          '--bind',
+          '127.0.0.1',
+          '--dir',
+          dir,
+          '--save',
+          '',
+          '--appendonly',
+          'no',
+          '--maxmemory-policy',
+          'noeviction',
+        ],
+        { stdio: 'ignore' },
+      );
+      for (let i = 0; i < 100 && !(await redisPing('127.0.0.1', redisPort)); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      let ready = 0;
+      for (let i = 0; i < 100 && ready !== 200; i++) {
+        ready = (await fetch(`${api.url}/readyz`)).status;
+        if (ready !== 200) await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(ready, 200, 'ready once Redis answers');
+      const res = await fetch(`${api.url}/v1/pushes`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer t0ken', 'content-type': 'application/json' },
+        body: JSON.stringify({ source: `dir:${src.app}`, target: 'localhost:5000/team/app:1' }),
+      });
+      assert.equal(res.status, 202, await res.clone().text());
+      const { id } = (await res.json()) as { id: string };
+
+      // An open SSE stream does not hold up shutdown: close() ends it.
+      const sse = readSse(`${api.url}/v1/pushes/${id}/events`, { authorization: 'Bearer t0ken' });
+      await new Promise((r) => setTimeout(r, 200));
+      const t0 = Date.now();
+      await api.close();
+      assert.ok(Date.now() - t0 < 4_000, `close took ${Date.now() - t0} ms`);
+      const stream = await sse;
+      assert.equal(stream.ended, true);
+      assert.equal(JSON.parse(stream.events[0].data).status, 'queued');
+    } finally {
+      await api.close();
+      if (redis?.pid) process.kill(redis.pid, 'SIGKILL');
+    }
+    const after = await fetch(`${api.url}/healthz`).then(
+      () => 'answered',
+      () => 'closed',
+    );
+    assert.equal(after, 'closed');
+  });
+});
