@@ -596,6 +596,50 @@ describe('registry client against a node:http fake', function () {
     }
   });
 
+  it('trades a docker identitytoken for an access token (OAuth2 refresh_token grant)', async () => {
+    const { createServer } = await import('node:http');
+    const forms: URLSearchParams[] = [];
+    const ts = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        forms.push(new URLSearchParams(body));
+        res.writeHead(req.method === 'POST' ? 200 : 405, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ access_token: 'oauth-access', expires_in: 300 }));
+      });
+    });
+    await new Promise<void>((r) => ts.listen(0, '127.0.0.1', r));
+    const tsPort = (ts.address() as { port: number }).port;
+    await fake.stop();
+    fake = await startFakeRegistry({
+      gate: (req) =>
+        req.headers.authorization === 'Bearer oauth-access'
+          ? undefined
+          : {
+              status: 401,
+              headers: {
+                'www-authenticate': `Bearer realm="http://127.0.0.1:${tsPort}/token",service="fake"`,
+              },
+            },
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-rc-'));
+    const cfg = join(dir, 'config.json');
+    writeFileSync(cfg, JSON.stringify({ auths: { [fake.host]: { identitytoken: 'refresh-me' } } }));
+    const c2 = new RegistryClient({ allow: ['127.0.0.1'], dockerConfigPath: cfg });
+    try {
+      assert.equal(await c2.blobExists(repo(), digestOf(Buffer.from('x'))), undefined);
+      assert.equal(forms.length, 1);
+      assert.equal(forms[0]!.get('grant_type'), 'refresh_token');
+      assert.equal(forms[0]!.get('refresh_token'), 'refresh-me');
+      assert.equal(forms[0]!.get('service'), 'fake');
+      assert.equal(forms[0]!.get('scope'), 'repository:team/app:pull');
+    } finally {
+      await c2.close();
+      ts.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('fails permanently when a fresh token is refused too', async () => {
     await fake.stop();
     const { createServer } = await import('node:http');

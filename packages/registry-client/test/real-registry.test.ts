@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
+import { createLogger } from '@ferry/log';
 import { request } from 'undici';
 import {
   bufferBlobSource,
@@ -19,6 +20,7 @@ import {
   startProxy,
   skopeo,
   skopeoInspect,
+  writeDockerConfig,
   type RegistryHandle,
 } from '../../../test/helpers';
 import { startFaultProxy } from './fault-proxy';
@@ -651,6 +653,51 @@ describe('registry client against docker-registry 2.8', function () {
         );
       } finally {
         await client.close();
+      }
+    });
+
+    it('keeps passwords and tokens out of its log lines, even while retrying', async () => {
+      const lines: string[] = [];
+      const sink = new Writable({
+        write(chunk: Buffer, _e, cb) {
+          lines.push(chunk.toString());
+          cb();
+        },
+      });
+      const logger = createLogger({ level: 'debug', format: 'json', stream: sink });
+      const fp = await startFaultProxy({ host: '127.0.0.1', port: reg.port });
+      // credentials belong to a host: the proxy's host needs its own entry
+      const cfg = reg.dockerConfigPath + '.proxy.json';
+      writeDockerConfig(cfg, fp.host, reg.username, reg.password);
+      const client = new RegistryClient({
+        allow: ['127.0.0.1'],
+        retry: quick,
+        dockerConfigPath: cfg,
+        logger,
+      });
+      try {
+        fp.addFault({ method: 'PATCH', path: /\/blobs\/uploads\//, skip: 1, status: 503 });
+        const data = randomBytes(300_000);
+        const r = await client.uploadBlob(
+          { registry: fp.host, repository: 'tok/logs' },
+          bufferBlobSource(data),
+          {
+            chunkSize: 100_000,
+          },
+        );
+        assert.equal(r.resumes, 1);
+        const tokenSeen = fp.log
+          .find((l) => l.auth?.startsWith('Bearer '))
+          ?.auth?.slice('Bearer '.length);
+        assert.ok(tokenSeen && tokenSeen.length > 20, 'the registry did get a bearer token');
+        const text = lines.join('');
+        assert.match(text, /retrying/, 'the retry was logged');
+        assert.ok(!text.includes(reg.password!), 'no password in the log');
+        assert.ok(!text.includes(tokenSeen), 'no token in the log');
+        assert.ok(!/_state=/.test(text), 'no upload session state in the log');
+      } finally {
+        await client.close();
+        await fp.stop();
       }
     });
 
