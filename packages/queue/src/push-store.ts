@@ -53,6 +53,7 @@ local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {-1, '', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur, ''} end
 local to = ARGV[3]
+if cur == to then return {1, cur, ''} end
 redis.call('HSET', KEYS[1], 'status', to)
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local names = {'queued', 'running', 'succeeded', 'failed', 'cancelled'}
@@ -272,16 +273,19 @@ export class PushStore {
   }
 
   /**
-   * Sets a non-final status: 'running' (from queued or running; records startedAt
-   * the first time) or 'queued'. A final push is never reopened (ok: false).
-   * Appends a status event unless the status was already the same.
+   * Sets a non-final status: 'running' (from queued; records startedAt) or
+   * 'queued'. A final push is never reopened (ok: false). Appends a status
+   * event only when the status changes: safe to call from every job.
    */
   async setStatus(id: string, status: 'queued' | 'running'): Promise<TransitionResult> {
-    const current = await this.redis.hmget(this.keys.push(id), 'status', 'startedAt');
-    if (current[0] === status) return { ok: true, previous: status };
+    // Cheap check first: every lookup job of a push calls this.
+    if ((await this.redis.hget(this.keys.push(id), 'status')) === status) {
+      return { ok: true, previous: status };
+    }
     const at = new Date().toISOString();
-    const fields: Record<string, string> = {};
-    if (status === 'running' && !current[1]) fields.startedAt = at;
+    // The script changes nothing (and appends no event) when the status is already
+    // `status`, so of several workers racing here exactly one records startedAt and the event.
+    const fields: Record<string, string> = status === 'running' ? { startedAt: at } : {};
     return this.transition(
       id,
       ['queued', 'running'],

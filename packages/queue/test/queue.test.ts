@@ -445,6 +445,24 @@ describe('@ferry/queue against a real redis-server', function () {
       await assert.rejects(store.readEvents('a1', 'nope'), /bad event id/);
     });
 
+    it('workers racing to mark a push running record one status event and one startedAt', async () => {
+      await store.create('r1', request);
+      const results = await Promise.all(
+        Array.from({ length: 10 }, () => store.setStatus('r1', 'running')),
+      );
+      assert.ok(results.every((r) => r.ok));
+      assert.equal(results.filter((r) => r.eventId).length, 1);
+      const events = await store.readEvents('r1');
+      assert.deepEqual(
+        events.map((e) => (e.event.type === 'status' ? e.event.status : e.event.type)),
+        ['queued', 'running'],
+      );
+      const startedAt = (await store.get('r1'))?.startedAt;
+      assert.ok(startedAt);
+      await store.setStatus('r1', 'running');
+      assert.equal((await store.get('r1'))?.startedAt, startedAt);
+    });
+
     it('a blocking read returns an event appended while it waits', async () => {
       await store.create('b1', request);
       const [first] = await store.readEvents('b1');
