@@ -1624,8 +1624,10 @@ class Upload {
     headers: Headers,
   ): Promise<Outcome> {
     const what = `PUT ${this.what}`;
+    // Append to the registry's query as it is (its opaque _state stays byte for byte).
     const url = new URL(this.session.location.toString());
-    url.searchParams.set('digest', digest);
+    const q = `digest=${encodeURIComponent(digest)}`;
+    url.search = url.search && url.search !== '?' ? `${url.search}&${q}` : `?${q}`;
     const res = await this.send('PUT', url, body, headers, what);
     if (res.status !== 201 && res.status !== 204 && res.status !== 200) {
       if (res.status === 401) this.c.onUnauthorized(this.reg, res, this.scope);

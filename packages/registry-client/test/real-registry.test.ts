@@ -180,6 +180,19 @@ describe('registry client against docker-registry 2.8', function () {
       });
     });
 
+    it('uploads an empty blob in every mode', async () => {
+      const empty = Buffer.alloc(0);
+      for (const opts of [{ chunkSize: 0 }, { chunkSize: 1024 }, { monolithic: true }]) {
+        const r = await client.uploadBlob(repo('team/empty'), bufferBlobSource(empty), opts);
+        assert.equal(r.digest, digestOf(empty), JSON.stringify(opts));
+        assert.equal(r.size, 0);
+      }
+      assert.deepEqual(await readBack(reg.url, 'team/empty', digestOf(empty)), {
+        digest: digestOf(empty),
+        size: 0,
+      });
+    });
+
     it('uploads in Content-Range chunks', async () => {
       const data = randomBytes(5 * 1024 * 1024 + 123);
       const r = await client.uploadBlob(repo(), bufferBlobSource(data), { chunkSize: 1024 * 1024 });
