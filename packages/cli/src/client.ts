@@ -136,12 +136,7 @@ export class FerryClient {
         if (final) return final;
         why = 'the server closed the stream';
       } catch (err) {
-        if (
-          err instanceof CliError &&
-          err.code !== 'FERRY_SERVER_UNREACHABLE' &&
-          err.code !== 'FERRY_UNAVAILABLE'
-        )
-          throw err;
+        if (err instanceof CliError && !retryable(err.code)) throw err;
         why = err instanceof Error ? err.message : String(err);
       }
       failures++;
@@ -229,6 +224,13 @@ export class FerryClient {
       reader.releaseLock?.();
     }
   }
+}
+
+/** Worth reopening the stream: the server was unreachable, or answered 5xx (restarting, a proxy). */
+function retryable(code: string): boolean {
+  return (
+    code === 'FERRY_SERVER_UNREACHABLE' || code === 'FERRY_UNAVAILABLE' || /^HTTP_5\d\d$/.test(code)
+  );
 }
 
 function causeOf(err: unknown): string {

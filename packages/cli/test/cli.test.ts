@@ -312,7 +312,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
     assert.equal(state.error.code, 'FERRY_CANCELLED');
   });
 
-  it('reconnects with Last-Event-ID when the event stream drops, and misses nothing', async () => {
+  it('reconnects with Last-Event-ID when the event stream drops (and past a 502), and misses nothing', async () => {
     // A proxy that cuts the first event stream after two events.
     const upstream = new URL(server);
     let cuts = 0;
@@ -320,6 +320,12 @@ describe('ferry CLI against the API and a fake pipeline', function () {
     const proxy: Server = createServer((req, res) => {
       const isEvents = /\/events$/.test(req.url ?? '');
       if (isEvents) lastIds.push(req.headers['last-event-id'] as string | undefined);
+      if (isEvents && lastIds.length === 2) {
+        // the reconnect meets a gateway error once: the client tries again
+        res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end('bad gateway');
+        return;
+      }
       const up = httpRequest(
         {
           host: upstream.hostname,
@@ -363,12 +369,13 @@ describe('ferry CLI against the API and a fake pipeline', function () {
         onReconnect: () => reconnects++,
       });
       assert.equal(final.status, 'succeeded');
-      assert.ok(reconnects >= 1, 'the stream was reopened');
+      assert.ok(reconnects >= 2, 'the stream was reopened after the reset and after the 502');
       assert.equal(lastIds[0], undefined);
       assert.ok(
         lastIds[1] && /^\d+-\d+$/.test(lastIds[1]),
         `the second request resumed after ${lastIds[1]}`,
       );
+      assert.equal(lastIds[2], lastIds[1], 'the third request resumed after the same event');
       const stored = await api.store.readEvents(id);
       assert.deepEqual(
         got.map((e) => e.id),
