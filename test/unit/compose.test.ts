@@ -22,7 +22,9 @@ describe('docker-compose.yml', () => {
       validateSchema: false,
     });
     const validate = ajv.compile(JSON.parse(schemaText));
-    const doc = parse(readFileSync(join(root, 'docker-compose.yml'), 'utf8'));
+    const doc = parse(readFileSync(join(root, 'docker-compose.yml'), 'utf8')) as {
+      services: Record<string, unknown>;
+    };
     const ok = validate(doc);
     assert.ok(ok, JSON.stringify(validate.errors, null, 2));
     assert.deepEqual(Object.keys(doc.services).sort(), [
