@@ -41,6 +41,8 @@ export interface ByteSource {
 
 /** zlib output chunk size: large enough that thread-pool round trips stay cheap. */
 export const GZIP_CHUNK_SIZE = 128 * 1024;
+/** Input bytes that may wait in front of zlib (read-ahead). */
+export const ZLIB_INPUT_QUEUE = 4 * 1024 * 1024;
 /** Read size for files and byte ranges. */
 export const READ_CHUNK_SIZE = 1024 * 1024;
 
@@ -212,7 +214,12 @@ export function runPipeline(opts: PipelineOptions): LayerStream {
 
   if (mode.kind === 'gzip') {
     rawHash = createHash('sha256');
-    const z = zlib.createGzip({ level: mode.level, chunkSize: GZIP_CHUNK_SIZE });
+    // A few MB of input may queue in front of zlib, so the next file read overlaps compression.
+    const z = zlib.createGzip({
+      level: mode.level,
+      chunkSize: GZIP_CHUNK_SIZE,
+      writableHighWaterMark: ZLIB_INPUT_QUEUE,
+    } as zlib.ZlibOptions);
     gzip = z;
     z.on('data', (c: Buffer) => {
       if (settled) return;
@@ -271,7 +278,10 @@ export function runPipeline(opts: PipelineOptions): LayerStream {
     let uncompressedSize = content === 'opaque' ? -1 : 0;
     if (content === 'gzip') {
       rawHash = createHash('sha256');
-      const g = zlib.createGunzip({ chunkSize: GZIP_CHUNK_SIZE });
+      const g = zlib.createGunzip({
+        chunkSize: GZIP_CHUNK_SIZE,
+        writableHighWaterMark: ZLIB_INPUT_QUEUE,
+      } as zlib.ZlibOptions);
       gunzip = g;
       g.on('data', (c: Buffer) => {
         rawHash!.update(c);
