@@ -138,7 +138,10 @@ async function runServe(roleArg: string, io: CliIo): Promise<number> {
   const roles: Role[] = roleArg === 'all' ? [...ROLES] : [roleArg as Role];
   const config = loadConfig(io.env, io.cwd);
   const logger = createLogger({ level: config.logLevel });
-  return serve(roles, config, logger);
+  const code = await serve(roles, config, logger);
+  // Every role has been closed (or abandoned at the deadline): a handle left open must not keep us alive.
+  setTimeout(() => process.exit(code), 2_000).unref();
+  return code;
 }
 
 export function buildProgram(io: CliIo, setExit: (code: number) => void): Command {

@@ -41,6 +41,12 @@ export function buildOpenApi(opts: {
       });
     }
     if (params.length) op.parameters = params;
+    if (r.form) {
+      op.requestBody = {
+        required: true,
+        content: { 'application/x-www-form-urlencoded': { schema: r.form } },
+      };
+    }
     if (r.schema?.body) {
       op.requestBody = {
         required: true,

@@ -174,6 +174,8 @@ export interface RouteDoc {
   schema?: { body?: Json; params?: Json; querystring?: Json; headers?: Json };
   /** Documentation only (fastify does not serialise with them). */
   responses: Record<string, { description: string; content?: Record<string, Json> }>;
+  /** A non-JSON request body, documentation only (the login form). */
+  form?: Json;
 }
 
 const json = (schema: Json) => ({ 'application/json': { schema } });
@@ -296,6 +298,36 @@ export const ROUTES: RouteDoc[] = [
     summary: 'Prometheus metrics (cluster-wide counters, queue depths)',
     auth: true,
     responses: { '200': { description: 'text/plain; version=0.0.4' } },
+  },
+  {
+    method: 'GET',
+    url: '/admin/login',
+    summary: 'Bull Board sign-in form',
+    auth: false,
+    responses: { '200': { description: 'HTML form' } },
+  },
+  {
+    method: 'POST',
+    url: '/admin/login',
+    summary:
+      'Sign in to Bull Board with an API token: sets an HttpOnly, SameSite=Strict session cookie',
+    auth: false,
+    form: {
+      type: 'object',
+      required: ['token'],
+      properties: { token: { type: 'string' } },
+    },
+    responses: {
+      '303': { description: 'Signed in; redirects to /admin/queues' },
+      '401': { description: 'Wrong token; the form again' },
+    },
+  },
+  {
+    method: 'GET',
+    url: '/admin/queues',
+    summary: 'Bull Board (lookup, upload and assemble queues): bearer token or session cookie',
+    auth: true,
+    responses: { '200': { description: 'HTML' }, '303': { description: 'To /admin/login' } },
   },
   {
     method: 'GET',

@@ -556,6 +556,8 @@ describe('api (fastify + real redis-server)', function () {
       '/readyz',
       '/metrics',
       '/v1/signing/public-key',
+      '/admin/queues',
+      '/admin/login',
       '/sigstore/{path}',
     ]) {
       assert.ok(doc.paths[path], `documents ${path}`);
