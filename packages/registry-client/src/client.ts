@@ -50,6 +50,17 @@ export interface UploadOptions {
   signal?: AbortSignal;
   /** Repositories (same registry) to try a cross-repository mount from, if source.digest is stated. */
   mountFrom?: string[];
+  /**
+   * The Location of an upload session an earlier attempt (another process, a
+   * retried job) left open: the upload asks the registry for its offset and
+   * continues from there, or opens a fresh session when the registry no
+   * longer knows it.
+   */
+  resumeSession?: string;
+  /** Called with the session's current Location whenever it changes, and with undefined once it is finished or cancelled. */
+  onSession?: (location: string | undefined) => void;
+  /** Leave the session open when the upload fails for a transient reason, so a later attempt can resume it (default: cancel). */
+  keepSessionOnFailure?: boolean;
 }
 
 export interface UploadResult {
@@ -1039,7 +1050,34 @@ export class RegistryClient {
     const result: UploadResult = { digest: '', size: 0, bytesSent: 0, restarts: 0, resumes: 0 };
 
     let session: Session | undefined;
-    if (source.digest) {
+    let startOffset = 0;
+    if (opts.resumeSession) {
+      const location = this.resolveLocation(
+        reg,
+        this.baseUrl(reg),
+        opts.resumeSession,
+        'resume upload',
+      );
+      const earlier: Session = { location, minChunk: 0 };
+      const off = await this.sessionOffset(reg, earlier, scope, signal);
+      if (off === 'lost') {
+        result.restarts++;
+        this.log?.info('the earlier upload session is gone; starting a fresh one', {
+          registry: reg,
+          repository: name,
+        });
+      } else {
+        session = earlier;
+        startOffset = off;
+        if (off > 0) result.resumes++;
+        this.log?.info('resuming an earlier upload session from the offset the registry reports', {
+          registry: reg,
+          repository: name,
+          offset: off,
+        });
+      }
+    }
+    if (!session && source.digest) {
       for (const [i, from] of mountFrom.entries()) {
         const r = await this.openSession(reg, name, scope, signal, { digest: source.digest, from });
         if (r.mounted) {
@@ -1070,7 +1108,7 @@ export class RegistryClient {
       session,
       chunkSize,
     );
-    return up.run();
+    return up.run(startOffset);
   }
 
   /** The private operations an Upload needs (kept off the public surface). */
@@ -1319,7 +1357,9 @@ class Upload {
     return `upload to ${this.reg}/${this.name}`;
   }
 
-  async run(): Promise<UploadResult> {
+  async run(startOffset = 0): Promise<UploadResult> {
+    this.offset = startOffset;
+    this.opts.onSession?.(this.session.location.toString());
     try {
       for (;;) {
         if (this.opts.signal?.aborted) throw abortError();
@@ -1327,6 +1367,7 @@ class Upload {
         if (outcome.kind === 'done') {
           this.result.digest = outcome.digest;
           this.result.size = outcome.size;
+          this.opts.onSession?.(undefined);
           return this.result;
         }
         if (outcome.kind === 'restart') await this.restart(outcome.why);
@@ -1341,6 +1382,7 @@ class Upload {
           else {
             this.offset = off;
             this.result.resumes++;
+            this.opts.onSession?.(this.session.location.toString());
             this.c.log?.info('resuming upload from the offset the registry reports', {
               registry: this.reg,
               repository: this.name,
@@ -1350,7 +1392,11 @@ class Upload {
         }
       }
     } catch (e) {
-      await this.c.cancelSession(this.reg, this.session.location, this.scope);
+      const keep = this.opts.keepSessionOnFailure && e instanceof RegistryError && e.transient;
+      if (!keep) {
+        await this.c.cancelSession(this.reg, this.session.location, this.scope);
+        this.opts.onSession?.(undefined);
+      }
       throw e;
     }
   }
@@ -1371,6 +1417,7 @@ class Upload {
     await this.c.cancelSession(this.reg, this.session.location, this.scope);
     const r = await this.c.openSession(this.reg, this.name, this.scope, this.opts.signal);
     this.session = (r as { session: Session }).session;
+    this.opts.onSession?.(this.session.location.toString());
     this.offset = 0;
     this.result.restarts++;
   }
@@ -1550,8 +1597,10 @@ class Upload {
     }
     await dump(res);
     const loc = header(res, 'location');
-    if (loc)
+    if (loc) {
       this.session.location = this.c.resolveLocation(this.reg, this.session.location, loc, what);
+      this.opts.onSession?.(this.session.location.toString());
+    }
     this.expected = expectedAfter();
     this.afterPatch(parseRangeEnd(header(res, 'range')));
   }

@@ -313,6 +313,65 @@ describe('registry client against docker-registry 2.8', function () {
       }
     });
 
+    it('a later attempt resumes the session an earlier one left open (resumeSession)', async () => {
+      const fp = await startFaultProxy({ host: '127.0.0.1', port: reg.port });
+      const once = new RegistryClient({ allow: ['127.0.0.1'], retry: { attempts: 1 } });
+      try {
+        // The first attempt sends one chunk, then the registry is "down": it gives up, keeping the session.
+        fp.addFault({ method: 'PATCH', path: /\/blobs\/uploads\//, skip: 1, status: 503 });
+        const chunk = 1024 * 1024;
+        const size = 3 * chunk + 5;
+        const first = prngSource(size, 777);
+        let kept: string | undefined;
+        await assert.rejects(
+          once.uploadBlob({ registry: fp.host, repository: 'resume/later' }, first, {
+            chunkSize: chunk,
+            keepSessionOnFailure: true,
+            onSession: (l) => (kept = l),
+          }),
+          (e: RegistryError) => e.transient,
+        );
+        assert.ok(kept, 'the open session was reported');
+        // The next attempt (another process in real life) continues from the registry's offset.
+        const second = prngSource(size, 777);
+        const sessions: (string | undefined)[] = [];
+        const r = await client.uploadBlob(
+          { registry: fp.host, repository: 'resume/later' },
+          second,
+          {
+            chunkSize: chunk,
+            resumeSession: kept,
+            onSession: (l) => sessions.push(l),
+          },
+        );
+        assert.equal(r.resumes, 1);
+        assert.equal(r.restarts, 0);
+        assert.deepEqual(second.opens, [chunk], 'regenerated from the reported offset');
+        assert.equal(r.bytesSent, size - chunk);
+        assert.equal(sessions.at(-1), undefined, 'a finished session is reported closed');
+        assert.deepEqual(await readBack(reg.url, 'resume/later', r.digest), {
+          digest: r.digest,
+          size,
+        });
+        // A session the registry no longer knows: a fresh one, from byte 0.
+        const third = prngSource(size, 778);
+        const r3 = await client.uploadBlob(
+          { registry: fp.host, repository: 'resume/later' },
+          third,
+          {
+            chunkSize: chunk,
+            resumeSession: kept,
+          },
+        );
+        assert.equal(r3.restarts, 1);
+        assert.deepEqual(third.opens, [0]);
+        assert.equal(r3.bytesSent, size);
+      } finally {
+        await once.close();
+        await fp.stop();
+      }
+    });
+
     it('mounts across repositories (201) and falls back to an upload on 202', async () => {
       const fp = await startFaultProxy({ host: '127.0.0.1', port: reg.port });
       try {

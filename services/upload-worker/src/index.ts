@@ -126,7 +126,7 @@ export function uploadProcessor(deps: UploadDeps) {
       // The holder before us may have finished it.
       const found = await presentOrMount();
       if (found) return found;
-      return await upload(deps, job, repo, layer, key, base, diffId, () => renewFailed);
+      return await upload(deps, job, repo, layer, key, base, diffId, leaseKey, () => renewFailed);
     } finally {
       clearInterval(renew);
       await ctx.uploadLease.release(leaseKey, `${owner}-${job.id}`, fence).catch(() => undefined);
@@ -142,10 +142,21 @@ async function upload(
   key: { imageIndex: number; index: number },
   base: { imageIndex: number; layerIndex: number; mediaType: string },
   knownDiffId: string | undefined,
+  leaseKey: string,
   leaseLost: () => boolean,
 ): Promise<LayerOutcome> {
   const { ctx, client, logger } = deps;
   const d = job.data;
+  // The session an earlier attempt of this blob into this repository left open, if any.
+  const sessionKey = `${ctx.queues.prefix}:upload-session:${leaseKey}:${repo.repository}`;
+  const earlier = (await ctx.connection.get(sessionKey)) ?? undefined;
+  const attemptsLeft = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
+  const rememberSession = (location: string | undefined) => {
+    const op = location
+      ? ctx.connection.set(sessionKey, location, 'EX', 24 * 3600)
+      : ctx.connection.del(sessionKey);
+    void op.catch(() => undefined);
+  };
   const started = Date.now();
   await ctx.store.updateLayer(d.pushId, key, {
     state: 'uploading',
@@ -175,6 +186,10 @@ async function upload(
   const result = await client.uploadBlob(repo, source, {
     chunkSize: deps.chunkSize,
     signal: abort.signal,
+    resumeSession: earlier,
+    onSession: rememberSession,
+    // A retry (maybe on another worker) resumes the session from the registry's offset.
+    keepSessionOnFailure: attemptsLeft,
     onProgress: (bytesSent) => {
       const now = Date.now();
       if (now - lastReport < PROGRESS_EVERY_MS) return;
