@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -386,6 +386,44 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       proxy.closeAllConnections();
       await new Promise((r) => proxy.close(r));
     }
+  });
+
+  it('on a terminal (a real pty via script(1)) progress is redrawn in place', async function () {
+    if (!existsSync('/usr/bin/script')) this.skip();
+    const cmd = [
+      process.execPath,
+      BIN,
+      'push',
+      `dir:${root}/images/app`,
+      '127.0.0.1:5000/team/app:tty',
+    ]
+      .map((a) => `'${a}'`)
+      .join(' ');
+    const r = await new Promise<Run>((done, reject) => {
+      const child = spawn('/usr/bin/script', ['-qefc', cmd, '/dev/null'], {
+        env: {
+          PATH: process.env.PATH ?? '',
+          HOME: process.env.HOME ?? '/tmp',
+          TERM: 'xterm',
+          ...env(),
+        },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      child.stdout.on('data', (d) => (stdout += d));
+      child.on('error', reject);
+      child.on('close', (code) => done({ code, stdout, stderr: '' }));
+    });
+    assert.equal(r.code, 0, r.stdout);
+    assert.ok(r.stdout.includes('\u001b[2K'), 'lines are cleared and redrawn');
+    assert.ok(
+      r.stdout.split('\u001b[').some((part) => /^\d+F/.test(part)),
+      'the cursor moves back up over the layer lines',
+    );
+    assert.match(r.stdout, /cccccccccccc: Pushed/);
+    assert.match(r.stdout, /bbbbbbbbbbbb: Mounted from team\/base/);
+    const lines = r.stdout.trim().split(/\r?\n/);
+    assert.equal(lines[lines.length - 1], MANIFEST, 'the digest is still the last line');
   });
 
   it('the TTY renderer draws a bar per layer and redraws in place', () => {
