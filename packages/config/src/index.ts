@@ -28,6 +28,7 @@ export interface FerryConfig {
   readonly queuePrefix: string;
   readonly stateTtl: number;
   readonly shutdownTimeout: number;
+  readonly jobLockTimeout: number;
   readonly healthPort: number | undefined;
   readonly logLevel: string;
   readonly url: string;
@@ -65,6 +66,7 @@ export const VARIABLES = [
   'FERRY_QUEUE_PREFIX',
   'FERRY_STATE_TTL',
   'FERRY_SHUTDOWN_TIMEOUT',
+  'FERRY_JOB_LOCK_TIMEOUT',
   'FERRY_HEALTH_PORT',
   'FERRY_LOG_LEVEL',
   'FERRY_URL',
@@ -182,6 +184,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     queuePrefix,
     stateTtl: r.int('FERRY_STATE_TTL', 604800, 60, 10 * 365 * 86400),
     shutdownTimeout: r.int('FERRY_SHUTDOWN_TIMEOUT', 30, 1, 3600),
+    jobLockTimeout: r.int('FERRY_JOB_LOCK_TIMEOUT', 30, 1, 3600),
     healthPort: healthPortRaw === undefined ? undefined : r.int('FERRY_HEALTH_PORT', 0, 0, 65535),
     logLevel,
     url: r.url('FERRY_URL', 'http://127.0.0.1:8080', ['http:', 'https:']),

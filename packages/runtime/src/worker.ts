@@ -115,7 +115,12 @@ export async function startWorker<T extends { pushId: string }, R>(
     connection: workerConnection,
     prefix: config.queuePrefix,
     concurrency: opts.concurrency,
-    lockDuration: opts.lockDurationMs ?? 60_000,
+    // A dead worker's job is taken over once its lock lapses (FERRY_JOB_LOCK_TIMEOUT).
+    lockDuration: opts.lockDurationMs ?? config.jobLockTimeout * 1000,
+    stalledInterval: Math.max(
+      1000,
+      Math.floor((opts.lockDurationMs ?? config.jobLockTimeout * 1000) / 2),
+    ),
     maxStalledCount: 3,
     name: `${hostname()}-${process.pid}-${opts.role}`,
   });

@@ -251,7 +251,15 @@ export async function start(config: FerryConfig, logger: Logger): Promise<RoleHa
     config,
     logger: log,
     processor: (ctx) =>
-      uploadProcessor({ ctx, client, sources, logger: log, chunkSize: config.uploadChunkSize }),
+      uploadProcessor({
+        ctx,
+        client,
+        sources,
+        logger: log,
+        chunkSize: config.uploadChunkSize,
+        // The blob lease lapses as fast as the job lock: a dead uploader blocks nobody for long.
+        leaseMs: config.jobLockTimeout * 1000,
+      }),
     closables: [{ name: 'registry client', close: () => client.close() }],
   });
 }
