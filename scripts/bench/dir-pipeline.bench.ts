@@ -22,6 +22,7 @@ import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
 import { openSource, type Layer } from '@ferry/image-source';
@@ -184,15 +185,33 @@ async function bestInterleaved(runs: number, fs: (() => Promise<Rate>)[]): Promi
 async function child(root: string): Promise<void> {
   const src = await openSource('dir:big', { root });
   const before = peakRss();
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
   const ls = await src.images[0]!.layers[0]!.open();
   await pipeline(ls.stream, nullSink());
   const r = await ls.done;
+  loop.disable();
   console.log(
-    JSON.stringify({ before, after: peakRss(), size: r.uncompressedSize, digest: r.digest }),
+    JSON.stringify({
+      before,
+      after: peakRss(),
+      size: r.uncompressedSize,
+      digest: r.digest,
+      loopP99Ms: loop.percentile(99) / 1e6,
+      loopMaxMs: loop.max / 1e6,
+    }),
   );
 }
 
-async function bigLayerRss(base: string): Promise<{ before: number; after: number; size: number }> {
+interface ChildResult {
+  before: number;
+  after: number;
+  size: number;
+  loopP99Ms: number;
+  loopMaxMs: number;
+}
+
+async function bigLayerRss(base: string): Promise<ChildResult> {
   const root = join(base, 'big-root');
   const dir = join(root, 'big', 'layers', 'only');
   mkdirSync(dir, { recursive: true });
@@ -211,11 +230,7 @@ async function bigLayerRss(base: string): Promise<{ before: number; after: numbe
       c.on('error', reject);
       c.on('exit', (code) => (code === 0 ? resolve(s) : reject(new Error(`child exited ${code}`))));
     });
-    return JSON.parse(out.trim().split('\n').pop()!) as {
-      before: number;
-      after: number;
-      size: number;
-    };
+    return JSON.parse(out.trim().split('\n').pop()!) as ChildResult;
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -312,6 +327,12 @@ async function main(): Promise<void> {
         metric: 'child VmHWM before streaming (modules loaded)',
         value: r.before / MB,
         unit: 'MB',
+      });
+      rows.push({
+        metric: 'event-loop delay while streaming it, p99 / max',
+        value: `${r.loopP99Ms.toFixed(1)} / ${r.loopMaxMs.toFixed(1)}`,
+        unit: 'ms',
+        target: 'reported',
       });
       rows.push({
         metric: 'tar bytes streamed',

@@ -437,6 +437,18 @@ describe('@ferry/image-source dir:', function () {
     await assert.rejects(openSource('dir:cfg', { root }), /layers\/stray-file is not a directory/);
   });
 
+  it('an empty layer directory is a valid empty tar', async () => {
+    const root = tmpDir('dir-empty');
+    mkdirSync(join(root, 'img', 'layers', 'empty'), { recursive: true });
+    const layer = (await openSource('dir:img', { root })).images[0]!.layers[0]!;
+    const { bytes, result } = await drain(await layer.open());
+    const tar = gunzipSync(bytes);
+    assert.equal(tar.length, 1024);
+    assert.ok(tar.every((b) => b === 0));
+    assert.equal(result.diffId, sha256(tar));
+    assert.deepEqual(await listTar(tar), []);
+  });
+
   it('a reader that stops early gets a rejected done and no descriptor stays open', async () => {
     const root = tmpDir('dir-abort');
     makeDirImage(join(root, 'img'), { big: 20_000_000 });
