@@ -10,7 +10,14 @@ import {
   type RegistryHandle,
 } from '../helpers';
 import { RegistryClient } from '@ferry/registry-client';
-import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
+import {
+  stackConfig,
+  startWorkers,
+  submitPush,
+  waitForPush,
+  type ApiRequestError,
+  type WorkerStack,
+} from './stack';
 
 const repoRoot = join(__dirname, '..', '..');
 
@@ -36,7 +43,7 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
     client = new RegistryClient({ allow: [registry.host] });
     const seed = await waitForPush(
       stack.ctx,
-      await submitPush(stack.config, stack.ctx, {
+      await submitPush(stack, {
         source: `dir:${join(root, 'hello')}`,
         target: `${registry.host}/seed/hello:1`,
       }),
@@ -81,7 +88,7 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
       try {
         const state = await waitForPush(
           s2.ctx,
-          await submitPush(s2.config, s2.ctx, {
+          await submitPush(s2, {
             source: `oci:${layout}:v1`,
             target: `${fresh.host}/bad/hello:1`,
           }),
@@ -105,10 +112,17 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
     }
   });
 
-  it('a source outside the root or a missing path fails before anything is queued', async () => {
+  it('a source outside the root or a missing path gets a 4xx naming the field; nothing is queued', async () => {
+    const before = await stack.ctx.queues.lookup.count();
     await assert.rejects(
-      submitPush(stack.config, stack.ctx, { source: 'dir:/etc', target: `${registry.host}/x/y:1` }),
-      (e: Error & { code?: string }) => e.code === 'FERRY_SOURCE_OUTSIDE_ROOT',
+      submitPush(stack, { source: 'dir:/etc', target: `${registry.host}/x/y:1` }),
+      (e: ApiRequestError) =>
+        e.status === 403 && e.code === 'FERRY_SOURCE_OUTSIDE_ROOT' && e.field === 'source',
     );
+    await assert.rejects(
+      submitPush(stack, { source: `dir:${join(root, 'nope')}`, target: `${registry.host}/x/y:1` }),
+      (e: ApiRequestError) => e.status >= 400 && e.status < 500 && e.field === 'source',
+    );
+    assert.equal(await stack.ctx.queues.lookup.count(), before);
   });
 });

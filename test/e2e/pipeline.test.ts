@@ -37,7 +37,7 @@ describe('pipeline: workers push to a real registry', function () {
   it('pushes a dir: image, then finds every layer present on the second push', async () => {
     const source = `dir:${join(repoRoot, 'examples', 'hello')}`;
     const target = `${registry.host}/demo/hello:1.0`;
-    const id = await submitPush(stack.config, stack.ctx, { source, target, tags: ['latest'] });
+    const id = await submitPush(stack, { source, target, tags: ['latest'] });
     const state = await waitForPush(stack.ctx, id);
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     assert.ok(state.manifest?.digest.startsWith('sha256:'));
@@ -51,10 +51,7 @@ describe('pipeline: workers push to a real registry', function () {
     const latest = await skopeoInspect(`docker://${registry.host}/demo/hello:latest`);
     assert.equal(latest.Digest, state.manifest!.digest);
 
-    const again = await waitForPush(
-      stack.ctx,
-      await submitPush(stack.config, stack.ctx, { source, target }),
-    );
+    const again = await waitForPush(stack.ctx, await submitPush(stack, { source, target }));
     assert.equal(again.status, 'succeeded');
     assert.deepEqual(
       again.layers.map((l) => [l.state, l.bytesSent]),
@@ -67,7 +64,7 @@ describe('pipeline: workers push to a real registry', function () {
 
     const other = await waitForPush(
       stack.ctx,
-      await submitPush(stack.config, stack.ctx, {
+      await submitPush(stack, {
         source,
         target: `${registry.host}/other/hello:1.0`,
       }),

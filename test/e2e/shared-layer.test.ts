@@ -63,7 +63,7 @@ describe('pipeline: ten pushes sharing one 100 MB layer', function () {
     proxy.resetCounters();
     const ids = await Promise.all(
       Array.from({ length: 10 }, (_, i) =>
-        submitPush(stack.config, stack.ctx, {
+        submitPush(stack, {
           source: `dir:${join(root, `img${i}`)}`,
           target: `${proxy.host}/team${i}/app:1`,
         }),

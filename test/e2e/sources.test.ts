@@ -51,7 +51,7 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
     // A dir: image pushed by Ferry is the seed from which skopeo makes the layout and the archive.
     const seed = await waitForPush(
       stack.ctx,
-      await submitPush(stack.config, stack.ctx, {
+      await submitPush(stack, {
         source: `dir:${join(root, 'hello')}`,
         target: `${registry.host}/seed/hello:1`,
       }),
@@ -82,7 +82,7 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
     const target = `${registry.host}/${repo}:one`;
     const state = await waitForPush(
       stack.ctx,
-      await submitPush(stack.config, stack.ctx, { source, target, tags: ['two'] }),
+      await submitPush(stack, { source, target, tags: ['two'] }),
     );
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     for (const tag of ['one', 'two']) {
@@ -139,7 +139,7 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
     const target = `${registry.host}/docker/hello:1`;
     const state = await waitForPush(
       stack.ctx,
-      await submitPush(stack.config, stack.ctx, {
+      await submitPush(stack, {
         source: `oci:${join(root, 'layout')}:v1`,
         target,
         format: 'docker',

@@ -7,14 +7,13 @@ import { randomBytes } from 'node:crypto';
 import { loadConfig, type FerryConfig } from '@ferry/config';
 import { createLogger } from '@ferry/log';
 import {
-  enqueuePush,
   isFinalStatus,
   openQueueContext,
   type PushRequest,
   type PushState,
   type QueueContext,
 } from '@ferry/queue';
-import { openSource } from '@ferry/image-source';
+import { startApi, type RunningApi } from '@ferry/api';
 import type { RoleHandle } from '@ferry/runtime';
 import { start as startLookup } from '@ferry/lookup-worker';
 import { start as startUpload } from '@ferry/upload-worker';
@@ -24,6 +23,8 @@ export interface WorkerStack {
   config: FerryConfig;
   ctx: QueueContext;
   roles: RoleHandle[];
+  /** The REST API of the stack (pushes are submitted through it). */
+  api: RunningApi;
   stop(): Promise<void>;
 }
 
@@ -34,11 +35,12 @@ export function stackConfig(env: Record<string, string>): FerryConfig {
     FERRY_LOG_LEVEL: process.env.FERRY_TEST_LOG_LEVEL ?? 'error',
     FERRY_SHUTDOWN_TIMEOUT: '5',
     FERRY_DOCKER_CONFIG: '/nonexistent/ferry-test/config.json',
+    FERRY_PORT: '0',
     ...env,
   });
 }
 
-/** Starts the three worker roles in this process. */
+/** Starts the API and the three worker roles in this process. */
 export async function startWorkers(
   config: FerryConfig,
   opts: { uploadWorkers?: number } = {},
@@ -53,34 +55,55 @@ export async function startWorkers(
   roles.push(await startLookup(config, logger));
   for (let i = 0; i < (opts.uploadWorkers ?? 1); i++) roles.push(await startUpload(config, logger));
   roles.push(await startCoordinator(config, logger));
+  const api = await startApi(config, logger);
   return {
     config,
     ctx,
     roles,
+    api,
     async stop() {
+      await api.close().catch(() => undefined);
       await Promise.allSettled(roles.map((r) => r.close()));
       await ctx.close();
     },
   };
 }
 
-/** Creates and enqueues a push the way the API does, without HTTP. */
+/** An error answer of the API, with its code and field. */
+export class ApiRequestError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Submits a push through the stack's REST API (POST /v1/pushes); resolves with its id. */
 export async function submitPush(
-  config: FerryConfig,
-  ctx: QueueContext,
+  stack: Pick<WorkerStack, 'api'>,
   request: Partial<PushRequest> & { source: string; target: string },
 ): Promise<string> {
-  const id = randomBytes(8).toString('hex');
-  const full: PushRequest = { tags: [], format: 'oci', ...request };
-  const opened = await openSource(full.source, {
-    root: config.sourceRoot,
-    gzipLevel: config.gzipLevel,
-    platform: full.platform,
+  const res = await fetch(`${stack.api.url}/v1/pushes`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(request),
   });
-  const layout = { images: opened.images.map((i) => ({ layers: i.layers.length })) };
-  await ctx.store.create(id, full, { layout });
-  await enqueuePush(ctx.queues, id, full, layout, { gzipLevel: config.gzipLevel });
-  return id;
+  const body = (await res.json()) as {
+    id?: string;
+    error?: { code: string; message: string; field?: string };
+  };
+  if (res.status !== 202 || !body.id) {
+    throw new ApiRequestError(
+      res.status,
+      body.error?.code ?? 'FERRY_UNKNOWN',
+      body.error?.message ?? JSON.stringify(body),
+      body.error?.field,
+    );
+  }
+  return body.id;
 }
 
 /** Waits until the push reaches a final status; returns its state. */
