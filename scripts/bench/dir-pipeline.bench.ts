@@ -303,6 +303,11 @@ async function main(): Promise<void> {
           target: 'reported',
         });
         rows.push({
+          metric: 'pipeline scaling ÷ raw zlib scaling (1.0 = scales as well as zlib can here)',
+          value: two.wall / single / (rawTwo.wall / rawSingle),
+          target: 'reported',
+        });
+        rows.push({
           metric: 'CPU cores busy: two layers (pipeline) vs two raw zlib streams',
           value: `${(two.wall / two.cpu).toFixed(2)} vs ${(rawTwo.wall / rawTwo.cpu).toFixed(2)}`,
           target: 'reported',

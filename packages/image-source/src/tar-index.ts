@@ -74,6 +74,15 @@ export async function indexTar(path: string, label: string): Promise<Map<string,
   try {
     const { size: fileSize } = await fh.stat();
     const hdr = Buffer.alloc(512);
+    const head = Buffer.alloc(4);
+    await fh.read(head, 0, 4, 0);
+    if ((head[0] === 0x1f && head[1] === 0x8b) || head.readUInt32LE(0) === 0xfd2fb528) {
+      throw new SourceError(
+        SourceErrorCodes.UNSUPPORTED_FILE,
+        `${label} is a compressed tarball; Ferry reads docker-archives in place, so decompress it first (e.g. gunzip)`,
+        'source',
+      );
+    }
     let pos = 0;
     let longName: string | undefined;
     let longLink: string | undefined;

@@ -358,6 +358,15 @@ describe('@ferry/image-source oci: and docker-archive:', function () {
       (e: unknown) =>
         code('FERRY_SOURCE_NOT_FOUND')(e) && (e as Error).message.includes(w.layers[0]!.digest),
     );
+    writeFileSync(
+      join(root, 'gz.tar'),
+      (await import('node:zlib')).gzipSync(readFileSync(join(root, 'by-skopeo.tar'))),
+    );
+    await assert.rejects(
+      openSource('docker-archive:gz.tar', { root }),
+      (e: unknown) =>
+        code('FERRY_UNSUPPORTED_FILE')(e) && /compressed tarball/.test((e as Error).message),
+    );
     writeFileSync(join(root, 'notatar.tar'), 'hello');
     await assert.rejects(
       openSource('docker-archive:notatar.tar', { root }),
