@@ -32,7 +32,10 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
   before(async () => {
     [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
     root = tmpDir('content');
-    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), { recursive: true });
+    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), {
+      recursive: true,
+      verbatimSymlinks: true,
+    });
     stack = await startWorkers(
       stackConfig({
         FERRY_REDIS_URL: redis.url,

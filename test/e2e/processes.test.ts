@@ -175,7 +175,10 @@ describe('ferry serve processes, REST, SSE and the CLI', function () {
       startRegistry(),
     ]);
     root = tmpDir('processes');
-    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), { recursive: true });
+    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), {
+      recursive: true,
+      verbatimSymlinks: true,
+    });
   });
   after(async () => {
     await Promise.allSettled([redis?.stop(), registryA?.stop(), registryB?.stop()]);

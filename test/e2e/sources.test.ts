@@ -39,7 +39,10 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
   before(async () => {
     [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
     root = tmpDir('sources');
-    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), { recursive: true });
+    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), {
+      recursive: true,
+      verbatimSymlinks: true,
+    });
     stack = await startWorkers(
       stackConfig({
         FERRY_REDIS_URL: redis.url,
