@@ -6,10 +6,16 @@
  * readlink; never followed), hard links as links, sockets/devices/FIFOs are
  * skipped with a warning, names that are not UTF-8 are refused.
  */
-import type { Stats } from 'node:fs';
+import {
+  close as fsClose,
+  constants as fsConstants,
+  fstat,
+  open as fsOpen,
+  type Stats,
+} from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Pack, type WriteEntry } from 'tar';
+import { Pack, WriteEntry } from 'tar';
 import { SourceError, SourceErrorCodes } from './errors';
 import type { ByteSource } from './pipeline';
 
@@ -126,9 +132,57 @@ function sanitizedStat(st: Stats): Stats {
   return s as unknown as Stats;
 }
 
+// The tar package opens a file with fs.open(path, 'r') after our lstat: a file swapped for a
+// symlink in between would be followed. Its (module-private) open step is replaced per entry
+// by one that refuses symlinks (O_NOFOLLOW), never blocks on a FIFO (O_NONBLOCK), and checks
+// that the descriptor is the very file that was listed (same device and inode).
+const protoSymbols = Object.getOwnPropertySymbols(WriteEntry.prototype);
+const OPENFILE = protoSymbols.find((x) => x.description === 'openfile');
+const ONOPENFILE = protoSymbols.find((x) => x.description === 'onopenfile');
+/** True when the tar package's open step could be replaced (checked by a test). */
+export const SAFE_OPEN_INSTALLED = OPENFILE !== undefined && ONOPENFILE !== undefined;
+const OPEN_FLAGS = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
+
+function installSafeOpen(entry: WriteEntry, listed: Stats): void {
+  if (!OPENFILE || !ONOPENFILE) return;
+  const e = entry as unknown as Record<symbol, unknown> & WriteEntry;
+  e[OPENFILE] = function safeOpen(this: WriteEntry & Record<symbol, unknown>): void {
+    fsOpen(this.absolute, OPEN_FLAGS, (er, fd) => {
+      if (er) {
+        const err =
+          er.code === 'ELOOP'
+            ? Object.assign(new Error(`${this.absolute} became a symlink after it was listed`), {
+                path: this.absolute,
+                code: 'ELOOP',
+              })
+            : er;
+        this.emit('error', err);
+        return;
+      }
+      fstat(fd, (er2, st) => {
+        if (er2 || !st.isFile() || st.ino !== listed.ino || st.dev !== listed.dev) {
+          fsClose(fd, () =>
+            this.emit(
+              'error',
+              Object.assign(new Error(`${this.absolute} was replaced after it was listed`), {
+                path: this.absolute,
+              }),
+            ),
+          );
+          return;
+        }
+        (this[ONOPENFILE!] as (fd: number) => void).call(this, fd);
+      });
+    });
+  };
+}
+
 function onWriteEntry(entry: WriteEntry): void {
   // Called by the tar package just before the header is encoded (after link detection).
-  if (entry.stat) entry.stat = sanitizedStat(entry.stat);
+  if (entry.stat) {
+    if (entry.type === 'File') installSafeOpen(entry, entry.stat);
+    entry.stat = sanitizedStat(entry.stat);
+  }
   entry.myuser = '';
   entry.mtime = FIXED_MTIME;
   entry.noMtime = false;

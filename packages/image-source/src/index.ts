@@ -24,7 +24,7 @@ export type {
   PipelineOptions,
   PipelineMode,
 } from './pipeline';
-export { walkLayer, tarSource, FIXED_MTIME } from './dir-tar';
+export { walkLayer, tarSource, FIXED_MTIME, SAFE_OPEN_INSTALLED } from './dir-tar';
 export { indexTar, lookupFile, type TarEntry } from './tar-index';
 export { REF_NAME_ANNOTATION } from './oci';
 

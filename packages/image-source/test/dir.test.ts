@@ -15,7 +15,14 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
 import { buildConfig } from '@ferry/manifest';
-import { openSource, SourceError, type OpenedSource } from '@ferry/image-source';
+import {
+  openSource,
+  SAFE_OPEN_INSTALLED,
+  SourceError,
+  tarSource,
+  walkLayer,
+  type OpenedSource,
+} from '@ferry/image-source';
 import { tmpDir } from '../../../test/helpers/tmp';
 import { drain, makeDirImage, sha256, textBytes, writeTree } from './support/images';
 
@@ -310,6 +317,70 @@ describe('@ferry/image-source dir:', function () {
     // and the content of /etc/passwd is nowhere in the layer
     const passwd = fs.readFileSync('/etc/passwd');
     assert.ok(!gunzipSync(bytes).includes(passwd.subarray(0, Math.min(64, passwd.length))));
+  });
+
+  it('a file swapped for a symlink (or another file) after it was listed is refused, never followed', async () => {
+    assert.ok(SAFE_OPEN_INSTALLED, 'the tar package open step must be replaceable');
+    const root = tmpDir('dir-race');
+    const outside = tmpDir('dir-race-out');
+    const fifo = join(outside, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const layer = join(root, 'l');
+    writeTree(layer, { 'a.txt': 'aaaa', 'b.txt': 'bbbb', 'c.txt': 'cccc', 'd.txt': 'dddd' });
+    const run = async (): Promise<Error | undefined> => {
+      const walk = await walkLayer(layer, 'l');
+      // the race: swap after listing, before tar opens the file
+      rmSync(join(layer, 'a.txt'));
+      symlinkSync('/etc/passwd', join(layer, 'a.txt'));
+      return new Promise((resolve) => {
+        tarSource(layer, walk, 'l').start(
+          () => undefined,
+          () => resolve(undefined),
+          (e) => resolve(e),
+        );
+      });
+    };
+    const e1 = await run();
+    assert.ok(e1 instanceof SourceError, String(e1));
+    assert.match(e1.message, /became a symlink after it was listed/);
+    // a symlink to a FIFO: following it would block forever; refused at once
+    rmSync(join(layer, 'a.txt'));
+    writeFileSync(join(layer, 'a.txt'), 'aaaa');
+    const walk2 = await walkLayer(layer, 'l');
+    rmSync(join(layer, 'b.txt'));
+    symlinkSync(fifo, join(layer, 'b.txt'));
+    const e2 = await new Promise<Error | undefined>((resolve) =>
+      tarSource(layer, walk2, 'l').start(
+        () => undefined,
+        () => resolve(undefined),
+        resolve,
+      ),
+    );
+    assert.match(String(e2), /became a symlink/);
+    // a file replaced by another file (new inode) after listing
+    rmSync(join(layer, 'b.txt'));
+    writeFileSync(join(layer, 'b.txt'), 'bbbb');
+    const walk3 = await walkLayer(layer, 'l');
+    rmSync(join(layer, 'c.txt'));
+    writeFileSync(join(layer, 'c.txt'), 'CCCC');
+    const e3 = await new Promise<Error | undefined>((resolve) =>
+      tarSource(layer, walk3, 'l').start(
+        () => undefined,
+        () => resolve(undefined),
+        resolve,
+      ),
+    );
+    assert.match(String(e3), /was replaced after it was listed/);
+    // unchanged: fine
+    const walk4 = await walkLayer(layer, 'l');
+    const e4 = await new Promise<Error | undefined>((resolve) =>
+      tarSource(layer, walk4, 'l').start(
+        () => undefined,
+        () => resolve(undefined),
+        resolve,
+      ),
+    );
+    assert.equal(e4, undefined);
   });
 
   it('stores hard links as links, skips sockets and FIFOs with a warning', async () => {
