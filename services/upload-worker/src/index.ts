@@ -183,30 +183,42 @@ async function upload(
       };
     },
   };
-  const result = await client.uploadBlob(repo, source, {
-    chunkSize: deps.chunkSize,
-    signal: abort.signal,
-    resumeSession: earlier,
-    onSession: rememberSession,
-    // A retry (maybe on another worker) resumes the session from the registry's offset.
-    keepSessionOnFailure: attemptsLeft,
-    onProgress: (bytesSent) => {
-      const now = Date.now();
-      if (now - lastReport < PROGRESS_EVERY_MS) return;
-      lastReport = now;
-      reported = bytesSent;
-      void ctx.store
-        .updateLayer(d.pushId, key, { state: 'uploading', bytesSent })
-        .catch(() => undefined);
-      void job.updateProgress({ bytesSent }).catch(() => undefined);
-      if (now - cancelledCheck > 2_000) {
-        cancelledCheck = now;
-        void ctx.store.isCancelled(d.pushId).then((c) => {
-          if (c || leaseLost()) abort.abort();
+  const result = await client
+    .uploadBlob(repo, source, {
+      chunkSize: deps.chunkSize,
+      signal: abort.signal,
+      resumeSession: earlier,
+      onSession: rememberSession,
+      // A retry (maybe on another worker) resumes the session from the registry's offset.
+      keepSessionOnFailure: attemptsLeft,
+      onProgress: (bytesSent) => {
+        const now = Date.now();
+        if (now - lastReport < PROGRESS_EVERY_MS) return;
+        lastReport = now;
+        reported = bytesSent;
+        void ctx.store
+          .updateLayer(d.pushId, key, { state: 'uploading', bytesSent })
+          .catch(() => undefined);
+        void job.updateProgress({ bytesSent }).catch(() => undefined);
+        if (now - cancelledCheck > 2_000) {
+          cancelledCheck = now;
+          void ctx.store.isCancelled(d.pushId).then((c) => {
+            if (c || leaseLost()) abort.abort();
+          });
+        }
+      },
+    })
+    .catch(async (err: unknown) => {
+      if (abort.signal.aborted) {
+        if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
+        // The blob lease was lost (this worker stalled): let a retry look again.
+        throw Object.assign(new Error(`lost the upload lease for ${leaseKey}`), {
+          code: 'FERRY_LEASE_LOST',
+          transient: true,
         });
       }
-    },
-  });
+      throw err;
+    });
   void reported;
   await ctx.blobs.recordBlob(repo.registry, repo.repository, result.digest);
   if (!layer.digest && diffId) {
