@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { Pack, WriteEntry } from 'tar';
 import { SourceError, SourceErrorCodes } from './errors';
 import type { ByteSource } from './pipeline';
+import { fdPath, isInside } from './root';
 
 /** The mtime of every entry Ferry tars: the epoch, so builds are reproducible. */
 export const FIXED_MTIME = new Date(0);
@@ -143,7 +144,7 @@ const ONOPENFILE = protoSymbols.find((x) => x.description === 'onopenfile');
 export const SAFE_OPEN_INSTALLED = OPENFILE !== undefined && ONOPENFILE !== undefined;
 const OPEN_FLAGS = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
 
-function installSafeOpen(entry: WriteEntry, listed: Stats): void {
+function installSafeOpen(entry: WriteEntry, listed: Stats, realRoot: string | undefined): void {
   if (!OPENFILE || !ONOPENFILE) return;
   const e = entry as unknown as Record<symbol, unknown> & WriteEntry;
   e[OPENFILE] = function safeOpen(this: WriteEntry & Record<symbol, unknown>): void {
@@ -171,16 +172,34 @@ function installSafeOpen(entry: WriteEntry, listed: Stats): void {
           );
           return;
         }
-        (this[ONOPENFILE!] as (fd: number) => void).call(this, fd);
+        // And the descriptor must lie inside the root (a directory on the way may have been swapped).
+        fdPath(fd, (actual) => {
+          if (realRoot && actual !== undefined && !isInside(realRoot, actual)) {
+            fsClose(fd, () =>
+              this.emit(
+                'error',
+                Object.assign(
+                  new Error(`${this.absolute} resolved to ${actual}, outside the source root`),
+                  {
+                    path: this.absolute,
+                    code: 'EOUTSIDEROOT',
+                  },
+                ),
+              ),
+            );
+            return;
+          }
+          (this[ONOPENFILE!] as (fd: number) => void).call(this, fd);
+        });
       });
     });
   };
 }
 
-function onWriteEntry(entry: WriteEntry): void {
+function onWriteEntry(entry: WriteEntry, realRoot: string | undefined): void {
   // Called by the tar package just before the header is encoded (after link detection).
   if (entry.stat) {
-    if (entry.type === 'File') installSafeOpen(entry, entry.stat);
+    if (entry.type === 'File') installSafeOpen(entry, entry.stat, realRoot);
     entry.stat = sanitizedStat(entry.stat);
   }
   entry.myuser = '';
@@ -192,6 +211,8 @@ function onWriteEntry(entry: WriteEntry): void {
 export interface TarOptions {
   /** tar's read size per file chunk; output bytes do not depend on it. */
   maxReadSize?: number;
+  /** Real path of the source root: every file descriptor opened must point inside it. */
+  realRoot?: string;
 }
 
 /** A ByteSource producing the deterministic tar of a walked layer directory. */
@@ -216,7 +237,7 @@ export function tarSource(
         mtime: FIXED_MTIME,
         maxReadSize: opts.maxReadSize ?? 1024 * 1024,
         jobs: 4,
-        onWriteEntry,
+        onWriteEntry: (e: WriteEntry) => onWriteEntry(e, opts.realRoot),
       });
       pack = p;
       p.on('data', (c: Buffer) => {
@@ -234,7 +255,9 @@ export function tarSource(
           new SourceError(
             code === 'ENOENT'
               ? SourceErrorCodes.SOURCE_NOT_FOUND
-              : SourceErrorCodes.UNSUPPORTED_FILE,
+              : code === 'EOUTSIDEROOT' || code === 'ELOOP'
+                ? SourceErrorCodes.SOURCE_OUTSIDE_ROOT
+                : SourceErrorCodes.UNSUPPORTED_FILE,
             `${label}: cannot tar ${path ?? 'an entry'}: ${e.message} (did the directory change while it was read?)`,
             label,
             { cause: e },

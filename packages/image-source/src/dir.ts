@@ -1,5 +1,5 @@
 /** `dir:PATH` — PATH/layers/<name>/ in lexical order, optional PATH/config.json. */
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   MediaTypes,
@@ -12,7 +12,7 @@ import {
 import { walkLayer, tarSource, type WarnFn } from './dir-tar';
 import { SourceError, SourceErrorCodes } from './errors';
 import { hashOnly, runPipeline } from './pipeline';
-import { resolveInsideRoot } from './root';
+import { openInsideRoot, realRootOf, resolveInsideRoot } from './root';
 import type { Layer, OpenOptions, SourceImage } from './types';
 
 const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -23,6 +23,7 @@ export async function openDir(
   warn: WarnFn,
 ): Promise<SourceImage> {
   const level = opts.gzipLevel ?? 6;
+  const realRoot = await realRootOf(opts.root);
   const st = await stat(realPath);
   if (!st.isDirectory()) {
     throw new SourceError(
@@ -71,7 +72,7 @@ export async function openDir(
       async open(offset = 0) {
         const walk = await walkLayer(real, description, warn);
         return runPipeline({
-          source: tarSource(real, walk, description, { maxReadSize: opts.tarReadSize }),
+          source: tarSource(real, walk, description, { maxReadSize: opts.tarReadSize, realRoot }),
           mode: { kind: 'gzip', level },
           offset,
           description,
@@ -80,7 +81,7 @@ export async function openDir(
       async diffIdOnly() {
         const walk = await walkLayer(real, description, warn);
         return hashOnly(
-          tarSource(real, walk, description, { maxReadSize: opts.tarReadSize }),
+          tarSource(real, walk, description, { maxReadSize: opts.tarReadSize, realRoot }),
           false,
           description,
         );
@@ -112,8 +113,15 @@ export async function openDir(
       );
     }
     let parsed: unknown;
+    const fh = await openInsideRoot(opts.root, configPath, 'config.json');
+    let text: string;
     try {
-      parsed = JSON.parse(await readFile(configPath, 'utf8'));
+      text = await fh.readFile('utf8');
+    } finally {
+      await fh.close();
+    }
+    try {
+      parsed = JSON.parse(text);
     } catch (e) {
       throw new SourceError(
         SourceErrorCodes.BAD_SOURCE,

@@ -4,8 +4,8 @@
  * (<id>/layer.tar, <id>.json) or the OCI-style one (blobs/sha256/<hex>).
  * Layers are streamed as byte ranges of the archive, never extracted.
  */
-import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import {
   MediaTypes,
   configDiffIds,
@@ -15,7 +15,8 @@ import {
   sha256Digest,
 } from '@ferry/manifest';
 import { SourceError, SourceErrorCodes } from './errors';
-import { READ_CHUNK_SIZE, fromReadable, hashOnly, runPipeline } from './pipeline';
+import { READ_CHUNK_SIZE, fromReadable, hashOnly, runPipeline, type ByteSource } from './pipeline';
+import { openInsideRoot } from './root';
 import type { SourceSpec } from './spec';
 import { indexTar, lookupFile, type TarEntry } from './tar-index';
 import type { ImagePlatform, Layer, OpenOptions, OpenedSource, SourceImage } from './types';
@@ -30,14 +31,16 @@ function invalid(message: string, field = 'manifest.json'): SourceError {
   return new SourceError(SourceErrorCodes.MANIFEST_INVALID, message, field);
 }
 
+type Opener = () => Promise<FileHandle>;
+
 async function readEntry(
-  archive: string,
+  archive: Opener,
   e: TarEntry,
   limit: number,
   what: string,
 ): Promise<Buffer> {
   if (e.size > limit) throw invalid(`${what} is ${e.size} bytes; the limit is ${limit}`, what);
-  const fh = await open(archive, 'r');
+  const fh = await archive();
   try {
     const b = Buffer.alloc(e.size);
     const { bytesRead } = await fh.read(b, 0, e.size, e.offset);
@@ -67,9 +70,9 @@ function normalizeRef(r: string): string {
   return s;
 }
 
-async function magic(archive: string, e: TarEntry): Promise<'gzip' | 'zstd' | 'tar'> {
+async function magic(archive: Opener, e: TarEntry): Promise<'gzip' | 'zstd' | 'tar'> {
   if (e.size < 4) return 'tar';
-  const fh = await open(archive, 'r');
+  const fh = await archive();
   try {
     const b = Buffer.alloc(4);
     await fh.read(b, 0, 4, e.offset);
@@ -81,15 +84,18 @@ async function magic(archive: string, e: TarEntry): Promise<'gzip' | 'zstd' | 't
   }
 }
 
-function rangeSource(archive: string, e: TarEntry) {
+async function rangeSource(archive: Opener, e: TarEntry): Promise<ByteSource> {
+  const fh = await archive();
+  if (e.size === 0) {
+    await fh.close();
+    return fromReadable(Readable.from([]));
+  }
   return fromReadable(
-    e.size === 0
-      ? createReadStream(archive, { start: 0, end: -1 })
-      : createReadStream(archive, {
-          start: e.offset,
-          end: e.offset + e.size - 1,
-          highWaterMark: READ_CHUNK_SIZE,
-        }),
+    fh.createReadStream({
+      start: e.offset,
+      end: e.offset + e.size - 1,
+      highWaterMark: READ_CHUNK_SIZE,
+    }),
   );
 }
 
@@ -100,13 +106,15 @@ export async function openDockerArchive(
 ): Promise<OpenedSource> {
   const level = opts.gzipLevel ?? 6;
   const label = `docker-archive:${spec.path}`;
-  const entries = await indexTar(realPath, label);
+  // Every read reopens the archive through the root check (never a path swapped for a symlink).
+  const archive: Opener = () => openInsideRoot(opts.root, realPath, 'source');
+  const entries = await indexTar(archive, label);
   const mEntry = lookupFile(entries, 'manifest.json');
   if (!mEntry) throw invalid(`${label} has no manifest.json; is it a \`docker save\` archive?`);
   let manifest: unknown;
   try {
     manifest = JSON.parse(
-      (await readEntry(realPath, mEntry, 4 * 1024 * 1024, 'manifest.json')).toString('utf8'),
+      (await readEntry(archive, mEntry, 4 * 1024 * 1024, 'manifest.json')).toString('utf8'),
     );
   } catch (e) {
     if (e instanceof SourceError) throw e;
@@ -163,7 +171,7 @@ export async function openDockerArchive(
 
   const cEntry = lookupFile(entries, item.Config);
   if (!cEntry) throw invalid(`config ${item.Config} named in manifest.json is not in the archive`);
-  const configBytes = await readEntry(realPath, cEntry, 4 * 1024 * 1024, item.Config);
+  const configBytes = await readEntry(archive, cEntry, 4 * 1024 * 1024, item.Config);
   const statedConfig = digestOfName(item.Config);
   if (statedConfig && sha256Digest(configBytes) !== statedConfig) {
     throw new SourceError(
@@ -212,7 +220,7 @@ export async function openDockerArchive(
   for (const [index, name] of item.Layers.entries()) {
     const e = lookupFile(entries, name);
     if (!e) throw invalid(`layer ${name} named in manifest.json is not in the archive`);
-    const kind = await magic(realPath, e);
+    const kind = await magic(archive, e);
     const description = `${name} (layer ${index + 1}/${n})`;
     const diffId = diffIds[index]!;
     const statedDigest = digestOfName(name);
@@ -231,7 +239,7 @@ export async function openDockerArchive(
       async open(offset = 0) {
         if (kind === 'gzip') {
           return runPipeline({
-            source: rangeSource(realPath, e),
+            source: await rangeSource(archive, e),
             mode: { kind: 'passthrough', content: 'gzip' },
             offset,
             description,
@@ -247,14 +255,14 @@ export async function openDockerArchive(
           );
         }
         return runPipeline({
-          source: rangeSource(realPath, e),
+          source: await rangeSource(archive, e),
           mode: { kind: 'gzip', level },
           offset,
           description,
           expect: { diffId },
         });
       },
-      diffIdOnly: () => hashOnly(rangeSource(realPath, e), kind === 'gzip', description),
+      diffIdOnly: async () => hashOnly(await rangeSource(archive, e), kind === 'gzip', description),
     };
     if (kind === 'gzip') {
       layer.size = e.size;

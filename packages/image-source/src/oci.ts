@@ -1,7 +1,6 @@
 /** `oci:PATH[:REF]` — an OCI image layout: index.json, blobs/<alg>/<hex>. */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   ManifestError,
@@ -21,7 +20,7 @@ import {
 } from '@ferry/manifest';
 import { SourceError, SourceErrorCodes } from './errors';
 import { READ_CHUNK_SIZE, fromReadable, hashOnly, runPipeline } from './pipeline';
-import { resolveInsideRoot } from './root';
+import { openInsideRoot, resolveInsideRoot } from './root';
 import type { SourceSpec } from './spec';
 import type { ImagePlatform, Layer, OpenOptions, OpenedSource, SourceImage } from './types';
 
@@ -55,13 +54,13 @@ export class OciLayout {
     readonly root: string,
   ) {}
 
-  /** The real path of a blob, inside the root; the digest is validated first (no path tricks). */
-  async blobPath(digest: string, field: string): Promise<string> {
+  /** Opens a blob inside the root; the digest is validated first (no path tricks). */
+  async openBlob(digest: string, field: string): Promise<FileHandle> {
     if (!isValidDigest(digest))
       throw invalid(`${JSON.stringify(digest)} is not a valid digest`, field);
     const [alg, hex] = digest.split(':') as [string, string];
     try {
-      return await resolveInsideRoot(this.root, join(this.dir, 'blobs', alg, hex), field);
+      return await openInsideRoot(this.root, join(this.dir, 'blobs', alg, hex), field);
     } catch (e) {
       if (e instanceof SourceError && e.code === SourceErrorCodes.SOURCE_NOT_FOUND) {
         throw new SourceError(
@@ -76,15 +75,20 @@ export class OciLayout {
 
   /** Reads a small blob (manifest, index, config) and verifies its digest and size. */
   async readSmallBlob(desc: Descriptor, field: string): Promise<Buffer> {
-    const path = await this.blobPath(desc.digest, field);
-    const st = await stat(path);
-    if (st.size > MAX_JSON_BLOB) {
-      throw invalid(
-        `${field} blob ${desc.digest} is ${st.size} bytes; the limit is ${MAX_JSON_BLOB}`,
-        field,
-      );
+    const fh = await this.openBlob(desc.digest, field);
+    let bytes: Buffer;
+    try {
+      const st = await fh.stat();
+      if (st.size > MAX_JSON_BLOB) {
+        throw invalid(
+          `${field} blob ${desc.digest} is ${st.size} bytes; the limit is ${MAX_JSON_BLOB}`,
+          field,
+        );
+      }
+      bytes = await fh.readFile();
+    } finally {
+      await fh.close();
     }
-    const bytes = await readFile(path);
     const alg = desc.digest.split(':')[0]!;
     const digest =
       alg === 'sha256'
@@ -182,9 +186,9 @@ async function openImage(layout: OciLayout, cand: ImageCandidate): Promise<Sourc
       ...(stated ? { diffId: stated } : {}),
       description,
       async open(offset = 0) {
-        const path = await layout.blobPath(d.digest, description);
+        const fh = await layout.openBlob(d.digest, description);
         return runPipeline({
-          source: fromReadable(createReadStream(path, { highWaterMark: READ_CHUNK_SIZE })),
+          source: fromReadable(fh.createReadStream({ highWaterMark: READ_CHUNK_SIZE })),
           mode: {
             kind: 'passthrough',
             content: compression === 'gzip' ? 'gzip' : compression === 'none' ? 'tar' : 'opaque',
@@ -204,9 +208,9 @@ async function openImage(layout: OciLayout, cand: ImageCandidate): Promise<Sourc
             d.digest,
           );
         }
-        const path = await layout.blobPath(d.digest, description);
+        const fh = await layout.openBlob(d.digest, description);
         return hashOnly(
-          fromReadable(createReadStream(path, { highWaterMark: READ_CHUNK_SIZE })),
+          fromReadable(fh.createReadStream({ highWaterMark: READ_CHUNK_SIZE })),
           compression === 'gzip',
           description,
         );
@@ -252,10 +256,16 @@ export async function openOci(
     }
     throw e;
   }
-  const st = await stat(indexPath);
-  if (st.size > MAX_JSON_BLOB)
-    throw invalid(`index.json is larger than ${MAX_JSON_BLOB} bytes`, 'index.json');
-  const indexJson = await readFile(indexPath);
+  const ifh = await openInsideRoot(opts.root, indexPath, 'index.json');
+  let indexJson: Buffer;
+  try {
+    if ((await ifh.stat()).size > MAX_JSON_BLOB) {
+      throw invalid(`index.json is larger than ${MAX_JSON_BLOB} bytes`, 'index.json');
+    }
+    indexJson = await ifh.readFile();
+  } finally {
+    await ifh.close();
+  }
   let body: { mediaType?: unknown };
   try {
     body = JSON.parse(indexJson.toString('utf8')) as { mediaType?: unknown };

@@ -1,4 +1,5 @@
-import { realpath } from 'node:fs/promises';
+import { constants as fsConstants, readlink as readlinkCb } from 'node:fs';
+import { open as openFile, realpath, type FileHandle } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { SourceError, SourceErrorCodes } from './errors';
 
@@ -81,4 +82,79 @@ export async function resolveInsideRoot(
     );
   }
   return real;
+}
+
+/** The real path of the root (for checks on opened descriptors). */
+export async function realRootOf(root: string): Promise<string> {
+  try {
+    return await realpath(resolve(root));
+  } catch (e) {
+    throw new SourceError(
+      SourceErrorCodes.SOURCE_NOT_FOUND,
+      `source root ${root} does not exist`,
+      'root',
+      {
+        cause: e,
+      },
+    );
+  }
+}
+
+/**
+ * Where an open descriptor really points (Linux: /proc/self/fd), or undefined
+ * where that cannot be known.
+ */
+export function fdPath(fd: number, cb: (path: string | undefined) => void): void {
+  readlinkCb(`/proc/self/fd/${fd}`, (err, target) => cb(err ? undefined : target));
+}
+
+/** Flags for reading source files: never through a final symlink, never blocking on a FIFO. */
+export const SAFE_READ_FLAGS =
+  fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
+
+/**
+ * Opens a regular file inside the root for reading. The path is resolved and
+ * checked (resolveInsideRoot), opened without following a final symlink, and
+ * the descriptor itself is checked to point inside the root — so a path
+ * swapped for a symlink between the check and the open is refused.
+ */
+export async function openInsideRoot(
+  root: string,
+  path: string,
+  field = 'source',
+): Promise<FileHandle> {
+  const real = await resolveInsideRoot(root, path, field);
+  const realRoot = await realRootOf(root);
+  let fh: FileHandle;
+  try {
+    fh = await openFile(real, SAFE_READ_FLAGS);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new SourceError(
+      code === 'ELOOP' ? SourceErrorCodes.SOURCE_OUTSIDE_ROOT : SourceErrorCodes.SOURCE_NOT_FOUND,
+      code === 'ELOOP'
+        ? `${path} became a symlink while it was opened`
+        : `${path} cannot be opened (${code})`,
+      field,
+      { cause: e },
+    );
+  }
+  try {
+    const actual = await new Promise<string | undefined>((r) => fdPath(fh.fd, r));
+    if (actual !== undefined && !isInside(realRoot, actual)) {
+      throw new SourceError(
+        SourceErrorCodes.SOURCE_OUTSIDE_ROOT,
+        `${path} resolved to ${actual} while it was opened, outside the source root ${root}`,
+        field,
+      );
+    }
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      throw new SourceError(SourceErrorCodes.BAD_SOURCE, `${path} is not a regular file`, field);
+    }
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+  return fh;
 }

@@ -4,7 +4,7 @@
  * bodies, so a layer inside a `docker save` tarball can later be streamed as
  * a byte range of the file.
  */
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { SourceError, SourceErrorCodes } from './errors';
 
@@ -62,8 +62,11 @@ function normalizeName(n: string): string {
 }
 
 /** Lists every entry of a tar file with the byte range of its body. */
-export async function indexTar(path: string, label: string): Promise<Map<string, TarEntry>> {
-  const fh = await open(path, 'r');
+export async function indexTar(
+  file: string | (() => Promise<FileHandle>),
+  label: string,
+): Promise<Map<string, TarEntry>> {
+  const fh = typeof file === 'string' ? await open(file, 'r') : await file();
   const entries = new Map<string, TarEntry>();
   const bad = (msg: string): SourceError =>
     new SourceError(

@@ -383,6 +383,30 @@ describe('@ferry/image-source dir:', function () {
     assert.equal(e4, undefined);
   });
 
+  it('a directory swapped for a symlink out of the root after listing: the opened descriptor is refused', async () => {
+    const root = tmpDir('dir-race2');
+    const outside = tmpDir('dir-race2-out');
+    writeFileSync(join(outside, 'file'), 'secret outside the root');
+    const layer = join(root, 'l');
+    mkdirSync(join(layer, 'sub'), { recursive: true });
+    // the same inode inside and outside: the inode check alone cannot tell them apart
+    linkSync(join(outside, 'file'), join(layer, 'sub', 'file'));
+    const walk = await walkLayer(layer, 'l');
+    rmSync(join(layer, 'sub'), { recursive: true });
+    symlinkSync(outside, join(layer, 'sub'));
+    const realRoot = fs.realpathSync(root);
+    const err = await new Promise<Error | undefined>((resolve) =>
+      tarSource(layer, walk, 'l', { realRoot }).start(
+        () => undefined,
+        () => resolve(undefined),
+        resolve,
+      ),
+    );
+    assert.ok(err instanceof SourceError, String(err));
+    assert.equal(err.code, 'FERRY_SOURCE_OUTSIDE_ROOT', err.message);
+    assert.match(err.message, /outside the source root/);
+  });
+
   it('stores hard links as links, skips sockets and FIFOs with a warning', async () => {
     const root = tmpDir('dir-special');
     const layer = join(root, 'img', 'layers', 'l1');
