@@ -174,6 +174,15 @@ async function openImage(layout: OciLayout, cand: ImageCandidate): Promise<Sourc
     }
   }
   const n = m.layers!.length;
+  m.layers!.forEach((d, i) => {
+    if (!d.digest.startsWith('sha256:')) {
+      throw new SourceError(
+        SourceErrorCodes.UNSUPPORTED_FILE,
+        `manifest ${cand.desc.digest}: layer ${i + 1} has digest ${d.digest}; Ferry pushes sha256 blobs only`,
+        d.digest,
+      );
+    }
+  });
   const layers: Layer[] = m.layers!.map((d, index) => {
     const description = `blobs/${d.digest.replace(':', '/').slice(0, 19)}… (layer ${index + 1}/${n})`;
     const compression = layerCompression(d.mediaType);
