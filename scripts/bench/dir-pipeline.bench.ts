@@ -279,7 +279,7 @@ async function main(): Promise<void> {
         target: 'reported',
       });
       if (level === 6) {
-        const [one2, two, rawTwo] = (await bestInterleaved(Math.max(2, RUNS - 1), [
+        const [one2, two, rawTwo] = (await bestInterleaved(Math.max(3, RUNS), [
           () => pipelineRate([a]),
           () => pipelineRate([a, b]),
           () => rawZlib(l1, level, 2),
