@@ -21,7 +21,9 @@ import { openSource, SourceError, type OpenedSource, type SourceImage } from '@f
 import { startRegistry, type RegistryHandle } from '../../../test/helpers/registry';
 import { skopeo, skopeoInspect } from '../../../test/helpers/skopeo';
 import { tmpDir } from '../../../test/helpers/tmp';
-import { makeDirImage, sha256, writeOciImage, writeOciIndex } from './support/images';
+import { makeDirImage, sha256, writeOciImage, writeOciIndex, writeTree } from './support/images';
+import { Parser, type ReadEntry } from 'tar';
+import { gunzipSync } from 'node:zlib';
 
 interface Pushed {
   manifest: Descriptor;
@@ -171,6 +173,46 @@ describe('@ferry/image-source round trip through a real registry', function () {
       pushed.layers,
     );
     assert.notEqual(asDocker.manifest.digest, pushed.manifest.digest);
+  });
+
+  it('a symlink to /etc/passwd is pushed as a link: skopeo copies the image back and the layer holds a symlink entry, no content', async () => {
+    writeTree(join(root, 'links', 'layers', '01'), {
+      'etc/passwd': { symlink: '/etc/passwd' },
+      'etc/motd': 'hello\n',
+    });
+    const src = await openSource('dir:links', { root });
+    const pushed = await pushImage(client, repo('rt/links'), src.images[0]!, 'oci', 'v1');
+    const back = join(root, 'links-back');
+    await skopeo([
+      'copy',
+      '--insecure-policy',
+      '--preserve-digests',
+      ...tlsOff,
+      `docker://${registry.host}/rt/links:v1`,
+      `oci:${back}:v1`,
+    ]);
+    const blob = readFileSync(join(back, 'blobs', 'sha256', pushed.layers[0]!.slice(7)));
+    const entries: { path: string; type: string; linkpath?: string; size: number }[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const p = new Parser({
+        onReadEntry: (e: ReadEntry) => {
+          entries.push({ path: e.path, type: e.type, linkpath: e.linkpath, size: e.size });
+          e.resume();
+        },
+      });
+      p.on('end', () => resolve());
+      p.on('error', reject);
+      p.end(gunzipSync(blob));
+    });
+    const link = entries.find((e) => e.path === 'etc/passwd');
+    assert.deepEqual(link, {
+      path: 'etc/passwd',
+      type: 'SymbolicLink',
+      linkpath: '/etc/passwd',
+      size: 0,
+    });
+    const passwd = readFileSync('/etc/passwd');
+    assert.ok(!gunzipSync(blob).includes(passwd.subarray(0, Math.min(48, passwd.length))));
   });
 
   it('an OCI layout and a docker-archive made by skopeo push with the digests skopeo sees', async () => {
