@@ -99,6 +99,29 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
     assert.equal(again.indexDigest, index.digest);
   });
 
+  it('a stored index of one image is pushed as that index, not as the bare manifest', async () => {
+    const layout = join(root, 'one');
+    const dirImage = (await openSource('dir:img', { root })).images[0];
+    const only = await writeOciImage(layout, dirImage, {
+      platform: { os: 'linux', architecture: 'amd64' },
+      writeIndex: false,
+    });
+    const idx = await writeOciIndex(layout, [only.manifest], 'v1');
+    const target = `${registry.host}/one/app:v1`;
+    const state = await waitForPush(
+      stack.ctx,
+      await submitPush(stack, { source: `oci:${layout}:v1`, target }),
+    );
+    assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
+    assert.equal(state.manifest!.digest, idx.digest);
+    const raw = await skopeoInspect(`docker://${target}`, ['--raw']);
+    assert.equal(raw.mediaType, 'application/vnd.oci.image.index.v1+json');
+    assert.deepEqual(
+      raw.manifests.map((m: { digest: string }) => m.digest),
+      [only.manifest.digest],
+    );
+  });
+
   it('with a platform, pushes that one image alone', async () => {
     const target = `${registry.host}/single/app:arm`;
     const state = await waitForPush(

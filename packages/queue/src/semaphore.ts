@@ -71,6 +71,8 @@ export interface Permit {
 
 export class SemaphoreTimeoutError extends Error {
   readonly code = 'FERRY_SEMAPHORE_TIMEOUT';
+  /** Waiting longer may succeed: a retry of the job tries again. */
+  readonly transient = true;
   constructor(name: string, key: string, ms: number) {
     super(`no ${name} permit for ${key} within ${ms} ms`);
     this.name = 'SemaphoreTimeoutError';

@@ -28,14 +28,16 @@ export class SourceCache {
     private readonly ttlMs = 30_000,
   ) {}
 
-  open(source: string, platform?: string): Promise<OpenedSource> {
-    const key = `${platform ?? ''}|${source}`;
+  /** gzipLevel: the level the push was planned with (job data), so keys and bytes agree; default config's. */
+  open(source: string, platform?: string, gzipLevel?: number): Promise<OpenedSource> {
+    const level = gzipLevel ?? this.config.gzipLevel;
+    const key = `${platform ?? ''}|${level}|${source}`;
     const now = Date.now();
     const hit = this.entries.get(key);
     if (hit && now - hit.at < this.ttlMs) return hit.value;
     const value = openSource(source, {
       root: this.config.sourceRoot,
-      gzipLevel: this.config.gzipLevel,
+      gzipLevel: level,
       platform,
       logger: this.logger,
     });

@@ -1,6 +1,6 @@
 import type { Layer } from '@ferry/image-source';
 import { parseReference, type RepoRef } from '@ferry/registry-client';
-import { UnrecoverableError } from 'bullmq';
+import { PermanentError } from './worker';
 import type { PushRequest, PushStore } from '@ferry/queue';
 import type { SourceCache } from './clients';
 
@@ -30,14 +30,16 @@ export async function layerOf(
   platform: string | undefined,
   imageIndex: number,
   layerIndex: number,
+  gzipLevel?: number,
 ): Promise<Layer> {
-  const opened = await sources.open(source, platform);
+  const opened = await sources.open(source, platform, gzipLevel);
   const image = opened.images[imageIndex];
   const layer = image?.layers[layerIndex];
   if (!layer) {
     // The source changed between the request and the job: nothing sensible to retry.
-    throw new UnrecoverableError(
-      `FERRY_SOURCE_CHANGED: ${source} has no layer ${layerIndex} in image ${imageIndex} any more`,
+    throw new PermanentError(
+      'FERRY_SOURCE_CHANGED',
+      `${source} has no layer ${layerIndex} in image ${imageIndex} any more`,
     );
   }
   return layer;

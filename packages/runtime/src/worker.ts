@@ -36,13 +36,36 @@ export function errorInfo(err: unknown): { code: string; message: string } {
   return { code, message };
 }
 
-/** Thrown by a job of a push that was cancelled: ends the job without retries. */
+/** A failure no retry can cure, with its stable code (shown in the push state). */
+export class PermanentError extends UnrecoverableError {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'PermanentError';
+  }
+}
+
+/** Thrown by a job of a push that was cancelled or has already ended: stops the job without retries. */
 export class CancelledError extends UnrecoverableError {
-  readonly code = 'FERRY_CANCELLED';
-  constructor(pushId: string) {
-    super(`push ${pushId} was cancelled`);
+  readonly code: string;
+  constructor(pushId: string, status: string = 'cancelled') {
+    super(
+      status === 'cancelled'
+        ? `push ${pushId} was cancelled`
+        : `push ${pushId} has ended (${status}); its remaining jobs stop`,
+    );
+    this.code = status === 'cancelled' ? 'FERRY_CANCELLED' : 'FERRY_PUSH_ENDED';
     this.name = 'CancelledError';
   }
+}
+
+/** Throws CancelledError unless the push is still queued or running (cancelled, failed, expired: stop). */
+export async function assertActive(ctx: QueueContext, pushId: string): Promise<void> {
+  const status = await ctx.store.status(pushId);
+  if (status === 'queued' || status === 'running') return;
+  throw new CancelledError(pushId, status ?? 'cancelled');
 }
 
 export type Processor<T, R> = (job: Job<T>, token: string | undefined) => Promise<R>;
@@ -125,6 +148,19 @@ export async function startWorker<T extends { pushId: string }, R>(
     name: `${hostname()}-${process.pid}-${opts.role}`,
   });
   worker.on('error', (e) => logger.warn(`${opts.role}: worker error: ${e.message}`));
+  // Backstop: BullMQ can fail a job without running the processor (stalled too often, a
+  // lock lost at completion). Whatever the path, a job failed for good ends its push.
+  worker.on('failed', (job, err) => {
+    if (!job || err instanceof DelayedError) return;
+    const attempts = job.opts.attempts ?? 1;
+    const final =
+      err?.name === 'UnrecoverableError' ||
+      err instanceof UnrecoverableError ||
+      job.attemptsMade >= attempts ||
+      Boolean(job.finishedOn);
+    if (!final) return;
+    void ctx.store.finish(job.data.pushId, { error: errorInfo(err) }).catch(() => undefined);
+  });
   await worker.waitUntilReady();
 
   const parts: Closable[] = [{ name: `${opts.role} worker`, close: () => worker.close() }];

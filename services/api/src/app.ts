@@ -245,6 +245,20 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         'schema1',
       );
     }
+    // Signatures and schema1 manifests need the signers (a later issue): refuse rather than
+    // push an image unsigned that the caller asked to be signed.
+    const wantsSigning =
+      body.sign === true ||
+      (typeof body.sign === 'object' && body.sign !== null && (body.sign.cosign || body.sign.pgp));
+    if (wantsSigning || body.schema1 === true) {
+      throw new ApiError(
+        'FERRY_SIGNING_NOT_CONFIGURED',
+        wantsSigning
+          ? 'signing is not available on this server yet: no signer is configured'
+          : 'schema1 manifests need a signing key, and signing is not available on this server yet',
+        wantsSigning ? 'sign' : 'schema1',
+      );
+    }
     // The target (and its registry allowlist) is checked before the source is touched.
     const { target } = inspector.checkTarget(body.target, config.registryAllow);
     let source = body.source;

@@ -162,6 +162,20 @@ describe('api (fastify + real redis-server)', function () {
         field: 'schema1',
       },
       {
+        name: 'signing asked for, no signer configured',
+        body: () => ({ ...good(), sign: { cosign: true } }),
+        status: 422,
+        code: 'FERRY_SIGNING_NOT_CONFIGURED',
+        field: 'sign',
+      },
+      {
+        name: 'a schema1 manifest asked for, no signer configured',
+        body: () => ({ ...good(), schema1: true }),
+        status: 422,
+        code: 'FERRY_SIGNING_NOT_CONFIGURED',
+        field: 'schema1',
+      },
+      {
         name: 'an unknown format',
         body: () => ({ ...good(), format: 'zip' }),
         status: 400,

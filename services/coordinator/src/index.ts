@@ -40,12 +40,12 @@ import {
 } from '@ferry/registry-client';
 import {
   createRegistryClient,
+  PermanentError,
   SourceCache,
   startWorker,
   type LayerOutcome,
   type RoleHandle,
 } from '@ferry/runtime';
-import { UnrecoverableError } from 'bullmq';
 
 export interface CoordinatorDeps {
   ctx: QueueContext;
@@ -99,8 +99,16 @@ function assembleImage(
   image.layers.forEach((layer, i) => {
     const r = results.get(`${imageIndex}/${i}`);
     if (!r || r.state === 'upload' || !r.digest || r.size === undefined) {
-      throw new UnrecoverableError(
-        `FERRY_LAYER_MISSING: layer ${i} of image ${imageIndex} (${layer.description}) has no pushed blob`,
+      throw new PermanentError(
+        'FERRY_LAYER_MISSING',
+        `layer ${i} of image ${imageIndex} (${layer.description}) has no pushed blob`,
+      );
+    }
+    if (layer.digest && layer.digest !== r.digest) {
+      // The source was changed after the push was planned: never mix old layers and a new config.
+      throw new PermanentError(
+        'FERRY_SOURCE_CHANGED',
+        `layer ${i} of image ${imageIndex} (${layer.description}) is now ${layer.digest}, but ${r.digest} was pushed`,
       );
     }
     layers.push({ mediaType: layer.mediaType, digest: r.digest, size: r.size });
@@ -115,8 +123,9 @@ function assembleImage(
     );
   } else {
     if (diffIds.some((x) => !x)) {
-      throw new UnrecoverableError(
-        'FERRY_LAYER_MISSING: a layer has no diffID to build the config from',
+      throw new PermanentError(
+        'FERRY_LAYER_MISSING',
+        'a layer has no diffID to build the config from',
       );
     }
     config = buildConfig(image.configFields, diffIds, {
@@ -180,11 +189,21 @@ export function assembleProcessor(deps: CoordinatorDeps) {
   const { ctx, client, sources, logger } = deps;
   return async (job: Job<AssembleJob>): Promise<PushResult | undefined> => {
     const { pushId, request } = job.data;
-    if (await ctx.store.isCancelled(pushId)) {
-      logger.info(`push ${pushId} was cancelled; nothing assembled`);
+    const status = await ctx.store.status(pushId);
+    if (status !== 'queued' && status !== 'running') {
+      logger.info(`push ${pushId} is ${status ?? 'gone'}; nothing assembled`);
       return undefined;
     }
     const format: ManifestFormat = request.format ?? 'oci';
+    const sign = request.sign;
+    const wantsSigning = sign === true || (typeof sign === 'object' && (sign.cosign || sign.pgp));
+    if (request.schema1 || wantsSigning) {
+      // The API refuses these until the signers exist; a job that carries them anyway is not pushed unsigned.
+      throw new PermanentError(
+        'FERRY_SIGNING_NOT_CONFIGURED',
+        'signing and schema1 manifests are not available on this server yet',
+      );
+    }
     const ref = parseReference(request.target);
     const repo = { registry: ref.registry, repository: ref.repository };
     const opened = await sources.open(request.source, request.platform);
@@ -212,7 +231,8 @@ export function assembleProcessor(deps: CoordinatorDeps) {
 
     let top: Canonical;
     const manifests: TaggedManifest[] = [];
-    if (pushed.length === 1) {
+    // A multi-platform source, or a stored index (even of one image), is pushed as an index.
+    if (pushed.length === 1 && !opened.indexBytes) {
       top = pushed[0].manifest;
     } else {
       top = topIndex(opened, pushed, format, keptAll);

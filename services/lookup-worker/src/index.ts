@@ -20,7 +20,7 @@ import {
 } from '@ferry/queue';
 import type { RegistryClient } from '@ferry/registry-client';
 import {
-  CancelledError,
+  assertActive,
   createRegistryClient,
   layerOf,
   PushRequests,
@@ -48,11 +48,18 @@ export function lookupProcessor(deps: LookupDeps) {
   const { ctx, client, sources, requests, logger } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
     const d = job.data;
-    if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
+    await assertActive(ctx, d.pushId);
     await ctx.store.setStatus(d.pushId, 'running');
     const request = await requests.get(d.pushId);
     const repo = targetRepo(d.target);
-    const layer = await layerOf(sources, d.source, request?.platform, d.imageIndex, d.layerIndex);
+    const layer = await layerOf(
+      sources,
+      d.source,
+      request?.platform,
+      d.imageIndex,
+      d.layerIndex,
+      d.gzipLevel,
+    );
     const key = { imageIndex: d.imageIndex, index: d.layerIndex };
     const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
 
@@ -94,11 +101,19 @@ export function lookupProcessor(deps: LookupDeps) {
         (r) => r !== repo.repository,
       );
       for (const source of from.slice(0, 3)) {
-        const mounted = await ctx.lookupSemaphore.use(
-          repo.registry,
-          () => client.mountBlob(repo, digest!, source),
-          { timeoutMs: deps.permitTimeoutMs ?? 120_000 },
-        );
+        let mounted: boolean;
+        try {
+          mounted = await ctx.lookupSemaphore.use(
+            repo.registry,
+            () => client.mountBlob(repo, digest!, source),
+            { timeoutMs: deps.permitTimeoutMs ?? 120_000 },
+          );
+        } catch (err) {
+          // No pull right on the other repository, or it is gone: upload instead.
+          if ((err as { transient?: boolean }).transient !== false) throw err;
+          logger.info(`mount of ${digest} from ${source} refused: ${(err as Error).message}`);
+          mounted = false;
+        }
         if (mounted) {
           const got = await client.blobExists(repo, digest);
           logger.info(`layer ${digest} mounted from ${source} into ${repo.repository}`);
@@ -136,7 +151,7 @@ export function lookupProcessor(deps: LookupDeps) {
       ...(diffId ? { diffId } : {}),
       ...(request?.platform ? { platform: request.platform } : {}),
     };
-    await addUploadChild(ctx.queues, job, upload);
+    // Written before the hand-off: the upload job may finish (and write its state) at once.
     await ctx.store.updateLayer(
       d.pushId,
       key,
@@ -147,6 +162,7 @@ export function lookupProcessor(deps: LookupDeps) {
       },
       { event: false },
     );
+    await addUploadChild(ctx.queues, job, upload);
     return { ...base, state: 'upload', digest: layer.digest, size: layer.size, diffId };
   };
 }

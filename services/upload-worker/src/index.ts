@@ -18,6 +18,7 @@ import type { Logger } from '@ferry/log';
 import { QUEUE_NAMES, type QueueContext, type UploadJob } from '@ferry/queue';
 import type { BlobSource, RegistryClient, RepoRef } from '@ferry/registry-client';
 import {
+  assertActive,
   blobLeaseKey,
   CancelledError,
   createRegistryClient,
@@ -29,7 +30,12 @@ import {
   type RoleHandle,
 } from '@ferry/runtime';
 
-export type UploadJobData = UploadJob & { diffId?: string; platform?: string };
+export type UploadJobData = UploadJob & {
+  diffId?: string;
+  platform?: string;
+  /** How often this job has waited for another worker's upload of the same blob. */
+  waits?: number;
+};
 
 export interface UploadDeps {
   ctx: QueueContext;
@@ -53,13 +59,35 @@ export function uploadProcessor(deps: UploadDeps) {
 
   return async (job: Job<UploadJobData>, token?: string): Promise<LayerOutcome> => {
     const d = job.data;
-    if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
+    await assertActive(ctx, d.pushId);
     const repo = targetRepo(d.target);
-    const layer = await layerOf(sources, d.source, d.platform, d.imageIndex, d.layerIndex);
+    const layer = await layerOf(
+      sources,
+      d.source,
+      d.platform,
+      d.imageIndex,
+      d.layerIndex,
+      d.gzipLevel,
+    );
     const key = { imageIndex: d.imageIndex, index: d.layerIndex };
     const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
     const diffId = layer.diffId ?? d.diffId;
     const leaseKey = blobLeaseKey(repo.registry, layer.digest, diffId, d.gzipLevel, ZLIB_VERSION);
+    // The session an earlier attempt of this blob into this repository left open, if any.
+    const sessionKey = `${ctx.queues.prefix}:upload-session:${leaseKey}:${repo.repository}`;
+    // Unique per run of the job: a stalled run and its successor never share the lease.
+    const leaseOwner = `${owner}-${job.id}-${token ?? job.attemptsMade}`;
+    /** Existence checks and mounts count against the registry's cluster-wide lookup limit. */
+    const checked = <T>(fn: () => Promise<T>) =>
+      ctx.lookupSemaphore.use(repo.registry, fn, { timeoutMs: 120_000 });
+
+    /** A session left open by an earlier attempt is cancelled once the blob needs no upload. */
+    const dropEarlierSession = async () => {
+      const earlier = await ctx.connection.get(sessionKey);
+      if (!earlier) return;
+      await client.cancelUpload(repo, earlier).catch(() => undefined);
+      await ctx.connection.del(sessionKey);
+    };
 
     /** The blob is in the target already, or can be mounted there: no bytes to send. */
     const presentOrMount = async (): Promise<LayerOutcome | undefined> => {
@@ -68,8 +96,9 @@ export function uploadProcessor(deps: UploadDeps) {
         digest = (await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, ZLIB_VERSION))?.digest;
       }
       if (!digest) return undefined;
-      const have = await client.blobExists(repo, digest);
+      const have = await checked(() => client.blobExists(repo, digest!));
       if (have) {
+        await dropEarlierSession();
         await ctx.store.updateLayer(d.pushId, key, {
           state: 'exists',
           digest,
@@ -83,30 +112,43 @@ export function uploadProcessor(deps: UploadDeps) {
       for (const from of (await ctx.blobs.reposWithBlob(repo.registry, digest))
         .filter((r) => r !== repo.repository)
         .slice(0, 3)) {
-        if (await client.mountBlob(repo, digest, from)) {
-          const got = await client.blobExists(repo, digest);
-          await ctx.store.updateLayer(d.pushId, key, {
-            state: 'mounted',
-            digest,
-            size: got?.size,
-            bytesSent: 0,
-            mountedFrom: from,
-          });
-          await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
-          await ctx.metrics.inc('ferry_blobs_total', { result: 'mounted' }).catch(() => undefined);
-          return { ...base, state: 'mounted', digest, size: got?.size, diffId, mountedFrom: from };
+        let mounted = false;
+        try {
+          mounted = await checked(() => client.mountBlob(repo, digest!, from));
+        } catch (err) {
+          if ((err as { transient?: boolean }).transient !== false) throw err;
         }
+        if (!mounted) {
+          await ctx.blobs.forgetBlob(repo.registry, from, digest);
+          continue;
+        }
+        await dropEarlierSession();
+        const got = await checked(() => client.blobExists(repo, digest!));
+        await ctx.store.updateLayer(d.pushId, key, {
+          state: 'mounted',
+          digest,
+          size: got?.size,
+          bytesSent: 0,
+          mountedFrom: from,
+        });
+        await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
+        await ctx.metrics.inc('ferry_blobs_total', { result: 'mounted' }).catch(() => undefined);
+        return { ...base, state: 'mounted', digest, size: got?.size, diffId, mountedFrom: from };
       }
       return undefined;
     };
 
-    const fence = await ctx.uploadLease.acquire(leaseKey, `${owner}-${job.id}`, leaseMs);
+    const fence = await ctx.uploadLease.acquire(leaseKey, leaseOwner, leaseMs);
     if (fence === null) {
       const found = await presentOrMount();
       if (found) return found;
-      // Another worker is uploading this blob: wait without holding a slot.
-      const delay = waitMs + Math.floor(Math.random() * waitMs);
-      await job.moveToDelayed(Date.now() + delay, token);
+      // Another worker is uploading this blob: wait without holding a slot, looking
+      // again less often the longer it takes (1 s, 2 s, 4 s … up to 30 s).
+      const waits = (d.waits ?? 0) + 1;
+      await job.updateData({ ...d, waits });
+      const delay =
+        Math.min(30_000, waitMs * 2 ** Math.min(waits - 1, 5)) * (1 + Math.random() / 2);
+      await job.moveToDelayed(Date.now() + Math.floor(delay), token);
       throw new DelayedError();
     }
 
@@ -114,7 +156,7 @@ export function uploadProcessor(deps: UploadDeps) {
     const renew = setInterval(
       () => {
         ctx.uploadLease
-          .renew(leaseKey, `${owner}-${job.id}`, fence, leaseMs)
+          .renew(leaseKey, leaseOwner, fence, leaseMs)
           .then((ok) => {
             if (!ok) renewFailed = true;
           })
@@ -126,10 +168,21 @@ export function uploadProcessor(deps: UploadDeps) {
       // The holder before us may have finished it.
       const found = await presentOrMount();
       if (found) return found;
-      return await upload(deps, job, repo, layer, key, base, diffId, leaseKey, () => renewFailed);
+      return await upload(
+        deps,
+        job,
+        repo,
+        layer,
+        key,
+        base,
+        diffId,
+        leaseKey,
+        sessionKey,
+        () => renewFailed,
+      );
     } finally {
       clearInterval(renew);
-      await ctx.uploadLease.release(leaseKey, `${owner}-${job.id}`, fence).catch(() => undefined);
+      await ctx.uploadLease.release(leaseKey, leaseOwner, fence).catch(() => undefined);
     }
   };
 }
@@ -143,12 +196,11 @@ async function upload(
   base: { imageIndex: number; layerIndex: number; mediaType: string },
   knownDiffId: string | undefined,
   leaseKey: string,
+  sessionKey: string,
   leaseLost: () => boolean,
 ): Promise<LayerOutcome> {
   const { ctx, client, logger } = deps;
   const d = job.data;
-  // The session an earlier attempt of this blob into this repository left open, if any.
-  const sessionKey = `${ctx.queues.prefix}:upload-session:${leaseKey}:${repo.repository}`;
   const earlier = (await ctx.connection.get(sessionKey)) ?? undefined;
   const attemptsLeft = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
   const rememberSession = (location: string | undefined) => {
@@ -202,9 +254,12 @@ async function upload(
         void job.updateProgress({ bytesSent }).catch(() => undefined);
         if (now - cancelledCheck > 2_000) {
           cancelledCheck = now;
-          void ctx.store.isCancelled(d.pushId).then((c) => {
-            if (c || leaseLost()) abort.abort();
-          });
+          void ctx.store
+            .isCancelled(d.pushId)
+            .then((c) => {
+              if (c || leaseLost()) abort.abort();
+            })
+            .catch(() => undefined);
         }
       },
     })
