@@ -138,16 +138,86 @@ function sanitizedStat(st: Stats): Stats {
 // by one that refuses symlinks (O_NOFOLLOW), never blocks on a FIFO (O_NONBLOCK), and checks
 // that the descriptor is the very file that was listed (same device and inode).
 const protoSymbols = Object.getOwnPropertySymbols(WriteEntry.prototype);
-const OPENFILE = protoSymbols.find((x) => x.description === 'openfile');
-const ONOPENFILE = protoSymbols.find((x) => x.description === 'onopenfile');
+const sym = (name: string): symbol | undefined => protoSymbols.find((x) => x.description === name);
+const OPENFILE = sym('openfile');
+const ONOPENFILE = sym('onopenfile');
+const READ = sym('read');
+const ONREAD = sym('onread');
+const CLOSE = sym('close');
 /** True when the tar package's open step could be replaced (checked by a test). */
 export const SAFE_OPEN_INSTALLED = OPENFILE !== undefined && ONOPENFILE !== undefined;
+/** True when open files can be closed at once on cancel (else the tar runs to its end unread). */
+const FAST_CANCEL = SAFE_OPEN_INSTALLED && !!READ && !!ONREAD && !!CLOSE;
 const OPEN_FLAGS = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
 
-function installSafeOpen(entry: WriteEntry, listed: Stats, realRoot: string | undefined): void {
+interface OpenFile {
+  fd: number;
+  /** an fs.read on fd has not called back yet: closing now could hit a reused descriptor */
+  inflight: boolean;
+  closed: boolean;
+}
+
+/** The files one tar stream has open, so that a cancel can close them without racing tar. */
+class OpenFiles {
+  cancelled = false;
+  readonly files = new Set<OpenFile>();
+  close(f: OpenFile): void {
+    if (f.closed) return;
+    f.closed = true;
+    this.files.delete(f);
+    fsClose(f.fd, () => undefined);
+  }
+  cancel(): void {
+    this.cancelled = true;
+    for (const f of [...this.files]) if (!f.inflight) this.close(f);
+  }
+}
+
+type Entry = WriteEntry & Record<symbol, unknown>;
+type Method = (this: Entry, ...args: unknown[]) => void;
+
+function installSafeOpen(
+  entry: WriteEntry,
+  listed: Stats,
+  realRoot: string | undefined,
+  open: OpenFiles,
+): void {
   if (!OPENFILE || !ONOPENFILE) return;
-  const e = entry as unknown as Record<symbol, unknown> & WriteEntry;
-  e[OPENFILE] = function safeOpen(this: WriteEntry & Record<symbol, unknown>): void {
+  const e = entry as Entry;
+  let file: OpenFile | undefined;
+  if (FAST_CANCEL) {
+    const read = e[READ!] as Method;
+    const onread = e[ONREAD!] as Method;
+    const close = e[CLOSE!] as Method;
+    e[READ!] = function (this: Entry): void {
+      if (open.cancelled || !file) {
+        if (file) open.close(file);
+        return; // the entry stalls, holding nothing
+      }
+      file.inflight = true;
+      read.call(this);
+    };
+    e[ONREAD!] = function (this: Entry, n: unknown): void {
+      if (file) file.inflight = false;
+      if (open.cancelled) {
+        if (file) open.close(file);
+        return;
+      }
+      onread.call(this, n);
+    };
+    e[CLOSE!] = function (this: Entry, cb?: unknown): void {
+      if (file?.closed) {
+        if (typeof cb === 'function') (cb as () => void)();
+        return;
+      }
+      if (file) {
+        file.closed = true;
+        open.files.delete(file);
+      }
+      close.call(this, cb);
+    };
+  }
+  e[OPENFILE] = function safeOpen(this: Entry): void {
     fsOpen(this.absolute, OPEN_FLAGS, (er, fd) => {
       if (er) {
         const err =
@@ -160,34 +230,38 @@ function installSafeOpen(entry: WriteEntry, listed: Stats, realRoot: string | un
         this.emit('error', err);
         return;
       }
+      const fail = (err: Error): void => fsClose(fd, () => this.emit('error', err));
+      if (open.cancelled) {
+        fsClose(fd, () => undefined);
+        return;
+      }
       fstat(fd, (er2, st) => {
         if (er2 || !st.isFile() || st.ino !== listed.ino || st.dev !== listed.dev) {
-          fsClose(fd, () =>
-            this.emit(
-              'error',
-              Object.assign(new Error(`${this.absolute} was replaced after it was listed`), {
-                path: this.absolute,
-              }),
-            ),
+          fail(
+            Object.assign(new Error(`${this.absolute} was replaced after it was listed`), {
+              path: this.absolute,
+            }),
           );
           return;
         }
         // And the descriptor must lie inside the root (a directory on the way may have been swapped).
         fdPath(fd, (actual) => {
           if (realRoot && actual !== undefined && !isInside(realRoot, actual)) {
-            fsClose(fd, () =>
-              this.emit(
-                'error',
-                Object.assign(
-                  new Error(`${this.absolute} resolved to ${actual}, outside the source root`),
-                  {
-                    path: this.absolute,
-                    code: 'EOUTSIDEROOT',
-                  },
-                ),
+            fail(
+              Object.assign(
+                new Error(`${this.absolute} resolved to ${actual}, outside the source root`),
+                { path: this.absolute, code: 'EOUTSIDEROOT' },
               ),
             );
             return;
+          }
+          if (open.cancelled) {
+            fsClose(fd, () => undefined);
+            return;
+          }
+          if (FAST_CANCEL) {
+            file = { fd, inflight: false, closed: false };
+            open.files.add(file);
           }
           (this[ONOPENFILE!] as (fd: number) => void).call(this, fd);
         });
@@ -196,10 +270,10 @@ function installSafeOpen(entry: WriteEntry, listed: Stats, realRoot: string | un
   };
 }
 
-function onWriteEntry(entry: WriteEntry, realRoot: string | undefined): void {
+function onWriteEntry(entry: WriteEntry, realRoot: string | undefined, open: OpenFiles): void {
   // Called by the tar package just before the header is encoded (after link detection).
   if (entry.stat) {
-    if (entry.type === 'File') installSafeOpen(entry, entry.stat, realRoot);
+    if (entry.type === 'File') installSafeOpen(entry, entry.stat, realRoot, open);
     entry.stat = sanitizedStat(entry.stat);
   }
   entry.myuser = '';
@@ -224,6 +298,7 @@ export function tarSource(
 ): ByteSource {
   let pack: Pack | undefined;
   let cancelled = false;
+  const open = new OpenFiles();
   return {
     start(onData, onEnd, onError) {
       const p = new Pack({
@@ -237,7 +312,7 @@ export function tarSource(
         mtime: FIXED_MTIME,
         maxReadSize: opts.maxReadSize ?? 1024 * 1024,
         jobs: 4,
-        onWriteEntry: (e: WriteEntry) => onWriteEntry(e, opts.realRoot),
+        onWriteEntry: (e: WriteEntry) => onWriteEntry(e, opts.realRoot, open),
       });
       pack = p;
       p.on('data', (c: Buffer) => {
@@ -282,10 +357,15 @@ export function tarSource(
     cancel() {
       if (cancelled) return;
       cancelled = true;
-      // The tar package cannot be aborted mid-file without leaking its descriptor; let it
-      // run to the end with nobody listening (reads only, no compression), which closes every file.
       pack?.on('error', () => undefined);
-      pack?.resume();
+      if (FAST_CANCEL) {
+        // Close every open file (each as soon as its read in flight, if any, returns); the
+        // tar stream stalls with nothing open and is collected.
+        open.cancel();
+      } else {
+        // Without the hooks: let tar run to the end unread, which closes every file.
+        pack?.resume();
+      }
     },
   };
 }

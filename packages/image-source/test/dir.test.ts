@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import {
   linkSync,
@@ -542,6 +543,36 @@ describe('@ferry/image-source dir:', function () {
     assert.ok(tar.every((b) => b === 0));
     assert.equal(result.diffId, sha256(tar));
     assert.deepEqual(await listTar(tar), []);
+  });
+
+  it('a reader that stops early: the rest of a big file is never read (files closed at once)', async () => {
+    const root = tmpDir('dir-cancel');
+    const size = 64 * 1024 * 1024;
+    writeTree(join(root, 'img', 'layers', 'l'), { 'big.bin': randomBytes(size) });
+    const rchar = (): number =>
+      Number(/rchar:\s+(\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const layer = (await openSource('dir:img', { root })).images[0]!.layers[0]!;
+    const before = fds();
+    const read0 = rchar();
+    const ls = await layer.open();
+    let got = 0;
+    for await (const c of ls.stream) {
+      got += (c as Buffer).length;
+      if (got > 1024 * 1024) break;
+    }
+    await assert.rejects(
+      ls.done,
+      (e: unknown) => e instanceof SourceError && e.code === 'FERRY_STREAM_ABORTED',
+    );
+    for (let i = 0; i < 100 && fds() > before; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(fds(), before, 'every file descriptor closed');
+    await new Promise((r) => setTimeout(r, 200));
+    const readBytes = rchar() - read0;
+    assert.ok(
+      readBytes < size / 2,
+      `read ${readBytes} bytes of a ${size}-byte file after stopping at 1 MiB`,
+    );
   });
 
   it('a reader that stops early gets a rejected done and no descriptor stays open', async () => {
