@@ -160,6 +160,12 @@ export class TtyRenderer implements Renderer {
       this.redraw();
       return;
     }
+    if (e.type === 'manifest' && this.layers.size > 0) {
+      // Every layer is in the registry now: leave their lines where they are, as docker
+      // does, and write the manifest, tags and digest below them.
+      this.drawn = 0;
+      this.layers.clear();
+    }
     const text = otherText(e);
     if (text && !(e.type === 'status' && e.status === 'queued')) this.message(text);
   }
