@@ -3,6 +3,8 @@
  * docker-archives and layered directories, and streams their layers with
  * digests computed from the bytes produced. Knows nothing of queues or HTTP.
  */
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { parsePlatform } from '@ferry/manifest';
 import { openDir } from './dir';
 import { openDockerArchive } from './docker-archive';
@@ -31,16 +33,40 @@ export { REF_NAME_ANNOTATION } from './oci';
 /** The zlib Node links: part of the key under which a dir: layer's compressed digest may be cached. */
 export const ZLIB_VERSION: string = process.versions.zlib ?? 'unknown';
 
+const identities = new Map<number, string>();
+
+/**
+ * ZLIB_VERSION plus a fingerprint of what this zlib actually produces at
+ * `level` (sha256 of a fixed sample compressed once, 12 hex digits). Chromium's
+ * zlib, which Node bundles, may pick CPU-specific code paths; two workers whose
+ * deflate output differs get different identities, so a compressed-digest
+ * cache keyed by it never suggests a digest the other would not reproduce.
+ */
+export function zlibIdentity(level = DEFAULT_GZIP_LEVEL): string {
+  let id = identities.get(level);
+  if (!id) {
+    const sample = Buffer.alloc(256 * 1024);
+    for (let i = 0, x = 1; i < sample.length; i++) {
+      x = (x * 1103515245 + 12345) & 0x7fffffff;
+      sample[i] = x % 7 === 0 ? 0x20 + (x % 95) : 0x61 + (x % 26) * (x % 3 === 0 ? 1 : 0);
+    }
+    const out = gzipSync(sample, { level });
+    id = `${ZLIB_VERSION}+${createHash('sha256').update(out).digest('hex').slice(0, 12)}`;
+    identities.set(level, id);
+  }
+  return id;
+}
+
 /** The gzip level used when none is given (FERRY_GZIP_LEVEL's default). */
 export const DEFAULT_GZIP_LEVEL = 6;
 
 /**
  * The cache key for "the compressed digest of the layer whose uncompressed
- * tar is `diffId`, gzipped at `level` by this zlib". Such a cache may only
+ * tar is `diffId`, gzipped at `level` by this zlib" (see zlibIdentity). Such a cache may only
  * suggest a digest to look for; it never replaces hashing what is sent.
  */
 export function compressedDigestCacheKey(diffId: string, level = DEFAULT_GZIP_LEVEL): string {
-  return `${diffId}|gzip-${level}|zlib-${ZLIB_VERSION}`;
+  return `${diffId}|gzip-${level}|zlib-${zlibIdentity(level)}`;
 }
 
 /**
