@@ -331,4 +331,54 @@ describe('ferry serve processes, REST, SSE and the CLI', function () {
       await Promise.allSettled([ferry.stop(), second?.stop()]);
     }
   });
+
+  it('SIGTERM stops an upload worker within FERRY_SHUTDOWN_TIMEOUT; its job is finished elsewhere', async () => {
+    const img = join(root, 'big2');
+    mkdirSync(join(img, 'layers', '01-data'), { recursive: true });
+    const fd = openSync(join(img, 'layers', '01-data', 'blob.bin'), 'w');
+    for (let i = 0; i < 300; i++) writeSync(fd, randomBytes(1024 * 1024));
+    closeSync(fd);
+    const base = {
+      FERRY_REDIS_URL: redis.url,
+      FERRY_SOURCE_ROOT: root,
+      FERRY_REGISTRY_ALLOW: registryA.host,
+      FERRY_GZIP_LEVEL: '1',
+      FERRY_UPLOAD_CHUNK_SIZE: String(16 * 1024 * 1024),
+      FERRY_JOB_LOCK_TIMEOUT: '2',
+      FERRY_SHUTDOWN_TIMEOUT: '1',
+    };
+    const ferry = await startFerry(base, ['api', 'lookup', 'coordinator', 'upload']);
+    let second: Ferry | undefined;
+    try {
+      const created = await api(ferry, 'POST', '/v1/pushes', {
+        source: `dir:${img}`,
+        target: `${registryA.host}/term/data:1`,
+      });
+      assert.equal(created.status, 202, JSON.stringify(created.body));
+      const id = created.body.id as string;
+      for (;;) {
+        const s = await api(ferry, 'GET', `/v1/pushes/${id}`);
+        if (s.body.layers[0].state === 'uploading' && s.body.layers[0].bytesSent > 0) break;
+        assert.notEqual(s.body.status, 'succeeded', 'the upload finished before SIGTERM');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const worker = ferry.services.at(-1)!;
+      const t0 = Date.now();
+      process.kill(worker.pid, 'SIGTERM');
+      while (!worker.exited && Date.now() - t0 < 15_000) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(worker.exited, 'the worker did not stop within its deadline');
+      assert.ok(Date.now() - t0 < 10_000, `stopping took ${Date.now() - t0} ms`);
+      second = await startFerry({ ...base, FERRY_QUEUE_PREFIX: ferry.env.FERRY_QUEUE_PREFIX }, [
+        'upload',
+      ]);
+      const state = await waitFinal(ferry, id);
+      assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
+      const info = await skopeoInspect(`docker://${registryA.host}/term/data:1`);
+      assert.deepEqual(info.Layers, [state.layers[0].digest]);
+    } finally {
+      await Promise.allSettled([ferry.stop(), second?.stop()]);
+    }
+  });
 });
