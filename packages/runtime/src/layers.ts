@@ -51,10 +51,10 @@ export function blobLeaseKey(
   digest: string | undefined,
   diffId: string | undefined,
   gzipLevel: number,
-  zlibVersion: string,
+  zlibIdentity: string,
 ): string {
   if (digest) return `${registry}/${digest}`;
-  return `${registry}/diff/${diffId ?? 'unknown'}/gzip-${gzipLevel}/zlib-${zlibVersion}`;
+  return `${registry}/diff/${diffId ?? 'unknown'}/gzip-${gzipLevel}/zlib-${zlibIdentity}`;
 }
 
 /** The request of a push, read once per process from the push state (job data holds only references). */

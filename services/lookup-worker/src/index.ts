@@ -9,7 +9,7 @@
  */
 import type { Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
-import { ZLIB_VERSION } from '@ferry/image-source';
+import { zlibIdentity } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import {
   addUploadChild,
@@ -70,7 +70,11 @@ export function lookupProcessor(deps: LookupDeps) {
     if (!digest) {
       const r = await layer.diffIdOnly();
       diffId = r.diffId;
-      const cached = await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, ZLIB_VERSION);
+      const cached = await ctx.blobs.lookupCompressed(
+        diffId,
+        d.gzipLevel,
+        zlibIdentity(d.gzipLevel),
+      );
       if (cached) {
         digest = cached.digest;
         size = cached.size;

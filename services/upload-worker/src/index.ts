@@ -13,7 +13,7 @@
 import { hostname } from 'node:os';
 import { DelayedError, type Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
-import { ZLIB_VERSION, type Layer } from '@ferry/image-source';
+import { zlibIdentity, type Layer } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import { QUEUE_NAMES, type QueueContext, type UploadJob } from '@ferry/queue';
 import type { BlobSource, RegistryClient, RepoRef } from '@ferry/registry-client';
@@ -72,7 +72,13 @@ export function uploadProcessor(deps: UploadDeps) {
     const key = { imageIndex: d.imageIndex, index: d.layerIndex };
     const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
     const diffId = layer.diffId ?? d.diffId;
-    const leaseKey = blobLeaseKey(repo.registry, layer.digest, diffId, d.gzipLevel, ZLIB_VERSION);
+    const leaseKey = blobLeaseKey(
+      repo.registry,
+      layer.digest,
+      diffId,
+      d.gzipLevel,
+      zlibIdentity(d.gzipLevel),
+    );
     // The session an earlier attempt of this blob into this repository left open, if any.
     const sessionKey = `${ctx.queues.prefix}:upload-session:${leaseKey}:${repo.repository}`;
     // Unique per run of the job: a stalled run and its successor never share the lease.
@@ -93,7 +99,8 @@ export function uploadProcessor(deps: UploadDeps) {
     const presentOrMount = async (): Promise<LayerOutcome | undefined> => {
       let digest = layer.digest;
       if (!digest && diffId) {
-        digest = (await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, ZLIB_VERSION))?.digest;
+        digest = (await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, zlibIdentity(d.gzipLevel)))
+          ?.digest;
       }
       if (!digest) return undefined;
       const have = await checked(() => client.blobExists(repo, digest!));
@@ -226,13 +233,13 @@ async function upload(
     digest: layer.digest,
     open: async (offset: number) => {
       const s = await layer.open(offset);
-      return {
-        stream: s.stream,
-        done: s.done.then((r) => {
-          diffId = r.diffId;
-          return { digest: r.digest, size: r.size };
-        }),
-      };
+      const done = s.done.then((r) => {
+        diffId = r.diffId;
+        return { digest: r.digest, size: r.size };
+      });
+      // The client may abandon a stream (a cut, a retry) without awaiting its end.
+      done.catch(() => undefined);
+      return { stream: s.stream, done };
     },
   };
   const result = await client
@@ -277,7 +284,13 @@ async function upload(
   void reported;
   await ctx.blobs.recordBlob(repo.registry, repo.repository, result.digest);
   if (!layer.digest && diffId) {
-    await ctx.blobs.cacheCompressed(diffId, d.gzipLevel, ZLIB_VERSION, result.digest, result.size);
+    await ctx.blobs.cacheCompressed(
+      diffId,
+      d.gzipLevel,
+      zlibIdentity(d.gzipLevel),
+      result.digest,
+      result.size,
+    );
   }
   await ctx.store.updateLayer(d.pushId, key, {
     state: result.mountedFrom ? 'mounted' : 'uploaded',
