@@ -1,7 +1,8 @@
 import type { Layer } from '@ferry/image-source';
-import { parseReference, type RepoRef } from '@ferry/registry-client';
+import type { Logger } from '@ferry/log';
+import { parseReference, type RegistryClient, type RepoRef } from '@ferry/registry-client';
 import { PermanentError } from './worker';
-import type { PushRequest, PushStore } from '@ferry/queue';
+import type { PushRequest, PushStore, QueueContext } from '@ferry/queue';
 import type { SourceCache } from './clients';
 
 /** What lookup and upload jobs return: the coordinator reads it with getChildrenValues(). */
@@ -77,4 +78,73 @@ export class PushRequests {
     }
     return value;
   }
+}
+
+/**
+ * Records a blob that needs no upload — already in the target (`exists`) or
+ * mounted from another repository — in the push state, the blob index and the
+ * metrics.
+ */
+export async function markPresent(
+  ctx: QueueContext,
+  pushId: string,
+  key: { imageIndex: number; index: number },
+  repo: RepoRef,
+  found: { state: 'exists' | 'mounted'; digest: string; size?: number; mountedFrom?: string },
+): Promise<void> {
+  await ctx.store.updateLayer(pushId, key, {
+    state: found.state,
+    digest: found.digest,
+    ...(found.size !== undefined ? { size: found.size } : {}),
+    bytesSent: 0,
+    ...(found.mountedFrom ? { mountedFrom: found.mountedFrom } : {}),
+  });
+  await ctx.blobs.recordBlob(repo.registry, repo.repository, found.digest);
+  await ctx.metrics.inc('ferry_blobs_total', { result: found.state }).catch(() => undefined);
+}
+
+export interface FoundBlob {
+  state: 'exists' | 'mounted';
+  digest: string;
+  size?: number;
+  mountedFrom?: string;
+}
+
+/**
+ * Is the blob in the target repository already (HEAD), or can it be mounted
+ * from a repository of the same registry that Ferry pushed it to? Every
+ * request runs under the registry's cluster-wide lookup permit. A mount the
+ * registry refuses (no pull right, blob gone) is forgotten and the next
+ * candidate tried; undefined means the blob must be uploaded.
+ */
+export async function findInRegistry(
+  ctx: QueueContext,
+  client: RegistryClient,
+  repo: RepoRef,
+  digest: string,
+  opts: { permitTimeoutMs?: number; sizeHint?: number; logger?: Logger } = {},
+): Promise<FoundBlob | undefined> {
+  const checked = <T>(fn: () => Promise<T>) =>
+    ctx.lookupSemaphore.use(repo.registry, fn, { timeoutMs: opts.permitTimeoutMs ?? 120_000 });
+  const have = await checked(() => client.blobExists(repo, digest));
+  if (have) return { state: 'exists', digest, size: have.size };
+  const candidates = (await ctx.blobs.reposWithBlob(repo.registry, digest))
+    .filter((r) => r !== repo.repository)
+    .slice(0, 3);
+  for (const from of candidates) {
+    let mounted = false;
+    try {
+      mounted = await checked(() => client.mountBlob(repo, digest, from));
+    } catch (err) {
+      if ((err as { transient?: boolean }).transient !== false) throw err;
+      opts.logger?.info(`mount of ${digest} from ${from} refused: ${(err as Error).message}`);
+    }
+    if (!mounted) {
+      await ctx.blobs.forgetBlob(repo.registry, from, digest);
+      continue;
+    }
+    const got = await checked(() => client.blobExists(repo, digest));
+    return { state: 'mounted', digest, size: got?.size ?? opts.sizeHint, mountedFrom: from };
+  }
+  return undefined;
 }

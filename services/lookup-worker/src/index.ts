@@ -22,6 +22,8 @@ import type { RegistryClient } from '@ferry/registry-client';
 import {
   assertActive,
   createRegistryClient,
+  findInRegistry,
+  markPresent,
   layerOf,
   PushRequests,
   SourceCache,
@@ -82,64 +84,20 @@ export function lookupProcessor(deps: LookupDeps) {
     }
 
     if (digest) {
-      // 2. HEAD on the target, under the per-registry permit.
-      const have = await ctx.lookupSemaphore.use(
-        repo.registry,
-        () => client.blobExists(repo, digest!),
-        { timeoutMs: deps.permitTimeoutMs ?? 120_000 },
-      );
-      if (have) {
-        logger.info(`layer ${digest} already exists in ${repo.repository}, skipping`);
-        await ctx.store.updateLayer(d.pushId, key, {
-          state: 'exists',
-          digest,
-          size: have.size,
-          bytesSent: 0,
-        });
-        await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
-        await ctx.metrics.inc('ferry_blobs_total', { result: 'exists' }).catch(() => undefined);
-        return { ...base, state: 'exists', digest, size: have.size, diffId };
-      }
-      // 3. A cross-repository mount from where Ferry pushed it before.
-      const from = (await ctx.blobs.reposWithBlob(repo.registry, digest)).filter(
-        (r) => r !== repo.repository,
-      );
-      for (const source of from.slice(0, 3)) {
-        let mounted: boolean;
-        try {
-          mounted = await ctx.lookupSemaphore.use(
-            repo.registry,
-            () => client.mountBlob(repo, digest!, source),
-            { timeoutMs: deps.permitTimeoutMs ?? 120_000 },
-          );
-        } catch (err) {
-          // No pull right on the other repository, or it is gone: upload instead.
-          if ((err as { transient?: boolean }).transient !== false) throw err;
-          logger.info(`mount of ${digest} from ${source} refused: ${(err as Error).message}`);
-          mounted = false;
-        }
-        if (mounted) {
-          const got = await client.blobExists(repo, digest);
-          logger.info(`layer ${digest} mounted from ${source} into ${repo.repository}`);
-          await ctx.store.updateLayer(d.pushId, key, {
-            state: 'mounted',
-            digest,
-            size: got?.size ?? size,
-            bytesSent: 0,
-            mountedFrom: source,
-          });
-          await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
-          await ctx.metrics.inc('ferry_blobs_total', { result: 'mounted' }).catch(() => undefined);
-          return {
-            ...base,
-            state: 'mounted',
-            digest,
-            size: got?.size ?? size,
-            diffId,
-            mountedFrom: source,
-          };
-        }
-        await ctx.blobs.forgetBlob(repo.registry, source, digest);
+      // 2. HEAD on the target; 3. else a cross-repository mount from where Ferry pushed it before.
+      const found = await findInRegistry(ctx, client, repo, digest, {
+        permitTimeoutMs: deps.permitTimeoutMs,
+        sizeHint: size,
+        logger,
+      });
+      if (found) {
+        logger.info(
+          found.state === 'exists'
+            ? `layer ${digest} already exists in ${repo.repository}, skipping`
+            : `layer ${digest} mounted from ${found.mountedFrom} into ${repo.repository}`,
+        );
+        await markPresent(ctx, d.pushId, key, repo, found);
+        return { ...base, ...found, diffId };
       }
     }
 

@@ -20,6 +20,8 @@ import type { BlobSource, RegistryClient, RepoRef } from '@ferry/registry-client
 import {
   assertActive,
   blobLeaseKey,
+  findInRegistry,
+  markPresent,
   CancelledError,
   createRegistryClient,
   layerOf,
@@ -83,10 +85,6 @@ export function uploadProcessor(deps: UploadDeps) {
     const sessionKey = `${ctx.queues.prefix}:upload-session:${leaseKey}:${repo.repository}`;
     // Unique per run of the job: a stalled run and its successor never share the lease.
     const leaseOwner = `${owner}-${job.id}-${token ?? job.attemptsMade}`;
-    /** Existence checks and mounts count against the registry's cluster-wide lookup limit. */
-    const checked = <T>(fn: () => Promise<T>) =>
-      ctx.lookupSemaphore.use(repo.registry, fn, { timeoutMs: 120_000 });
-
     /** A session left open by an earlier attempt is cancelled once the blob needs no upload. */
     const dropEarlierSession = async () => {
       const earlier = await ctx.connection.get(sessionKey);
@@ -103,46 +101,11 @@ export function uploadProcessor(deps: UploadDeps) {
           ?.digest;
       }
       if (!digest) return undefined;
-      const have = await checked(() => client.blobExists(repo, digest!));
-      if (have) {
-        await dropEarlierSession();
-        await ctx.store.updateLayer(d.pushId, key, {
-          state: 'exists',
-          digest,
-          size: have.size,
-          bytesSent: 0,
-        });
-        await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
-        await ctx.metrics.inc('ferry_blobs_total', { result: 'exists' }).catch(() => undefined);
-        return { ...base, state: 'exists', digest, size: have.size, diffId };
-      }
-      for (const from of (await ctx.blobs.reposWithBlob(repo.registry, digest))
-        .filter((r) => r !== repo.repository)
-        .slice(0, 3)) {
-        let mounted = false;
-        try {
-          mounted = await checked(() => client.mountBlob(repo, digest!, from));
-        } catch (err) {
-          if ((err as { transient?: boolean }).transient !== false) throw err;
-        }
-        if (!mounted) {
-          await ctx.blobs.forgetBlob(repo.registry, from, digest);
-          continue;
-        }
-        await dropEarlierSession();
-        const got = await checked(() => client.blobExists(repo, digest!));
-        await ctx.store.updateLayer(d.pushId, key, {
-          state: 'mounted',
-          digest,
-          size: got?.size,
-          bytesSent: 0,
-          mountedFrom: from,
-        });
-        await ctx.blobs.recordBlob(repo.registry, repo.repository, digest);
-        await ctx.metrics.inc('ferry_blobs_total', { result: 'mounted' }).catch(() => undefined);
-        return { ...base, state: 'mounted', digest, size: got?.size, diffId, mountedFrom: from };
-      }
-      return undefined;
+      const found = await findInRegistry(ctx, client, repo, digest, { logger: deps.logger });
+      if (!found) return undefined;
+      await dropEarlierSession();
+      await markPresent(ctx, d.pushId, key, repo, found);
+      return { ...base, ...found, diffId };
     };
 
     const fence = await ctx.uploadLease.acquire(leaseKey, leaseOwner, leaseMs);
