@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RegistryClient } from '@ferry/registry-client';
 import {
@@ -10,7 +9,15 @@ import {
   type RedisHandle,
   type RegistryHandle,
 } from '../helpers';
-import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
+import {
+  stackConfig,
+  startWorkers,
+  submitPush,
+  waitForPush,
+  pushAndWait,
+  writeRandomFile,
+  type WorkerStack,
+} from './stack';
 
 describe('pipeline: cancelling a push', function () {
   this.timeout(180_000);
@@ -24,9 +31,7 @@ describe('pipeline: cancelling a push', function () {
     root = tmpDir('cancel');
     const img = join(root, 'big');
     mkdirSync(join(img, 'layers', '01-data'), { recursive: true });
-    const fd = openSync(join(img, 'layers', '01-data', 'blob.bin'), 'w');
-    for (let i = 0; i < 400; i++) writeSync(fd, randomBytes(1024 * 1024));
-    closeSync(fd);
+    writeRandomFile(join(img, 'layers', '01-data', 'blob.bin'), 400);
     stack = await startWorkers(
       stackConfig({
         FERRY_REDIS_URL: redis.url,
@@ -78,13 +83,10 @@ describe('pipeline: cancelling a push', function () {
     const small = join(root, 'small');
     mkdirSync(join(small, 'layers', '01'), { recursive: true });
     writeFileSync(join(small, 'layers', '01', 'f.txt'), 'hi\n');
-    const ok = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source: `dir:${small}`,
-        target: `${registry.host}/cancel/small:1`,
-      }),
-    );
+    const ok = await pushAndWait(stack, {
+      source: `dir:${small}`,
+      target: `${registry.host}/cancel/small:1`,
+    });
     assert.equal(ok.status, 'succeeded');
   });
 });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, cpSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   skopeo,
@@ -14,12 +14,11 @@ import {
   stackConfig,
   startWorkers,
   submitPush,
-  waitForPush,
+  pushAndWait,
+  copyHello,
   type ApiRequestError,
   type WorkerStack,
 } from './stack';
-
-const repoRoot = join(__dirname, '..', '..');
 
 describe('pipeline: bad content fails the push and tags nothing', function () {
   this.timeout(180_000);
@@ -32,10 +31,7 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
   before(async () => {
     [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
     root = tmpDir('content');
-    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), {
-      recursive: true,
-      verbatimSymlinks: true,
-    });
+    copyHello(root);
     stack = await startWorkers(
       stackConfig({
         FERRY_REDIS_URL: redis.url,
@@ -44,13 +40,10 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
       }),
     );
     client = new RegistryClient({ allow: [registry.host] });
-    const seed = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source: `dir:${join(root, 'hello')}`,
-        target: `${registry.host}/seed/hello:1`,
-      }),
-    );
+    const seed = await pushAndWait(stack, {
+      source: `dir:${join(root, 'hello')}`,
+      target: `${registry.host}/seed/hello:1`,
+    });
     assert.equal(seed.status, 'succeeded');
     await skopeo([
       'copy',
@@ -89,13 +82,10 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
         }),
       );
       try {
-        const state = await waitForPush(
-          s2.ctx,
-          await submitPush(s2, {
-            source: `oci:${layout}:v1`,
-            target: `${fresh.host}/bad/hello:1`,
-          }),
-        );
+        const state = await pushAndWait(s2, {
+          source: `oci:${layout}:v1`,
+          target: `${fresh.host}/bad/hello:1`,
+        });
         assert.equal(state.status, 'failed');
         assert.equal(state.error?.code, 'FERRY_BLOB_DIGEST_MISMATCH', JSON.stringify(state.error));
         assert.ok(state.error!.message.includes(victim.slice(7, 19)), state.error!.message);

@@ -9,7 +9,14 @@ import {
   type RedisHandle,
   type RegistryHandle,
 } from '../helpers';
-import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
+import {
+  stackConfig,
+  startWorkers,
+  submitPush,
+  waitForPush,
+  pushAndWait,
+  type WorkerStack,
+} from './stack';
 
 const repoRoot = join(__dirname, '..', '..');
 
@@ -51,7 +58,7 @@ describe('pipeline: workers push to a real registry', function () {
     const latest = await skopeoInspect(`docker://${registry.host}/demo/hello:latest`);
     assert.equal(latest.Digest, state.manifest!.digest);
 
-    const again = await waitForPush(stack.ctx, await submitPush(stack, { source, target }));
+    const again = await pushAndWait(stack, { source, target });
     assert.equal(again.status, 'succeeded');
     assert.deepEqual(
       again.layers.map((l) => [l.state, l.bytesSent]),
@@ -62,13 +69,10 @@ describe('pipeline: workers push to a real registry', function () {
     );
     assert.equal(again.manifest!.digest, state.manifest!.digest);
 
-    const other = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source,
-        target: `${registry.host}/other/hello:1.0`,
-      }),
-    );
+    const other = await pushAndWait(stack, {
+      source,
+      target: `${registry.host}/other/hello:1.0`,
+    });
     assert.equal(other.status, 'succeeded');
     assert.deepEqual(
       other.layers.map((l) => [l.state, l.bytesSent, l.mountedFrom]),

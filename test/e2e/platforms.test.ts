@@ -24,7 +24,7 @@ import {
   writeOciImage,
   writeOciIndex,
 } from '../../packages/image-source/test/support/images';
-import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
+import { stackConfig, startWorkers, pushAndWait, type WorkerStack } from './stack';
 
 describe('pipeline: multi-platform indexes and reproducible dir: images', function () {
   this.timeout(180_000);
@@ -66,10 +66,7 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
 
   it('pushes every platform and then the index, which skopeo copies back whole', async () => {
     const target = `${registry.host}/multi/app:v1`;
-    const state = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, { source: `oci:${join(root, 'multi')}:v1`, target }),
-    );
+    const state = await pushAndWait(stack, { source: `oci:${join(root, 'multi')}:v1`, target });
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     assert.equal(state.manifest!.digest, index.digest);
     assert.equal(state.manifest!.mediaType, 'application/vnd.oci.image.index.v1+json');
@@ -108,10 +105,7 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
     });
     const idx = await writeOciIndex(layout, [only.manifest], 'v1');
     const target = `${registry.host}/one/app:v1`;
-    const state = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, { source: `oci:${layout}:v1`, target }),
-    );
+    const state = await pushAndWait(stack, { source: `oci:${layout}:v1`, target });
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     assert.equal(state.manifest!.digest, idx.digest);
     const raw = await skopeoInspect(`docker://${target}`, ['--raw']);
@@ -124,14 +118,11 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
 
   it('with a platform, pushes that one image alone', async () => {
     const target = `${registry.host}/single/app:arm`;
-    const state = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source: `oci:${join(root, 'multi')}:v1`,
-        target,
-        platform: 'linux/arm64/v8',
-      }),
-    );
+    const state = await pushAndWait(stack, {
+      source: `oci:${join(root, 'multi')}:v1`,
+      target,
+      platform: 'linux/arm64/v8',
+    });
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     assert.equal(state.manifest!.digest, manifests[1]);
     const info = await skopeoInspect(`docker://${target}`, [
@@ -144,13 +135,10 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
   });
 
   it('a dir: image pushed again from a copy (other mtimes, other order) with a fresh Redis has the same digest', async () => {
-    const first = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source: `dir:${join(root, 'img')}`,
-        target: `${registry.host}/repro/a:1`,
-      }),
-    );
+    const first = await pushAndWait(stack, {
+      source: `dir:${join(root, 'img')}`,
+      target: `${registry.host}/repro/a:1`,
+    });
     assert.equal(first.status, 'succeeded');
     // The copy: entries created in reverse order, every mtime moved.
     const copy = join(root, 'img-copy');
@@ -182,10 +170,10 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
       }),
     );
     try {
-      const second = await waitForPush(
-        stack2.ctx,
-        await submitPush(stack2, { source: `dir:${copy}`, target: `${registry.host}/repro/b:1` }),
-      );
+      const second = await pushAndWait(stack2, {
+        source: `dir:${copy}`,
+        target: `${registry.host}/repro/b:1`,
+      });
       assert.equal(second.status, 'succeeded');
       assert.equal(second.manifest!.digest, first.manifest!.digest);
       assert.deepEqual(

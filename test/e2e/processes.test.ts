@@ -6,9 +6,10 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, cpSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { openSource } from '@ferry/image-source';
+import { copyHello, writeRandomFile } from './stack';
 import {
   freePort,
   skopeoInspect,
@@ -175,10 +176,7 @@ describe('ferry serve processes, REST, SSE and the CLI', function () {
       startRegistry(),
     ]);
     root = tmpDir('processes');
-    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), {
-      recursive: true,
-      verbatimSymlinks: true,
-    });
+    copyHello(root);
   });
   after(async () => {
     await Promise.allSettled([redis?.stop(), registryA?.stop(), registryB?.stop()]);
@@ -276,9 +274,7 @@ describe('ferry serve processes, REST, SSE and the CLI', function () {
     // A 300 MB incompressible layer, gzip -1, sent in 16 MB chunks: long enough to kill the worker mid-way.
     const img = join(root, 'big');
     mkdirSync(join(img, 'layers', '01-data'), { recursive: true });
-    const fd = openSync(join(img, 'layers', '01-data', 'blob.bin'), 'w');
-    for (let i = 0; i < 300; i++) writeSync(fd, randomBytes(1024 * 1024));
-    closeSync(fd);
+    writeRandomFile(join(img, 'layers', '01-data', 'blob.bin'), 300);
     const opened = await openSource(`dir:${img}`, { root, gzipLevel: 1 });
     const reference = await opened.images[0].layers[0].open();
     reference.stream.resume();
@@ -335,9 +331,7 @@ describe('ferry serve processes, REST, SSE and the CLI', function () {
   it('SIGTERM stops an upload worker within FERRY_SHUTDOWN_TIMEOUT; its job is finished elsewhere', async () => {
     const img = join(root, 'big2');
     mkdirSync(join(img, 'layers', '01-data'), { recursive: true });
-    const fd = openSync(join(img, 'layers', '01-data', 'blob.bin'), 'w');
-    for (let i = 0; i < 300; i++) writeSync(fd, randomBytes(1024 * 1024));
-    closeSync(fd);
+    writeRandomFile(join(img, 'layers', '01-data', 'blob.bin'), 300);
     const base = {
       FERRY_REDIS_URL: redis.url,
       FERRY_SOURCE_ROOT: root,

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { closeSync, linkSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { linkSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   skopeoInspect,
@@ -12,7 +11,14 @@ import {
   type RedisHandle,
   type RegistryHandle,
 } from '../helpers';
-import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
+import {
+  stackConfig,
+  startWorkers,
+  submitPush,
+  waitForPush,
+  writeRandomFile,
+  type WorkerStack,
+} from './stack';
 
 const MB = 1024 * 1024;
 const BIG = 100 * MB;
@@ -32,9 +38,7 @@ describe('pipeline: ten pushes sharing one 100 MB layer', function () {
     // One 100 MB incompressible file, hard-linked into ten images: same content, ten sources.
     mkdirSync(join(root, 'data'));
     const big = join(root, 'data', 'blob.bin');
-    const fd = openSync(big, 'w');
-    for (let i = 0; i < BIG / MB; i++) writeSync(fd, randomBytes(MB));
-    closeSync(fd);
+    writeRandomFile(big, BIG / MB);
     for (let i = 0; i < 10; i++) {
       const img = join(root, `img${i}`);
       mkdirSync(join(img, 'layers', '01-shared', 'data'), { recursive: true });

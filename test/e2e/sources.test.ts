@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cpSync } from 'node:fs';
 import {
   skopeo,
   skopeoInspect,
@@ -11,9 +10,7 @@ import {
   type RedisHandle,
   type RegistryHandle,
 } from '../helpers';
-import { stackConfig, startWorkers, submitPush, waitForPush, type WorkerStack } from './stack';
-
-const repoRoot = join(__dirname, '..', '..');
+import { stackConfig, startWorkers, pushAndWait, copyHello, type WorkerStack } from './stack';
 
 /** Digests of the manifest and blobs an OCI layout made by skopeo holds for its only image. */
 function layoutDigests(dir: string): { manifest: string; config: string; layers: string[] } {
@@ -39,10 +36,7 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
   before(async () => {
     [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
     root = tmpDir('sources');
-    cpSync(join(repoRoot, 'examples', 'hello'), join(root, 'hello'), {
-      recursive: true,
-      verbatimSymlinks: true,
-    });
+    copyHello(root);
     stack = await startWorkers(
       stackConfig({
         FERRY_REDIS_URL: redis.url,
@@ -52,13 +46,10 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
       }),
     );
     // A dir: image pushed by Ferry is the seed from which skopeo makes the layout and the archive.
-    const seed = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source: `dir:${join(root, 'hello')}`,
-        target: `${registry.host}/seed/hello:1`,
-      }),
-    );
+    const seed = await pushAndWait(stack, {
+      source: `dir:${join(root, 'hello')}`,
+      target: `${registry.host}/seed/hello:1`,
+    });
     assert.equal(seed.status, 'succeeded', JSON.stringify(seed.error));
     const src = `docker://${registry.host}/seed/hello:1`;
     await skopeo([
@@ -83,10 +74,7 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
 
   async function pushAndCopyBack(source: string, repo: string) {
     const target = `${registry.host}/${repo}:one`;
-    const state = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, { source, target, tags: ['two'] }),
-    );
+    const state = await pushAndWait(stack, { source, target, tags: ['two'] });
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     for (const tag of ['one', 'two']) {
       const info = await skopeoInspect(`docker://${registry.host}/${repo}:${tag}`);
@@ -140,14 +128,11 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
 
   it('docker format: a Docker schema2 manifest', async () => {
     const target = `${registry.host}/docker/hello:1`;
-    const state = await waitForPush(
-      stack.ctx,
-      await submitPush(stack, {
-        source: `oci:${join(root, 'layout')}:v1`,
-        target,
-        format: 'docker',
-      }),
-    );
+    const state = await pushAndWait(stack, {
+      source: `oci:${join(root, 'layout')}:v1`,
+      target,
+      format: 'docker',
+    });
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     assert.equal(state.manifest!.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
     const raw = await skopeoInspect(`docker://${target}`, ['--raw']);

@@ -4,6 +4,8 @@
  * `ferry serve --role` processes). Every part is stopped by stop().
  */
 import { randomBytes } from 'node:crypto';
+import { closeSync, cpSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { loadConfig, type FerryConfig } from '@ferry/config';
 import { createLogger } from '@ferry/log';
 import {
@@ -120,5 +122,34 @@ export async function waitForPush(
       throw new Error(`push ${id} not final after ${timeoutMs} ms: ${JSON.stringify(state)}`);
     }
     await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Submits a push through the API and waits for its final state. */
+export async function pushAndWait(
+  stack: Pick<WorkerStack, 'api' | 'ctx'>,
+  request: Partial<PushRequest> & { source: string; target: string },
+): Promise<PushState> {
+  return waitForPush(stack.ctx, await submitPush(stack, request));
+}
+
+/** Copies the sample image examples/hello to ROOT/hello (symlinks kept as written). */
+export function copyHello(root: string): string {
+  const to = join(root, 'hello');
+  cpSync(join(__dirname, '..', '..', 'examples', 'hello'), to, {
+    recursive: true,
+    verbatimSymlinks: true,
+  });
+  return to;
+}
+
+/** Writes `mb` MiB of incompressible bytes to path (parents created), one MiB at a time. */
+export function writeRandomFile(path: string, mb: number): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const fd = openSync(path, 'w');
+  try {
+    for (let i = 0; i < mb; i++) writeSync(fd, randomBytes(1024 * 1024));
+  } finally {
+    closeSync(fd);
   }
 }
