@@ -2,49 +2,38 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RegistryClient } from '@ferry/registry-client';
+import { type RegistryHandle } from '../helpers';
 import {
-  startRedis,
-  startRegistry,
-  tmpDir,
-  type RedisHandle,
-  type RegistryHandle,
-} from '../helpers';
-import {
-  stackConfig,
-  startWorkers,
   submitPush,
   waitForPush,
   pushAndWait,
   writeRandomFile,
+  startLocalStack,
   type WorkerStack,
+  type LocalStack,
 } from './stack';
 
 describe('pipeline: cancelling a push', function () {
   this.timeout(180_000);
-  let redis: RedisHandle;
+  let local: LocalStack;
   let registry: RegistryHandle;
   let stack: WorkerStack;
   let root: string;
 
   before(async () => {
-    [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-    root = tmpDir('cancel');
+    local = await startLocalStack('cancel', {
+      env: {
+        FERRY_GZIP_LEVEL: '1',
+        FERRY_UPLOAD_CHUNK_SIZE: String(8 * 1024 * 1024),
+      },
+    });
+    ({ registry, stack, root } = local);
     const img = join(root, 'big');
     mkdirSync(join(img, 'layers', '01-data'), { recursive: true });
     writeRandomFile(join(img, 'layers', '01-data', 'blob.bin'), 400);
-    stack = await startWorkers(
-      stackConfig({
-        FERRY_REDIS_URL: redis.url,
-        FERRY_REGISTRY_ALLOW: registry.host,
-        FERRY_SOURCE_ROOT: root,
-        FERRY_GZIP_LEVEL: '1',
-        FERRY_UPLOAD_CHUNK_SIZE: String(8 * 1024 * 1024),
-      }),
-    );
   });
   after(async () => {
-    await stack?.stop();
-    await Promise.allSettled([redis?.stop(), registry?.stop()]);
+    await local?.stop();
   });
 
   it('DELETE stops the upload: the push ends cancelled, nothing is tagged, the worker is free again', async () => {

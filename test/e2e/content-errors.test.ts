@@ -1,14 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  skopeo,
-  startRedis,
-  startRegistry,
-  tmpDir,
-  type RedisHandle,
-  type RegistryHandle,
-} from '../helpers';
+import { skopeo, startRegistry, type RegistryHandle } from '../helpers';
 import { RegistryClient } from '@ferry/registry-client';
 import {
   stackConfig,
@@ -16,29 +9,24 @@ import {
   submitPush,
   pushAndWait,
   copyHello,
+  startLocalStack,
   type ApiRequestError,
   type WorkerStack,
+  type LocalStack,
 } from './stack';
 
 describe('pipeline: bad content fails the push and tags nothing', function () {
   this.timeout(180_000);
-  let redis: RedisHandle;
+  let local: LocalStack;
   let registry: RegistryHandle;
   let stack: WorkerStack;
   let root: string;
   let client: RegistryClient;
 
   before(async () => {
-    [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-    root = tmpDir('content');
+    local = await startLocalStack('content');
+    ({ registry, stack, root } = local);
     copyHello(root);
-    stack = await startWorkers(
-      stackConfig({
-        FERRY_REDIS_URL: redis.url,
-        FERRY_REGISTRY_ALLOW: registry.host,
-        FERRY_SOURCE_ROOT: root,
-      }),
-    );
     client = new RegistryClient({ allow: [registry.host] });
     const seed = await pushAndWait(stack, {
       source: `dir:${join(root, 'hello')}`,
@@ -55,8 +43,7 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
   });
   after(async () => {
     await client?.close();
-    await stack?.stop();
-    await Promise.allSettled([redis?.stop(), registry?.stop()]);
+    await local?.stop();
   });
 
   it('a tampered OCI blob fails with FERRY_BLOB_DIGEST_MISMATCH naming the blob; no blob, no tag', async () => {
@@ -76,7 +63,7 @@ describe('pipeline: bad content fails the push and tags nothing', function () {
 
       const s2 = await startWorkers(
         stackConfig({
-          FERRY_REDIS_URL: redis.url,
+          FERRY_REDIS_URL: local.redis.url,
           FERRY_REGISTRY_ALLOW: fresh.host,
           FERRY_SOURCE_ROOT: root,
         }),

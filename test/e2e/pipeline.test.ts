@@ -1,44 +1,33 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { skopeo, skopeoInspect, tmpDir, type RegistryHandle } from '../helpers';
 import {
-  skopeo,
-  skopeoInspect,
-  startRedis,
-  startRegistry,
-  tmpDir,
-  type RedisHandle,
-  type RegistryHandle,
-} from '../helpers';
-import {
-  stackConfig,
-  startWorkers,
   submitPush,
   waitForPush,
   pushAndWait,
+  startLocalStack,
   type WorkerStack,
+  type LocalStack,
 } from './stack';
 
 const repoRoot = join(__dirname, '..', '..');
 
 describe('pipeline: workers push to a real registry', function () {
   this.timeout(180_000);
-  let redis: RedisHandle;
+  let local: LocalStack;
   let registry: RegistryHandle;
   let stack: WorkerStack;
 
   before(async () => {
-    [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-    stack = await startWorkers(
-      stackConfig({
-        FERRY_REDIS_URL: redis.url,
-        FERRY_REGISTRY_ALLOW: registry.host,
+    local = await startLocalStack('pipeline', {
+      env: {
         FERRY_SOURCE_ROOT: repoRoot,
-      }),
-    );
+      },
+    });
+    ({ registry, stack } = local);
   });
   after(async () => {
-    await stack?.stop();
-    await Promise.allSettled([redis?.stop(), registry?.stop()]);
+    await local?.stop();
   });
 
   it('pushes a dir: image, then finds every layer present on the second push', async () => {

@@ -10,25 +10,24 @@ import {
 } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { openSource } from '@ferry/image-source';
-import {
-  skopeo,
-  skopeoInspect,
-  startRedis,
-  startRegistry,
-  tmpDir,
-  type RedisHandle,
-  type RegistryHandle,
-} from '../helpers';
+import { skopeo, skopeoInspect, startRedis, tmpDir, type RegistryHandle } from '../helpers';
 import {
   makeDirImage,
   writeOciImage,
   writeOciIndex,
 } from '../../packages/image-source/test/support/images';
-import { stackConfig, startWorkers, pushAndWait, type WorkerStack } from './stack';
+import {
+  stackConfig,
+  startWorkers,
+  pushAndWait,
+  startLocalStack,
+  type WorkerStack,
+  type LocalStack,
+} from './stack';
 
 describe('pipeline: multi-platform indexes and reproducible dir: images', function () {
   this.timeout(180_000);
-  let redis: RedisHandle;
+  let local: LocalStack;
   let registry: RegistryHandle;
   let stack: WorkerStack;
   let root: string;
@@ -36,8 +35,8 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
   let manifests: string[];
 
   before(async () => {
-    [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-    root = tmpDir('platforms');
+    local = await startLocalStack('platforms');
+    ({ registry, stack, root } = local);
     makeDirImage(join(root, 'img'));
     const dirImage = (await openSource('dir:img', { root })).images[0];
     const layout = join(root, 'multi');
@@ -51,17 +50,9 @@ describe('pipeline: multi-platform indexes and reproducible dir: images', functi
     });
     index = await writeOciIndex(layout, [amd.manifest, arm.manifest], 'v1');
     manifests = [amd.manifest.digest, arm.manifest.digest];
-    stack = await startWorkers(
-      stackConfig({
-        FERRY_REDIS_URL: redis.url,
-        FERRY_REGISTRY_ALLOW: registry.host,
-        FERRY_SOURCE_ROOT: root,
-      }),
-    );
   });
   after(async () => {
-    await stack?.stop();
-    await Promise.allSettled([redis?.stop(), registry?.stop()]);
+    await local?.stop();
   });
 
   it('pushes every platform and then the index, which skopeo copies back whole', async () => {

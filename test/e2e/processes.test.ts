@@ -11,12 +11,12 @@ import { join } from 'node:path';
 import { openSource } from '@ferry/image-source';
 import { copyHello, writeRandomFile } from './stack';
 import {
-  freePort,
   skopeoInspect,
-  spawnService,
   startRedis,
   startRegistry,
   tmpDir,
+  freePort,
+  spawnService,
   type RedisHandle,
   type RegistryHandle,
   type ServiceHandle,

@@ -3,13 +3,13 @@ import { linkSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   skopeoInspect,
-  startProxy,
   startRedis,
   startRegistry,
+  startProxy,
   tmpDir,
-  type ProxyHandle,
   type RedisHandle,
   type RegistryHandle,
+  type ProxyHandle,
 } from '../helpers';
 import {
   stackConfig,

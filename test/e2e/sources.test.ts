@@ -1,16 +1,14 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { skopeo, skopeoInspect, tmpDir, type RegistryHandle } from '../helpers';
 import {
-  skopeo,
-  skopeoInspect,
-  startRedis,
-  startRegistry,
-  tmpDir,
-  type RedisHandle,
-  type RegistryHandle,
-} from '../helpers';
-import { stackConfig, startWorkers, pushAndWait, copyHello, type WorkerStack } from './stack';
+  pushAndWait,
+  copyHello,
+  startLocalStack,
+  type WorkerStack,
+  type LocalStack,
+} from './stack';
 
 /** Digests of the manifest and blobs an OCI layout made by skopeo holds for its only image. */
 function layoutDigests(dir: string): { manifest: string; config: string; layers: string[] } {
@@ -28,23 +26,19 @@ function layoutDigests(dir: string): { manifest: string; config: string; layers:
 
 describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by skopeo', function () {
   this.timeout(180_000);
-  let redis: RedisHandle;
+  let local: LocalStack;
   let registry: RegistryHandle;
   let stack: WorkerStack;
   let root: string;
 
   before(async () => {
-    [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-    root = tmpDir('sources');
-    copyHello(root);
-    stack = await startWorkers(
-      stackConfig({
-        FERRY_REDIS_URL: redis.url,
-        FERRY_REGISTRY_ALLOW: registry.host,
-        FERRY_SOURCE_ROOT: root,
+    local = await startLocalStack('sources', {
+      env: {
         FERRY_UPLOAD_CHUNK_SIZE: '0',
-      }),
-    );
+      },
+    });
+    ({ registry, stack, root } = local);
+    copyHello(root);
     // A dir: image pushed by Ferry is the seed from which skopeo makes the layout and the archive.
     const seed = await pushAndWait(stack, {
       source: `dir:${join(root, 'hello')}`,
@@ -68,8 +62,7 @@ describe('pipeline: OCI layouts, docker-archives and dir: images, copied back by
     ]);
   });
   after(async () => {
-    await stack?.stop();
-    await Promise.allSettled([redis?.stop(), registry?.stop()]);
+    await local?.stop();
   });
 
   async function pushAndCopyBack(source: string, repo: string) {

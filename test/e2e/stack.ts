@@ -16,6 +16,13 @@ import {
   type QueueContext,
 } from '@ferry/queue';
 import { startApi, type RunningApi } from '@ferry/api';
+import {
+  startRedis,
+  startRegistry,
+  tmpDir,
+  type RedisHandle,
+  type RegistryHandle,
+} from '../helpers';
 import type { RoleHandle } from '@ferry/runtime';
 import { start as startLookup } from '@ferry/lookup-worker';
 import { start as startUpload } from '@ferry/upload-worker';
@@ -152,4 +159,45 @@ export function writeRandomFile(path: string, mb: number): void {
   } finally {
     closeSync(fd);
   }
+}
+
+export interface LocalStack {
+  redis: RedisHandle;
+  registry: RegistryHandle;
+  /** The source root (a temp dir) the stack reads from. */
+  root: string;
+  stack: WorkerStack;
+  stop(): Promise<void>;
+}
+
+/**
+ * redis-server, a plain docker-registry, a temp source root, and Ferry's API
+ * and workers in this process, allowed to push to that registry. `env` adds to
+ * or overrides the configuration.
+ */
+export async function startLocalStack(
+  name: string,
+  opts: { env?: Record<string, string>; uploadWorkers?: number } = {},
+): Promise<LocalStack> {
+  const [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
+  const root = tmpDir(name);
+  const stack = await startWorkers(
+    stackConfig({
+      FERRY_REDIS_URL: redis.url,
+      FERRY_REGISTRY_ALLOW: registry.host,
+      FERRY_SOURCE_ROOT: root,
+      ...opts.env,
+    }),
+    { uploadWorkers: opts.uploadWorkers },
+  );
+  return {
+    redis,
+    registry,
+    root,
+    stack,
+    async stop() {
+      await stack.stop();
+      await Promise.allSettled([redis.stop(), registry.stop()]);
+    },
+  };
 }
