@@ -167,7 +167,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
 
   it('push: plain progress lines on stderr, the manifest digest last on stdout, exit 0; a relative PATH is sent absolute', async () => {
     const r = await runCli(
-      ['push', 'dir:images/app', '127.0.0.1:5000/team/app:1.0', '--tag', 'latest', '-t', 'v1'],
+      ['push', 'dir:images/app', '127.0.0.1:59999/team/app:1.0', '--tag', 'latest', '-t', 'v1'],
       { cwd: root, env: env() },
     );
     assert.equal(r.code, 0, r.stderr);
@@ -176,7 +176,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
     assert.match(
       lines[0],
       new RegExp(
-        `^Pushing dir:${root}/images/app to 127.0.0.1:5000/team/app:1.0 \\(push [0-9a-f-]+\\)$`,
+        `^Pushing dir:${root}/images/app to 127.0.0.1:59999/team/app:1.0 \\(push [0-9a-f-]+\\)$`,
       ),
     );
     assert.ok(lines.includes('aaaaaaaaaaaa: Layer already exists (1.00kB)'), r.stderr);
@@ -196,7 +196,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
 
   it('push --json: one JSON object per event on stdout, the last the final status', async () => {
     const r = await runCli(
-      ['push', `dir:${root}/images/app`, '127.0.0.1:5000/team/app:2.0', '--json'],
+      ['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/app:2.0', '--json'],
       { env: env() },
     );
     assert.equal(r.code, 0, r.stderr);
@@ -222,7 +222,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
   });
 
   it('a failed push: exit 1 and a one-line error naming the code', async () => {
-    const r = await runCli(['push', `dir:${root}/images/app`, '127.0.0.1:5000/team/fail:1'], {
+    const r = await runCli(['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/fail:1'], {
       env: env(),
     });
     assert.equal(r.code, 1);
@@ -246,11 +246,11 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       /^ferry: FERRY_REGISTRY_NOT_ALLOWED: registry evil\.example\.com is not in FERRY_REGISTRY_ALLOW/,
     );
 
-    const outside = await runCli(['push', 'dir:/etc', '127.0.0.1:5000/team/app:1'], { env: env() });
+    const outside = await runCli(['push', 'dir:/etc', '127.0.0.1:59999/team/app:1'], { env: env() });
     assert.equal(outside.code, 1);
     assert.match(outside.stderr, /^ferry: FERRY_SOURCE_OUTSIDE_ROOT: /);
 
-    const badToken = await runCli(['push', `dir:${root}/images/app`, '127.0.0.1:5000/team/app:1'], {
+    const badToken = await runCli(['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/app:1'], {
       env: { ...env(), FERRY_TOKEN: 'wrong' },
     });
     assert.equal(badToken.code, 1);
@@ -293,7 +293,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
 
   it('push --no-wait prints the id; status shows it; cancel cancels it', async () => {
     const r = await runCli(
-      ['push', `dir:${root}/images/app`, '127.0.0.1:5000/team/hold:1', '--no-wait'],
+      ['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/hold:1', '--no-wait'],
       { env: env() },
     );
     assert.equal(r.code, 0, r.stderr);
@@ -360,7 +360,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       });
       const { id } = await client.createPush({
         source: `dir:${root}/images/app`,
-        target: '127.0.0.1:5000/team/app:3.0',
+        target: '127.0.0.1:59999/team/app:3.0',
       });
       const got: StoredEvent[] = [];
       let reconnects = 0;
@@ -395,7 +395,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       BIN,
       'push',
       `dir:${root}/images/app`,
-      '127.0.0.1:5000/team/app:tty',
+      '127.0.0.1:59999/team/app:tty',
     ]
       .map((a) => `'${a}'`)
       .join(' ');

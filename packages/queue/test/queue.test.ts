@@ -27,7 +27,7 @@ import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 
 const request: PushRequest = {
   source: 'dir:/srv/images/app',
-  target: '127.0.0.1:5000/team/app:1.0',
+  target: '127.0.0.1:59999/team/app:1.0',
   tags: ['latest'],
   format: 'oci',
 };
@@ -292,7 +292,7 @@ describe('@ferry/queue against a real redis-server', function () {
   describe('Lease', () => {
     it('is exclusive, hands out growing fencing tokens and is taken over after expiry', async () => {
       const lease = new Lease(conn, { prefix: `{l${randomUUID().slice(0, 8)}}` });
-      const key = '127.0.0.1:5000/sha256:' + 'b'.repeat(64);
+      const key = '127.0.0.1:59999/sha256:' + 'b'.repeat(64);
       const t1 = await lease.acquire(key, 'worker-a', 5_000);
       assert.equal(typeof t1, 'number');
       assert.equal(await lease.acquire(key, 'worker-b', 5_000), null);
@@ -549,13 +549,13 @@ describe('@ferry/queue against a real redis-server', function () {
     it('remembers repositories per registry blob and compressed digests per diffID + settings', async () => {
       const blobs = new BlobIndex(conn, { prefix: `{b${randomUUID().slice(0, 8)}}` });
       const d = 'sha256:' + 'e'.repeat(64);
-      await blobs.recordBlob('127.0.0.1:5000', 'team/base', d);
+      await blobs.recordBlob('127.0.0.1:59999', 'team/base', d);
       await new Promise((r) => setTimeout(r, 5));
-      await blobs.recordBlob('127.0.0.1:5000', 'team/app', d);
-      assert.deepEqual(await blobs.reposWithBlob('127.0.0.1:5000', d), ['team/app', 'team/base']);
+      await blobs.recordBlob('127.0.0.1:59999', 'team/app', d);
+      assert.deepEqual(await blobs.reposWithBlob('127.0.0.1:59999', d), ['team/app', 'team/base']);
       assert.deepEqual(await blobs.reposWithBlob('other:5000', d), []);
-      await blobs.forgetBlob('127.0.0.1:5000', 'team/app', d);
-      assert.deepEqual(await blobs.reposWithBlob('127.0.0.1:5000', d), ['team/base']);
+      await blobs.forgetBlob('127.0.0.1:59999', 'team/app', d);
+      assert.deepEqual(await blobs.reposWithBlob('127.0.0.1:59999', d), ['team/base']);
 
       await blobs.cacheCompressed(d, 6, '1.3.1', 'sha256:' + 'f'.repeat(64), 999);
       assert.deepEqual(await blobs.lookupCompressed(d, 6, '1.3.1'), {

@@ -29,7 +29,7 @@ describe('api (fastify + real redis-server)', function () {
 
   const good = () => ({
     source: `dir:${src.app}`,
-    target: '127.0.0.1:5000/team/app:1.0',
+    target: '127.0.0.1:59999/team/app:1.0',
     tags: ['latest', 'v1'],
   });
 
@@ -66,7 +66,7 @@ describe('api (fastify + real redis-server)', function () {
     const job = await api.queues.lookup.getJob(lookupJobId(body.id, 0, 1));
     assert.ok(job, 'lookup job for layer 1');
     assert.equal(job.data.source, `dir:${src.app}`);
-    assert.equal(job.data.target, '127.0.0.1:5000/team/app:1.0');
+    assert.equal(job.data.target, '127.0.0.1:59999/team/app:1.0');
     assert.ok(await api.queues.assemble.getJob(assembleJobId(body.id)));
 
     const get = await api.app.inject({ method: 'GET', url: body.links.self, headers: AUTH });
@@ -101,11 +101,11 @@ describe('api (fastify + real redis-server)', function () {
   it('a target without a tag gets :latest, and the source path is stored as checked', async () => {
     const res = await post({
       source: `dir:${src.root}/images/./app`,
-      target: 'localhost:5000/team/app',
+      target: 'localhost:59999/team/app',
     });
     assert.equal(res.statusCode, 202, res.body);
     const state = await api.store.get(res.json().id);
-    assert.equal(state?.target, 'localhost:5000/team/app:latest');
+    assert.equal(state?.target, 'localhost:59999/team/app:latest');
     assert.equal(state?.source, `dir:${src.app}`);
   });
 
@@ -248,14 +248,14 @@ describe('api (fastify + real redis-server)', function () {
       },
       {
         name: 'a bad reference',
-        body: () => ({ ...good(), target: '127.0.0.1:5000/Team/App' }),
+        body: () => ({ ...good(), target: '127.0.0.1:59999/Team/App' }),
         status: 400,
         code: 'FERRY_BAD_REFERENCE',
         field: 'target',
       },
       {
         name: 'a target with a scheme',
-        body: () => ({ ...good(), target: 'https://127.0.0.1:5000/team/app' }),
+        body: () => ({ ...good(), target: 'https://127.0.0.1:59999/team/app' }),
         status: 400,
         code: 'FERRY_BAD_REFERENCE',
         field: 'target',

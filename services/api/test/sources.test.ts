@@ -39,7 +39,7 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
   it('an OCI index gets one lookup job per layer of every platform', async () => {
     const res = await post({
       source: `oci:${src.root}/oci-multi:1.0`,
-      target: '127.0.0.1:5000/team/multi:1.0',
+      target: '127.0.0.1:59999/team/multi:1.0',
     });
     assert.equal(res.statusCode, 202, res.body);
     const { id } = res.json();
@@ -55,7 +55,7 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
   it('platform picks one image; an unknown platform is 422 FERRY_PLATFORM_NOT_FOUND', async () => {
     const res = await post({
       source: `oci:${src.root}/oci-multi:1.0`,
-      target: '127.0.0.1:5000/team/multi:arm',
+      target: '127.0.0.1:59999/team/multi:arm',
       platform: 'linux/arm64',
     });
     assert.equal(res.statusCode, 202, res.body);
@@ -66,7 +66,7 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
     const before = (await api.queues.lookup.getJobCounts('waiting')).waiting;
     const bad = await post({
       source: `oci:${src.root}/oci-multi:1.0`,
-      target: '127.0.0.1:5000/team/multi:s',
+      target: '127.0.0.1:59999/team/multi:s',
       platform: 'linux/s390x',
     });
     assert.equal(bad.statusCode, 422, bad.body);
@@ -78,7 +78,7 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
     const before = (await api.queues.lookup.getJobCounts('waiting')).waiting;
     const res = await post({
       source: `oci:${src.root}/oci-broken`,
-      target: '127.0.0.1:5000/team/broken:1',
+      target: '127.0.0.1:59999/team/broken:1',
     });
     assert.equal(res.statusCode, 202, res.body);
     assert.equal(res.json().status, 'failed');
@@ -91,11 +91,11 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
   it('a dir: source is sent to the workers as its real path', async () => {
     const res = await post({
       source: `dir:${src.root}/images/../images/app`,
-      target: '127.0.0.1:5000/team/app',
+      target: '127.0.0.1:59999/team/app',
     });
     assert.equal(res.statusCode, 202, res.body);
     const state = await api.store.get(res.json().id);
     assert.equal(state?.source, `dir:${src.app}`);
-    assert.equal(state?.target, '127.0.0.1:5000/team/app:latest');
+    assert.equal(state?.target, '127.0.0.1:59999/team/app:latest');
   });
 });

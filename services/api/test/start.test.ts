@@ -61,7 +61,7 @@ describe('startApi', function () {
       const res = await fetch(`${api.url}/v1/pushes`, {
         method: 'POST',
         headers: { authorization: 'Bearer t0ken', 'content-type': 'application/json' },
-        body: JSON.stringify({ source: `dir:${src.app}`, target: 'localhost:5000/team/app:1' }),
+        body: JSON.stringify({ source: `dir:${src.app}`, target: 'localhost:59999/team/app:1' }),
       });
       assert.equal(res.status, 202, await res.clone().text());
       const { id } = (await res.json()) as { id: string };
