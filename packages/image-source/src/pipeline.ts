@@ -39,8 +39,15 @@ export interface ByteSource {
   cancel(): void;
 }
 
-/** zlib output chunk size: large enough that thread-pool round trips stay cheap. */
-export const GZIP_CHUNK_SIZE = 128 * 1024;
+/**
+ * zlib output chunk size. Every full output buffer is a thread-pool round trip: the zlib
+ * thread stops until the main thread has taken the chunk (hash, push) and queued the next
+ * step. With two layers gzipping on two cores the main thread must first win a core back
+ * from a zlib thread, so each round trip idles one; 1 MiB (one round trip per 1 MiB read
+ * from tar even for incompressible data) instead of 128 KiB cut the two-layer wall time by
+ * ~14% with the same bytes out (chunking never changes deflate's output).
+ */
+export const GZIP_CHUNK_SIZE = 1024 * 1024;
 /** Input bytes that may wait in front of zlib (read-ahead). */
 export const ZLIB_INPUT_QUEUE = 4 * 1024 * 1024;
 /** Read size for files and byte ranges. */
