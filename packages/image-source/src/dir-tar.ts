@@ -20,6 +20,9 @@ import { SourceError, SourceErrorCodes } from './errors';
 import type { ByteSource } from './pipeline';
 import { fdPath, isInside } from './root';
 
+/** Default read size per file chunk (each chunk is one write into zlib). */
+export const TAR_READ_SIZE = 4 * 1024 * 1024;
+
 /** The mtime of every entry Ferry tars: the epoch, so builds are reproducible. */
 export const FIXED_MTIME = new Date(0);
 
@@ -310,7 +313,9 @@ export function tarSource(
         statCache: walk.stats,
         linkCache: new Map(walk.links) as Map<`${number}:${number}`, string>,
         mtime: FIXED_MTIME,
-        maxReadSize: opts.maxReadSize ?? 1024 * 1024,
+        // 4 MiB reads: a quarter of the thread-pool round trips into zlib of 1 MiB reads, which
+        // shortened two layers at once by ~5-10% on 2 cores; one buffer per open file.
+        maxReadSize: opts.maxReadSize ?? TAR_READ_SIZE,
         jobs: 4,
         onWriteEntry: (e: WriteEntry) => onWriteEntry(e, opts.realRoot, open),
       });
