@@ -246,13 +246,18 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       /^ferry: FERRY_REGISTRY_NOT_ALLOWED: registry evil\.example\.com is not in FERRY_REGISTRY_ALLOW/,
     );
 
-    const outside = await runCli(['push', 'dir:/etc', '127.0.0.1:59999/team/app:1'], { env: env() });
+    const outside = await runCli(['push', 'dir:/etc', '127.0.0.1:59999/team/app:1'], {
+      env: env(),
+    });
     assert.equal(outside.code, 1);
     assert.match(outside.stderr, /^ferry: FERRY_SOURCE_OUTSIDE_ROOT: /);
 
-    const badToken = await runCli(['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/app:1'], {
-      env: { ...env(), FERRY_TOKEN: 'wrong' },
-    });
+    const badToken = await runCli(
+      ['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/app:1'],
+      {
+        env: { ...env(), FERRY_TOKEN: 'wrong' },
+      },
+    );
     assert.equal(badToken.code, 1);
     assert.match(badToken.stderr, /^ferry: FERRY_UNAUTHORIZED: /);
 
