@@ -39,13 +39,18 @@ export async function redisPing(host: string, port: number, timeoutMs = 1_000): 
  * A private redis-server: loopback only, a free port, its own temp dir, no
  * persistence, `maxmemory-policy noeviction` (BullMQ requires it).
  */
-export async function startRedis(): Promise<RedisHandle> {
+export async function startRedis(opts: { port?: number } = {}): Promise<RedisHandle> {
   const backend = await chooseBackend('redis-server');
-  if (backend.kind === 'container') return startRedisContainer();
+  if (backend.kind === 'container') {
+    if (opts.port !== undefined)
+      throw new Error('startRedis({ port }) needs the local redis-server');
+    return startRedisContainer();
+  }
 
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
+    // A caller that names the port (a service configured before Redis starts) gets that one.
+    const port = opts.port ?? (await freePort());
     const dir = tmpDir('redis');
     try {
       const service = await spawnService({

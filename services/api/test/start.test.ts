@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { loadConfig } from '@ferry/config';
 import { createLogger } from '@ferry/log';
 import { startApi } from '@ferry/api';
 import { freePort } from '../../../test/helpers/ports';
-import { redisPing } from '../../../test/helpers/redis';
-import { tmpDir } from '../../../test/helpers/tmp';
+import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { makeSourceRoot, readSse } from './helpers';
 
 describe('startApi', function () {
@@ -25,33 +23,13 @@ describe('startApi', function () {
       src.root,
     );
     const api = await startApi(config, createLogger({ silent: true }));
-    const dir = tmpDir('api-late-redis');
-    let redis: ReturnType<typeof spawn> | undefined;
+    let redis: RedisHandle | undefined;
     try {
       assert.match(api.url, /^http:\/\/127\.0\.0\.1:\d+$/);
       assert.equal((await fetch(`${api.url}/healthz`)).status, 200);
       assert.equal((await fetch(`${api.url}/readyz`)).status, 503);
 
-      redis = spawn(
-        'redis-server',
-        [
-          '--port',
-          String(redisPort),
-          '--bind',
-          '127.0.0.1',
-          '--dir',
-          dir,
-          '--save',
-          '',
-          '--appendonly',
-          'no',
-          '--maxmemory-policy',
-          'noeviction',
-        ],
-        { stdio: 'ignore' },
-      );
-      for (let i = 0; i < 100 && !(await redisPing('127.0.0.1', redisPort)); i++)
-        await new Promise((r) => setTimeout(r, 50));
+      redis = await startRedis({ port: redisPort });
       let ready = 0;
       for (let i = 0; i < 100 && ready !== 200; i++) {
         ready = (await fetch(`${api.url}/readyz`)).status;
@@ -77,7 +55,7 @@ describe('startApi', function () {
       assert.equal(JSON.parse(stream.events[0].data).status, 'queued');
     } finally {
       await api.close();
-      if (redis?.pid) process.kill(redis.pid, 'SIGKILL');
+      await redis?.stop();
     }
     const after = await fetch(`${api.url}/healthz`).then(
       () => 'answered',
