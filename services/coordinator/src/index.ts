@@ -79,11 +79,20 @@ interface PushedImage {
 }
 
 async function pushBlobIfMissing(
+  ctx: QueueContext,
   client: RegistryClient,
   repo: RepoRef,
   c: Canonical,
 ): Promise<void> {
-  if (await client.blobExists(repo, c.digest)) return;
+  // The existence check counts against the registry's cluster-wide lookup limit too.
+  const have = await ctx.lookupSemaphore.use(
+    repo.registry,
+    () => client.blobExists(repo, c.digest),
+    {
+      timeoutMs: 120_000,
+    },
+  );
+  if (have) return;
   await client.uploadBlob(repo, bufferBlobSource(c.bytes, c.digest), { monolithic: true });
 }
 
@@ -216,7 +225,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
     for (const [i, image] of opened.images.entries()) {
       const { config, manifest } = assembleImage(image, i, results, format);
       if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
-      await pushBlobIfMissing(client, repo, config);
+      await pushBlobIfMissing(ctx, client, repo, config);
       await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
       await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
       await ctx.store.appendEvent(pushId, {
