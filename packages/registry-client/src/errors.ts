@@ -47,16 +47,27 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
-/** The codes a retry (with backoff, or a fresh session) may cure. Everything else is permanent. */
-const TRANSIENT_CODES: ReadonlySet<string> = new Set<string>([
+/**
+ * The codes a retry (with backoff, or a fresh session) may cure. Every other
+ * FERRY_ code of this table is permanent: retrying cannot change the answer.
+ */
+export const TRANSIENT_CODES: ReadonlySet<string> = new Set<string>([
   ErrorCodes.REGISTRY_UNAVAILABLE,
   ErrorCodes.RATE_LIMITED,
   ErrorCodes.UPLOAD_SESSION_LOST,
 ]);
 
-/** The single place that decides transient vs permanent for a code. */
-export function isTransient(code: string): boolean {
-  return TRANSIENT_CODES.has(code);
+/**
+ * The single place that decides transient vs permanent for registry errors.
+ * Takes a code (`'FERRY_RATE_LIMITED'`) or anything thrown: a RegistryError,
+ * an undici / socket error (classified first: a reset is transient), or any
+ * object with a string `code`. Everything else is not transient.
+ */
+export function isTransient(codeOrError: unknown): boolean {
+  if (typeof codeOrError === 'string') return TRANSIENT_CODES.has(codeOrError);
+  const c = classifyError(codeOrError);
+  const code = (c as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' && TRANSIENT_CODES.has(code);
 }
 
 export interface OciError {
@@ -248,8 +259,7 @@ export function classifyError(err: unknown, registry?: string, what = 'request')
   return err;
 }
 
-/** True for errors worth retrying, whatever their type. */
+/** True for errors worth retrying, whatever their type (the same decision as isTransient). */
 export function isTransientError(err: unknown): boolean {
-  const c = classifyError(err);
-  return c instanceof RegistryError && c.transient;
+  return isTransient(err);
 }
