@@ -276,7 +276,7 @@ describe('registry client against docker-registry 2.8', function () {
       });
     }
 
-    it('resumes from the reported offset after a 503 between chunks', async () => {
+    it('re-sends a chunk refused with a 503 from its buffer (the registry kept the session)', async () => {
       const fp = await startFaultProxy({ host: '127.0.0.1', port: reg.port });
       try {
         fp.addFault({
@@ -294,8 +294,8 @@ describe('registry client against docker-registry 2.8', function () {
         });
         assert.equal(r.resumes, 1);
         assert.equal(r.restarts, 0);
-        assert.deepEqual(src.opens, [0, chunk], 'reopened at the offset the registry reported');
-        assert.ok(r.bytesSent < 2 * size);
+        assert.deepEqual(src.opens, [0], 'the refused chunk was re-sent from the upload buffer');
+        assert.equal(r.bytesSent, size + chunk, 'exactly the refused chunk went out twice');
         const statusQueries = fp.log.filter(
           (l) => l.method === 'GET' && l.path.includes('/blobs/uploads/'),
         );
@@ -311,6 +311,52 @@ describe('registry client against docker-registry 2.8', function () {
       } finally {
         await fp.stop();
       }
+    });
+
+    it('an aborted upload cancels its session (GET on its Location: 404), unless told to keep it', async () => {
+      const chunk = 256 * 1024;
+      const upload = async (
+        keep?: (e: RegistryError) => boolean,
+      ): Promise<{ code: string; sessions: (string | undefined)[] }> => {
+        const ac = new AbortController();
+        const sessions: (string | undefined)[] = [];
+        const src = prngSource(8 * chunk, 31, { delayEveryBytes: chunk, delayMs: 20 });
+        let code = 'resolved';
+        try {
+          await client.uploadBlob(repo('abort/app'), src, {
+            chunkSize: chunk,
+            signal: ac.signal,
+            ...(keep ? { keepSessionOnFailure: keep } : {}),
+            onSession: (l) => {
+              sessions.push(l);
+              if (sessions.length === 3) ac.abort(); // after the second chunk was accepted
+            },
+          });
+        } catch (e) {
+          code = (e as RegistryError).code;
+        }
+        return { code, sessions };
+      };
+      const statusOf = async (location: string): Promise<{ status: number; body: string }> => {
+        const res = await request(new URL(location, reg.url));
+        return { status: res.statusCode, body: await res.body.text() };
+      };
+
+      const cancelled = await upload();
+      assert.equal(cancelled.code, 'FERRY_ABORTED');
+      assert.equal(cancelled.sessions.at(-1), undefined, 'the closed session was reported');
+      const last = cancelled.sessions.filter((l) => l !== undefined).at(-1)!;
+      const gone = await statusOf(last);
+      assert.equal(gone.status, 404);
+      assert.match(gone.body, /BLOB_UPLOAD_UNKNOWN/);
+
+      const kept = await upload((e) => e.code === 'FERRY_ABORTED');
+      assert.equal(kept.code, 'FERRY_ABORTED');
+      const open = kept.sessions.at(-1)!;
+      assert.ok(open, 'a kept session is not reported closed');
+      assert.equal((await statusOf(open)).status, 204, 'the registry still holds it');
+      await client.cancelUpload(repo('abort/app'), open);
+      assert.equal((await statusOf(open)).status, 404);
     });
 
     it('a later attempt resumes the session an earlier one left open (resumeSession)', async () => {
