@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { Keys } from './keys';
+import { Lease, type LeaseRef, type LeaseWrite } from './lease';
 
 export interface BlobIndexOptions {
   prefix: string;
@@ -14,6 +15,19 @@ export interface CompressedRecord {
   size: number;
 }
 
+/** What a finished upload publishes, under the lease it was made with. */
+export interface RecordUploadOptions {
+  /** The upload lease as acquired: nothing is written unless it is still held with this token. */
+  lease: LeaseRef;
+  /** host[:port] */
+  registry: string;
+  repository: string;
+  /** The digest of the bytes sent (computed while sending). */
+  digest: string;
+  /** For a layer Ferry compressed: the cache entry diffID + settings → digest and size. */
+  compressed?: { diffId: string; level: number; zlib: string; size: number };
+}
+
 /**
  * What Ferry remembers about blobs — only ever as *candidates*: a digest to
  * HEAD for or a repository to mount from. Nothing here is trusted as the hash
@@ -26,6 +40,7 @@ export class BlobIndex {
   private readonly keys: Keys;
   private readonly ttl: number;
   private readonly max: number;
+  private readonly lease: Lease;
 
   constructor(
     private readonly redis: Redis,
@@ -34,6 +49,31 @@ export class BlobIndex {
     this.keys = new Keys(opts.prefix);
     this.ttl = opts.ttlSeconds ?? 30 * 24 * 3600;
     this.max = opts.maxRepositories ?? 20;
+    this.lease = new Lease(redis, { prefix: opts.prefix });
+  }
+
+  /**
+   * Publishes a finished upload — the blob index entry and, for a layer Ferry
+   * compressed, the compressed-digest cache entry — in one Lua script that
+   * first checks the upload lease is still held with its token. False, and
+   * nothing written, when the lease was lost (another worker took over).
+   */
+  async recordUpload(o: RecordUploadOptions): Promise<boolean> {
+    const repos = this.keys.blobRepos(o.registry, o.digest);
+    const writes: LeaseWrite[] = [
+      { keys: [repos], command: ['ZADD', { key: 0 }, Date.now(), o.repository] },
+      { keys: [repos], command: ['ZREMRANGEBYRANK', { key: 0 }, 0, -this.max - 1] },
+      { keys: [repos], command: ['EXPIRE', { key: 0 }, this.ttl] },
+    ];
+    if (o.compressed) {
+      const c = o.compressed;
+      const value = JSON.stringify({ digest: o.digest, size: c.size } satisfies CompressedRecord);
+      writes.push({
+        keys: [this.keys.compressed(c.diffId, c.level, c.zlib)],
+        command: ['SET', { key: 0 }, value, 'EX', this.ttl],
+      });
+    }
+    return this.lease.commit(o.lease.key, o.lease.owner, o.lease.token, writes);
   }
 
   /** Records that `registry` (host[:port]) holds `digest` in `repository`. */
@@ -57,6 +97,7 @@ export class BlobIndex {
     await this.redis.zrem(this.keys.blobRepos(registry, digest), repository);
   }
 
+  /** Unconditional; a finished upload uses recordUpload instead (fenced by its lease). */
   async cacheCompressed(
     diffId: string,
     gzipLevel: number,

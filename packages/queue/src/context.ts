@@ -52,11 +52,12 @@ export async function openQueueContext(
   const prefix = config.queuePrefix;
   const metrics = new Metrics(connection, prefix);
   const queues = createQueues({ connection, prefix });
+  const store = new PushStore(connection, { prefix, ttlSeconds: config.stateTtl, metrics });
   return {
     connection,
     queues,
     metrics,
-    store: new PushStore(connection, { prefix, ttlSeconds: config.stateTtl, metrics }),
+    store,
     blobs: new BlobIndex(connection, { prefix }),
     uploadLease: new Lease(connection, { prefix }),
     lookupSemaphore: new Semaphore(connection, {
@@ -65,6 +66,7 @@ export async function openQueueContext(
       limit: config.lookupConcurrency,
     }),
     async close() {
+      store.close();
       await queues.close();
       connection.disconnect();
     },

@@ -40,9 +40,24 @@ export {
   type SemaphoreOptions,
   type AcquireOptions,
   type Permit,
+  type PermitControl,
 } from './semaphore';
-export { Lease, type LeaseHolder, type LeaseOptions } from './lease';
-export { BlobIndex, type BlobIndexOptions, type CompressedRecord } from './blobs';
+export {
+  Lease,
+  type LeaseHolder,
+  type LeaseOptions,
+  type LeaseRef,
+  type LeaseWrite,
+  type KeepOptions,
+} from './lease';
+export { LostError, type Keeper } from './keeper';
+export {
+  BlobIndex,
+  type BlobIndexOptions,
+  type CompressedRecord,
+  type RecordUploadOptions,
+} from './blobs';
+export { EventHub, type EventHubOptions } from './event-hub';
 export {
   Metrics,
   METRIC_DEFS,

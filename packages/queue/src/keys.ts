@@ -36,6 +36,10 @@ export class Keys {
   leaseToken(key: string): string {
     return `${this.prefix}:lease-token:${key}`;
   }
+  /** The registry upload session (Location) a blob upload left, for resuming: per lease key and repository. */
+  uploadSession(leaseKey: string, repository: string): string {
+    return `${this.prefix}:upload-session:${leaseKey}:${repository}`;
+  }
   blobRepos(registry: string, digest: string): string {
     return `${this.prefix}:blob:${registry}:${digest}`;
   }

@@ -1,8 +1,12 @@
 import type { Redis } from 'ioredis';
+import { EventHub, EventReader, isEventId, parseEntry } from './event-hub';
+import { claimIdempotencyKey, type IdempotencyResult } from './idempotency';
 import { Keys } from './keys';
 import { Metrics } from './metrics';
+import { listPushes } from './push-list';
+import { APPEND, CREATE, LAYER_ATTRS, LAYER_UPDATE, TRANSITION } from './push-scripts';
+import { createFields, layerFields, layerPrefix, layoutToLayers, parseState } from './push-state';
 import { assertPushId } from './queues';
-import { Script } from './script';
 import {
   PUSH_STATUSES,
   type LayerKey,
@@ -19,92 +23,12 @@ import {
   type StoredEvent,
 } from './types';
 
-/*
- * Layout of one push in Redis (all under the queue prefix P):
- *   P:push:<id>          hash: id, status, source, target, tags, request, createdAt,
- *                        createdMs, startedAt, finishedAt, manifest, manifests,
- *                        signatures, error, layout — JSON values except the plain strings —
- *                        and one field per layer attribute: layer:<img>:<n>:<attr>
- *                        (state, digest, size, bytesSent, mountedFrom), so two workers
- *                        updating two layers (or two attributes) never overwrite each other.
- *   P:push:<id>:events   stream of progress events, field "e" = JSON; the entry id is the SSE id.
- *   P:pushes:<status>    sorted sets (score = createdMs) for listing; P:pushes:all too.
- * Every write refreshes the TTL of the hash and the stream.
- */
+export { EventReader, isEventId } from './event-hub';
+export { layoutToLayers } from './push-state';
+export type { IdempotencyResult } from './idempotency';
 
-const LAYER_ATTRS = ['state', 'digest', 'size', 'bytesSent', 'mountedFrom'] as const;
-const EVENT_MAXLEN = 10_000;
-
-const CREATE = new Script(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return 1
-`);
-
-// KEYS: hash, events, index:queued..cancelled (5)
-// ARGV: ttl, allowedFrom (comma list), to, event JSON ('' = none), pushId, field/value pairs...
-const TRANSITION = new Script(`
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {-1, '', ''} end
-if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur, ''} end
-local to = ARGV[3]
-if cur == to then return {1, cur, ''} end
-redis.call('HSET', KEYS[1], 'status', to)
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local names = {'queued', 'running', 'succeeded', 'failed', 'cancelled'}
-if cur ~= to then
-  local score = redis.call('HGET', KEYS[1], 'createdMs') or '0'
-  for i, n in ipairs(names) do
-    if n == cur then redis.call('ZREM', KEYS[2 + i], ARGV[5]) end
-    if n == to then redis.call('ZADD', KEYS[2 + i], score, ARGV[5]) end
-  end
-end
-local eid = ''
-if ARGV[4] ~= '' then
-  eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[4])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return {1, cur, eid}
-`);
-
-// KEYS: hash, events. ARGV: ttl, field prefix, imageIndex, index, emit ('1'/'0'), at, attr/value pairs
-const LAYER_UPDATE = new Script(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local p = ARGV[2]
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], p .. ARGV[i], ARGV[i + 1]) end
-local eid = ''
-if ARGV[5] == '1' then
-  local names = {${LAYER_ATTRS.map((a) => `'${a}'`).join(', ')}}
-  local json = '{"type":"layer","imageIndex":' .. ARGV[3] .. ',"index":' .. ARGV[4]
-  for _, n in ipairs(names) do
-    local v = redis.call('HGET', KEYS[1], p .. n)
-    if not v then
-      if n == 'state' then v = '"pending"' elseif n == 'bytesSent' then v = '0' end
-    end
-    if v then json = json .. ',"' .. n .. '":' .. v end
-  end
-  json = json .. ',"at":"' .. ARGV[6] .. '"}'
-  eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', json)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return eid
-`);
-
-// KEYS: hash, events. ARGV: ttl, event JSON
-const APPEND = new Script(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return eid
-`);
+// The push's Redis layout and its Lua scripts: push-scripts.ts. Field encoding: push-state.ts.
+// Followers of events: event-hub.ts. Listing: push-list.ts. Idempotency keys: idempotency.ts.
 
 export interface PushStoreOptions {
   /** FERRY_QUEUE_PREFIX */
@@ -120,15 +44,6 @@ export interface CreatePushOptions {
   layout?: PushLayout;
 }
 
-export interface IdempotencyResult {
-  /** The push id the key stands for: the existing one, or the one just offered. */
-  id: string;
-  /** True when this call stored the mapping (the caller should create the push). */
-  created: boolean;
-  /** False when the key was first used with a different request fingerprint. */
-  sameRequest: boolean;
-}
-
 export interface TransitionResult {
   /** True when the status changed (or was set again where allowed). */
   ok: boolean;
@@ -138,18 +53,12 @@ export interface TransitionResult {
   eventId?: string;
 }
 
-const EVENT_ID = /^\d{1,20}(-\d{1,20})?$/;
-
-/** True for a stream entry id usable as Last-Event-ID ("0" = from the start). */
-export function isEventId(s: string): boolean {
-  return EVENT_ID.test(s);
-}
-
 /** A push's state and events in Redis; shared by the API (reads, create, cancel) and the workers (updates). */
 export class PushStore {
   readonly keys: Keys;
   readonly ttlSeconds: number;
   readonly metrics: Metrics;
+  private readonly hub: EventHub;
 
   constructor(
     readonly redis: Redis,
@@ -161,6 +70,7 @@ export class PushStore {
     }
     this.ttlSeconds = opts.ttlSeconds;
     this.metrics = opts.metrics ?? new Metrics(redis, opts.prefix);
+    this.hub = new EventHub(redis);
   }
 
   private indexKeys(): string[] {
@@ -171,28 +81,7 @@ export class PushStore {
   async create(id: string, request: PushRequest, opts: CreatePushOptions = {}): Promise<boolean> {
     assertPushId(id);
     const now = new Date();
-    const fields: string[] = [
-      'id',
-      id,
-      'status',
-      'queued',
-      'source',
-      request.source,
-      'target',
-      request.target,
-      'tags',
-      JSON.stringify(request.tags),
-      'request',
-      JSON.stringify(request),
-      'createdAt',
-      now.toISOString(),
-      'createdMs',
-      String(now.getTime()),
-    ];
-    if (opts.layout) {
-      fields.push('layout', JSON.stringify(opts.layout));
-      fields.push(...this.layerFields(layoutToLayers(opts.layout)));
-    }
+    const fields = createFields(id, request, now, opts.layout);
     const event: PushEvent = { type: 'status', status: 'queued', at: now.toISOString() };
     const r = await CREATE.run(
       this.redis,
@@ -212,36 +101,7 @@ export class PushStore {
 
   /** The newest pushes first, optionally only those in one status. Drops index entries whose state expired. */
   async list(opts: { status?: PushStatus; limit?: number } = {}): Promise<PushSummary[]> {
-    const limit = Math.max(1, Math.min(opts.limit ?? 50, 1000));
-    const index = this.keys.index(opts.status ?? 'all');
-    const cutoff = Date.now() - this.ttlSeconds * 1000;
-    await this.redis.zremrangebyscore(index, '-inf', `(${cutoff}`);
-    const ids = await this.redis.zrevrange(index, 0, limit - 1);
-    if (ids.length === 0) return [];
-    const pipe = this.redis.pipeline();
-    for (const id of ids) {
-      pipe.hmget(this.keys.push(id), 'status', 'source', 'target', 'createdAt', 'finishedAt');
-    }
-    const rows = (await pipe.exec()) ?? [];
-    const out: PushSummary[] = [];
-    const gone: string[] = [];
-    rows.forEach(([err, row], i) => {
-      const [status, source, target, createdAt, finishedAt] = (row ?? []) as (string | null)[];
-      if (err || !status) {
-        gone.push(ids[i]);
-        return;
-      }
-      out.push({
-        id: ids[i],
-        status: status as PushStatus,
-        source: source ?? '',
-        target: target ?? '',
-        createdAt: createdAt ?? '',
-        ...(finishedAt ? { finishedAt } : {}),
-      });
-    });
-    if (gone.length) await this.redis.zrem(index, ...gone);
-    return out;
+    return listPushes(this.redis, this.keys, this.ttlSeconds, opts);
   }
 
   private async transition(
@@ -368,17 +228,6 @@ export class PushStore {
     );
   }
 
-  private layerFields(layers: LayerState[]): string[] {
-    const out: string[] = [];
-    for (const l of layers) {
-      const p = layerPrefix(l);
-      for (const a of LAYER_ATTRS) {
-        if (l[a] !== undefined) out.push(p + a, JSON.stringify(l[a]));
-      }
-    }
-    return out;
-  }
-
   /**
    * Sets the layer list (every layer's state as given, e.g. all pending from a
    * layout). Layers not named keep their fields. No event.
@@ -389,7 +238,7 @@ export class PushStore {
     const key = this.keys.push(id);
     const multi = this.redis.multi();
     if (!Array.isArray(layers)) multi.hset(key, 'layout', JSON.stringify(layers));
-    const fields = this.layerFields(list);
+    const fields = layerFields(list);
     if (fields.length) multi.hset(key, ...fields);
     multi.expire(key, this.ttlSeconds);
     await multi.exec();
@@ -443,8 +292,8 @@ export class PushStore {
 
   /**
    * Events after afterId (exclusive; none = from the start), oldest first, at
-   * most `count`. With blockMs > 0 and nothing new, waits up to blockMs on a
-   * connection of its own (use eventReader for a long-lived follower).
+   * most `count`. With blockMs > 0 and nothing new, waits up to blockMs on the
+   * shared follower connection (see eventReader).
    */
   async readEvents(
     id: string,
@@ -452,14 +301,7 @@ export class PushStore {
     blockMs = 0,
     count = 1000,
   ): Promise<StoredEvent[]> {
-    if (blockMs > 0) {
-      const reader = this.eventReader(id);
-      try {
-        return await reader.read(afterId, blockMs, count);
-      } finally {
-        reader.close();
-      }
-    }
+    if (blockMs > 0) return this.hub.read(this.keys.events(id), afterId, blockMs, count);
     if (afterId !== undefined && !isEventId(afterId))
       throw new Error(`bad event id ${JSON.stringify(afterId)}`);
     const start = afterId === undefined || afterId === '0' ? '-' : `(${afterId}`;
@@ -467,9 +309,18 @@ export class PushStore {
     return rows.map(parseEntry).filter((e): e is StoredEvent => e !== undefined);
   }
 
-  /** A follower of one push's events on its own connection (XREAD BLOCK does not share a connection). */
+  /**
+   * A follower of one push's events. Every follower of this store shares one
+   * blocking Redis connection (EventHub), so thousands of SSE streams cost one
+   * connection.
+   */
   eventReader(id: string): EventReader {
-    return new EventReader(this.redis, this.keys.events(id));
+    return this.hub.reader(this.keys.events(id));
+  }
+
+  /** Ends every follower's wait and closes the shared follower connection. */
+  close(): void {
+    this.hub.close();
   }
 
   /**
@@ -478,19 +329,7 @@ export class PushStore {
    * (e.g. a hash of the request) tells a reused key with another body apart.
    */
   async idempotent(key: string, id: string, fingerprint = ''): Promise<IdempotencyResult> {
-    const k = this.keys.idempotency(key);
-    const set = await this.redis.set(
-      k,
-      JSON.stringify({ id, fingerprint }),
-      'EX',
-      this.ttlSeconds,
-      'NX',
-    );
-    if (set === 'OK') return { id, created: true, sameRequest: true };
-    const raw = await this.redis.get(k);
-    if (raw === null) return this.idempotent(key, id, fingerprint); // expired in between
-    const stored = JSON.parse(raw) as { id: string; fingerprint: string };
-    return { id: stored.id, created: false, sameRequest: stored.fingerprint === fingerprint };
+    return claimIdempotencyKey(this.redis, this.keys, this.ttlSeconds, key, id, fingerprint);
   }
 
   /** Seconds left before the push's state expires (-2 unknown, -1 no TTL). */
@@ -501,124 +340,4 @@ export class PushStore {
     ]);
     return { state, events };
   }
-}
-
-export class EventReader {
-  private readonly conn: Redis;
-  private closed = false;
-
-  constructor(
-    redis: Redis,
-    private readonly key: string,
-  ) {
-    // A connection of its own that waits through reconnects instead of failing a blocked read.
-    this.conn = redis.duplicate({
-      maxRetriesPerRequest: null,
-      enableOfflineQueue: true,
-      lazyConnect: false,
-    });
-    this.conn.on('error', () => undefined);
-  }
-
-  /** Events after afterId, waiting up to blockMs (0 = do not wait) when there are none yet. */
-  async read(afterId: string | undefined, blockMs: number, count = 1000): Promise<StoredEvent[]> {
-    if (this.closed) return [];
-    if (afterId !== undefined && !isEventId(afterId))
-      throw new Error(`bad event id ${JSON.stringify(afterId)}`);
-    const from = afterId ?? '0';
-    const res =
-      blockMs > 0
-        ? await this.conn.xread('COUNT', count, 'BLOCK', blockMs, 'STREAMS', this.key, from)
-        : await this.conn.xread('COUNT', count, 'STREAMS', this.key, from);
-    if (!res) return [];
-    const [, entries] = res[0];
-    return entries.map(parseEntry).filter((e): e is StoredEvent => e !== undefined);
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.conn.disconnect();
-  }
-}
-
-function parseEntry([id, fields]: [string, string[]]): StoredEvent | undefined {
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    if (fields[i] === 'e') {
-      try {
-        return { id, event: JSON.parse(fields[i + 1]) as PushEvent };
-      } catch {
-        return undefined;
-      }
-    }
-  }
-  return undefined;
-}
-
-function layerPrefix(k: LayerKey): string {
-  if (
-    !Number.isInteger(k.imageIndex) ||
-    k.imageIndex < 0 ||
-    !Number.isInteger(k.index) ||
-    k.index < 0
-  ) {
-    throw new Error(`bad layer key ${JSON.stringify(k)}`);
-  }
-  return `layer:${k.imageIndex}:${k.index}:`;
-}
-
-/** Every layer of a layout, pending. */
-export function layoutToLayers(layout: PushLayout): LayerState[] {
-  const out: LayerState[] = [];
-  layout.images.forEach((img, imageIndex) => {
-    for (let index = 0; index < img.layers; index++) {
-      out.push({ imageIndex, index, state: 'pending', bytesSent: 0 });
-    }
-  });
-  return out;
-}
-
-function parseJson<T>(s: string | undefined): T | undefined {
-  if (s === undefined) return undefined;
-  try {
-    return JSON.parse(s) as T;
-  } catch {
-    return undefined;
-  }
-}
-
-function parseState(raw: Record<string, string>): PushState {
-  const layers = new Map<string, LayerState>();
-  for (const [field, value] of Object.entries(raw)) {
-    const m = /^layer:(\d+):(\d+):(\w+)$/.exec(field);
-    if (!m) continue;
-    const k = `${m[1]}:${m[2]}`;
-    let l = layers.get(k);
-    if (!l) {
-      l = { imageIndex: Number(m[1]), index: Number(m[2]), state: 'pending', bytesSent: 0 };
-      layers.set(k, l);
-    }
-    const v = parseJson<unknown>(value);
-    if (v !== undefined && (LAYER_ATTRS as readonly string[]).includes(m[3])) {
-      (l as unknown as Record<string, unknown>)[m[3]] = v;
-    }
-  }
-  const state: PushState = {
-    id: raw.id,
-    status: raw.status as PushStatus,
-    source: raw.source,
-    target: raw.target,
-    tags: parseJson<string[]>(raw.tags) ?? [],
-    request: parseJson<PushRequest>(raw.request) as PushRequest,
-    layers: [...layers.values()].sort((a, b) => a.imageIndex - b.imageIndex || a.index - b.index),
-    createdAt: raw.createdAt,
-  };
-  for (const f of ['manifest', 'manifests', 'signatures', 'error'] as const) {
-    const v = parseJson<never>(raw[f]);
-    if (v !== undefined) (state as unknown as Record<string, unknown>)[f] = v;
-  }
-  for (const f of ['startedAt', 'finishedAt'] as const) {
-    if (raw[f]) state[f] = raw[f];
-  }
-  return state;
 }

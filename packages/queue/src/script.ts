@@ -1,19 +1,40 @@
-import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 
-/** A Lua script run with EVALSHA, loaded on first use or after a NOSCRIPT (a restarted Redis). */
+type CommandFn = (...args: (string | number)[]) => Promise<unknown>;
+
+/** Names already defined on each connection (ioredis keeps its own per instance). */
+const defined = new WeakMap<Redis, Set<string>>();
+
+/**
+ * A Lua script run through ioredis' `defineCommand`, as BullMQ loads its own:
+ * ioredis sends EVALSHA and falls back to EVAL on NOSCRIPT (a restarted or
+ * flushed Redis), so no caller handles script loading. The command is defined
+ * on a connection the first time the script runs on it.
+ */
 export class Script {
-  readonly sha: string;
-  constructor(readonly lua: string) {
-    this.sha = createHash('sha1').update(lua).digest('hex');
+  /**
+   * @param name a command name unique within Ferry (becomes a method on the connection)
+   * @param lua the script; KEYS come first, then ARGV
+   */
+  constructor(
+    readonly name: string,
+    readonly lua: string,
+  ) {
+    if (!/^ferry[A-Z][A-Za-z]+$/.test(name)) throw new Error(`bad script name ${name}`);
   }
 
+  /** Runs the script with any number of keys (numkeys is passed per call). */
   async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
-    try {
-      return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
-    } catch (err) {
-      if (!/NOSCRIPT/.test((err as Error).message)) throw err;
-      return redis.eval(this.lua, keys.length, ...keys, ...args);
+    let names = defined.get(redis);
+    if (!names) {
+      names = new Set();
+      defined.set(redis, names);
     }
+    if (!names.has(this.name)) {
+      redis.defineCommand(this.name, { lua: this.lua });
+      names.add(this.name);
+    }
+    const command = (redis as unknown as Record<string, CommandFn>)[this.name];
+    return command.call(redis, keys.length, ...keys, ...args);
   }
 }

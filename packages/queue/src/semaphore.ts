@@ -1,11 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { startKeeper, type Keeper } from './keeper';
 import { Keys } from './keys';
 import { Script } from './script';
 
 // KEYS: the semaphore's sorted set (member = holder id, score = lease expiry, ms on Redis' clock)
 // ARGV: limit, leaseMs, holder
-const ACQUIRE = new Script(`
+const ACQUIRE = new Script(
+  'ferrySemaphoreAcquire',
+  `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -17,10 +20,13 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return 1
-`);
+`,
+);
 
 // KEYS: the sorted set. ARGV: leaseMs, holder. 1 when still held (and extended), 0 when lost.
-const RENEW = new Script(`
+const RENEW = new Script(
+  'ferrySemaphoreRenew',
+  `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
@@ -31,15 +37,19 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
 return 1
-`);
+`,
+);
 
 // KEYS: the sorted set. Count of live holders.
-const COUNT = new Script(`
+const COUNT = new Script(
+  'ferrySemaphoreCount',
+  `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
-`);
+`,
+);
 
 export interface SemaphoreOptions {
   /** FERRY_QUEUE_PREFIX */
@@ -58,6 +68,8 @@ export interface AcquireOptions {
   /** First delay between tries; grows to 8x with jitter. Default 25 ms. */
   pollMs?: number;
   signal?: AbortSignal;
+  /** Holder id to acquire as (default: a fresh one). */
+  holder?: string;
 }
 
 export interface Permit {
@@ -67,6 +79,30 @@ export interface Permit {
   renew(): Promise<boolean>;
   /** Frees the slot. Idempotent. */
   release(): Promise<void>;
+}
+
+/**
+ * The permit handed to a `use` callback: it may let the permit go while it
+ * sleeps (between retries, through a Retry-After) and take it back after.
+ */
+export interface PermitControl {
+  readonly key: string;
+  readonly holder: string;
+  /** True while the permit is held: acquired, not released, not lapsed. */
+  readonly held: boolean;
+  /**
+   * Aborts when the current holding lapsed (a renewal failed, was refused, or
+   * did not succeed within leaseMs); pass it to the registry call made under
+   * the permit. Each reacquire starts a fresh signal: read it after reacquiring.
+   * Releasing does not abort it.
+   */
+  readonly signal: AbortSignal;
+  /** Frees the slot now (others may take it); the callback must reacquire before its next call. */
+  release(): Promise<void>;
+  /** Takes a slot again (no-op while held); throws SemaphoreTimeoutError when none comes in time. */
+  reacquire(opts?: AcquireOptions): Promise<void>;
+  /** release, wait ms (or until signal aborts), reacquire: a back-off that holds no permit. */
+  pause(ms: number, signal?: AbortSignal): Promise<void>;
 }
 
 export class SemaphoreTimeoutError extends Error {
@@ -107,7 +143,8 @@ export class Semaphore {
       throw new Error(`semaphore lease must be >= 10 ms, got ${this.leaseMs}`);
   }
 
-  private permit(key: string, holder: string): Permit {
+  /** A Permit handle for a holder id (no Redis call). */
+  permit(key: string, holder: string): Permit {
     const k = this.keys.semaphore(this.name, key);
     let released = false;
     return {
@@ -137,7 +174,7 @@ export class Semaphore {
     const timeoutMs = opts.timeoutMs ?? 60_000;
     const base = opts.pollMs ?? 25;
     const deadline = Date.now() + timeoutMs;
-    const holder = randomUUID();
+    const holder = opts.holder ?? randomUUID();
     for (let attempt = 0; ; attempt++) {
       if (opts.signal?.aborted) return null;
       const p = await this.tryAcquire(key, holder);
@@ -154,20 +191,21 @@ export class Semaphore {
 
   /**
    * Runs fn holding a permit, renewing it every leaseMs/3 while fn runs, and
-   * releases it after. Throws SemaphoreTimeoutError when none comes in time.
+   * releases it after. fn gets a PermitControl to release the permit while it
+   * sleeps and reacquire it after, and a signal that aborts when the permit
+   * lapsed. Throws SemaphoreTimeoutError when no permit comes in time.
    */
-  async use<T>(key: string, fn: () => Promise<T>, opts: AcquireOptions = {}): Promise<T> {
-    const permit = await this.acquire(key, opts);
-    if (!permit) throw new SemaphoreTimeoutError(this.name, key, opts.timeoutMs ?? 60_000);
-    const timer = setInterval(
-      () => void permit.renew().catch(() => undefined),
-      Math.max(5, this.leaseMs / 3),
-    );
+  async use<T>(
+    key: string,
+    fn: (permit: PermitControl) => Promise<T>,
+    opts: AcquireOptions = {},
+  ): Promise<T> {
+    const control = new HeldPermit(this, key, opts);
+    await control.reacquire();
     try {
-      return await fn();
+      return await fn(control);
     } finally {
-      clearInterval(timer);
-      await permit.release().catch(() => undefined);
+      await control.release().catch(() => undefined);
     }
   }
 
@@ -175,4 +213,76 @@ export class Semaphore {
   async count(key: string): Promise<number> {
     return (await COUNT.run(this.redis, [this.keys.semaphore(this.name, key)], [])) as number;
   }
+}
+
+/** The PermitControl of one `use` call: one holder id, held, released and reacquired. */
+class HeldPermit implements PermitControl {
+  readonly holder = randomUUID();
+  private permit: Permit | null = null;
+  private keeper: Keeper | null = null;
+  private lastSignal: AbortSignal = new AbortController().signal;
+
+  constructor(
+    private readonly sem: Semaphore,
+    readonly key: string,
+    private readonly opts: AcquireOptions,
+  ) {}
+
+  get held(): boolean {
+    return this.permit !== null && !this.keeper?.lost;
+  }
+
+  get signal(): AbortSignal {
+    return this.keeper?.signal ?? this.lastSignal;
+  }
+
+  async reacquire(opts: AcquireOptions = this.opts): Promise<void> {
+    if (this.held) return;
+    this.stopKeeping();
+    const permit = await this.sem.acquire(this.key, { ...opts, holder: this.holder });
+    if (!permit) {
+      throw new SemaphoreTimeoutError(this.sem.name, this.key, opts.timeoutMs ?? 60_000);
+    }
+    this.permit = permit;
+    this.keeper = startKeeper(() => permit.renew(), {
+      intervalMs: this.sem.leaseMs / 3,
+      ttlMs: this.sem.leaseMs,
+      what: `${this.sem.name} permit for ${this.key}`,
+      code: 'FERRY_PERMIT_LOST',
+    });
+  }
+
+  async release(): Promise<void> {
+    const permit = this.permit;
+    this.stopKeeping();
+    if (permit) await permit.release();
+  }
+
+  async pause(ms: number, signal?: AbortSignal): Promise<void> {
+    await this.release();
+    await sleep(ms, signal);
+    await this.reacquire();
+  }
+
+  private stopKeeping(): void {
+    if (this.keeper) {
+      this.keeper.stop();
+      this.lastSignal = this.keeper.signal;
+    }
+    this.keeper = null;
+    this.permit = null;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
 }

