@@ -17,6 +17,7 @@ import {
 import { SourceError, SourceErrorCodes } from './errors';
 import { READ_CHUNK_SIZE, fromReadable, hashOnly, runPipeline, type ByteSource } from './pipeline';
 import { openInsideRoot } from './root';
+import { sourceChanged, type DockerArchiveSnapshot, type FileIdentity } from './snapshot';
 import type { SourceSpec } from './spec';
 import { indexTar, lookupFile, type TarEntry } from './tar-index';
 import type { ImagePlatform, Layer, OpenOptions, OpenedSource, SourceImage } from './types';
@@ -99,25 +100,67 @@ async function rangeSource(archive: Opener, e: TarEntry): Promise<ByteSource> {
   );
 }
 
-export async function openDockerArchive(
+/** The identity of the file open as `fh` (fstat of that very descriptor). */
+async function identityOf(fh: FileHandle): Promise<FileIdentity> {
+  const st = await fh.stat({ bigint: true });
+  return {
+    dev: String(st.dev),
+    ino: String(st.ino),
+    size: Number(st.size),
+    mtimeNs: String(st.mtimeNs),
+  };
+}
+
+/**
+ * An opener that reopens the archive through the root check for every read (never a path
+ * swapped for a symlink) and refuses a descriptor whose identity is not the pinned one: the
+ * snapshot's, or else that of the first open. Every byte read comes from one and the same file.
+ */
+function pinnedOpener(
+  root: string,
   realPath: string,
-  spec: SourceSpec,
-  opts: OpenOptions,
-): Promise<OpenedSource> {
-  const level = opts.gzipLevel ?? 6;
-  const label = `docker-archive:${spec.path}`;
-  // Every read reopens the archive through the root check (never a path swapped for a symlink).
-  const archive: Opener = () => openInsideRoot(opts.root, realPath, 'source');
-  const entries = await indexTar(archive, label);
+  label: string,
+  pinned: FileIdentity | undefined,
+  since: string,
+): { open: Opener; identity: () => FileIdentity | undefined } {
+  let id = pinned;
+  const open: Opener = async () => {
+    const fh = await openInsideRoot(root, realPath, 'source');
+    try {
+      const now = await identityOf(fh);
+      if (!id) id = now;
+      else if (
+        now.dev !== id.dev ||
+        now.ino !== id.ino ||
+        now.size !== id.size ||
+        now.mtimeNs !== id.mtimeNs
+      ) {
+        const how =
+          now.dev !== id.dev || now.ino !== id.ino ? 'replaced by another file' : 'modified';
+        throw sourceChanged(`archive ${label} was ${how} ${since}`, 'source');
+      }
+      return fh;
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  };
+  return { open, identity: () => id };
+}
+
+/** Reads and checks manifest.json: a non-empty array of {Config, Layers}. */
+async function readArchiveManifest(
+  archive: Opener,
+  entries: Map<string, TarEntry>,
+  label: string,
+): Promise<{ items: ArchiveManifestEntry[]; digest: string }> {
   const mEntry = lookupFile(entries, 'manifest.json');
   if (!mEntry) throw invalid(`${label} has no manifest.json; is it a \`docker save\` archive?`);
+  const bytes = await readEntry(archive, mEntry, 4 * 1024 * 1024, 'manifest.json');
   let manifest: unknown;
   try {
-    manifest = JSON.parse(
-      (await readEntry(archive, mEntry, 4 * 1024 * 1024, 'manifest.json')).toString('utf8'),
-    );
+    manifest = JSON.parse(bytes.toString('utf8'));
   } catch (e) {
-    if (e instanceof SourceError) throw e;
     throw invalid(`manifest.json is not JSON: ${(e as Error).message}`);
   }
   if (!Array.isArray(manifest) || manifest.length === 0)
@@ -133,8 +176,15 @@ export async function openDockerArchive(
       );
     }
   });
+  return { items, digest: sha256Digest(bytes) };
+}
 
-  let item: ArchiveManifestEntry;
+/** The image the spec's REF names (`@N` or a tag), or the only one. */
+function pickItem(
+  items: ArchiveManifestEntry[],
+  spec: SourceSpec,
+  label: string,
+): ArchiveManifestEntry {
   if (spec.ref?.startsWith('@')) {
     const n = Number(spec.ref.slice(1));
     if (!Number.isSafeInteger(n) || n < 0 || n >= items.length) {
@@ -144,8 +194,9 @@ export async function openDockerArchive(
         'source',
       );
     }
-    item = items[n]!;
-  } else if (spec.ref) {
+    return items[n]!;
+  }
+  if (spec.ref) {
     const want = normalizeRef(spec.ref);
     const hits = items.filter((it) => (it.RepoTags ?? []).some((t) => normalizeRef(t) === want));
     if (hits.length === 0) {
@@ -157,18 +208,25 @@ export async function openDockerArchive(
         'source',
       );
     }
-    item = hits[0]!;
-  } else {
-    if (items.length > 1) {
-      throw new SourceError(
-        SourceErrorCodes.BAD_SOURCE,
-        `${label} holds ${items.length} images; name one as docker-archive:PATH:NAME:TAG or :@INDEX`,
-        'source',
-      );
-    }
-    item = items[0]!;
+    return hits[0]!;
   }
+  if (items.length > 1) {
+    throw new SourceError(
+      SourceErrorCodes.BAD_SOURCE,
+      `${label} holds ${items.length} images; name one as docker-archive:PATH:NAME:TAG or :@INDEX`,
+      'source',
+    );
+  }
+  return items[0]!;
+}
 
+/** Reads the config, checks it against its name and its diff_ids against the layer count. */
+async function readConfig(
+  archive: Opener,
+  entries: Map<string, TarEntry>,
+  item: ArchiveManifestEntry,
+  label: string,
+): Promise<{ configBytes: Buffer; diffIds: string[]; platform?: ImagePlatform }> {
   const cEntry = lookupFile(entries, item.Config);
   if (!cEntry) throw invalid(`config ${item.Config} named in manifest.json is not in the archive`);
   const configBytes = await readEntry(archive, cEntry, 4 * 1024 * 1024, item.Config);
@@ -191,86 +249,137 @@ export async function openDockerArchive(
       `manifest.json lists ${item.Layers.length} layers but config ${item.Config} has ${diffIds.length} diff_ids`,
     );
   }
-  let platform: ImagePlatform | undefined;
-  try {
-    const c = JSON.parse(configBytes.toString('utf8')) as Record<string, unknown>;
-    if (typeof c.os === 'string' && typeof c.architecture === 'string') {
-      platform = {
-        os: c.os,
-        architecture: c.architecture,
-        ...(typeof c.variant === 'string' ? { variant: c.variant } : {}),
-      };
-    }
-  } catch {
-    // unreachable: configDiffIds parsed it
-  }
-  if (opts.platform) {
-    const want = parsePlatform(opts.platform);
-    if (!platformMatches(platform, want)) {
-      throw new SourceError(
-        SourceErrorCodes.PLATFORM_NOT_FOUND,
-        `platform ${opts.platform} not found: ${label} is ${platform ? formatPlatform(platform) : 'of unknown platform'}`,
-        'platform',
-      );
-    }
-  }
+  // configDiffIds parsed it: JSON.parse cannot throw here.
+  const c = JSON.parse(configBytes.toString('utf8')) as Record<string, unknown>;
+  if (typeof c.os !== 'string' || typeof c.architecture !== 'string')
+    return { configBytes, diffIds };
+  const platform: ImagePlatform = {
+    os: c.os,
+    architecture: c.architecture,
+    ...(typeof c.variant === 'string' ? { variant: c.variant } : {}),
+  };
+  return { configBytes, diffIds, platform };
+}
 
-  const n = item.Layers.length;
+interface ArchiveLayerContext {
+  archive: Opener;
+  label: string;
+  level: number;
+  n: number;
+}
+
+/** One layer: a byte range of the archive, gzipped ones passed through, tars gzipped; diffIDs checked. */
+async function archiveLayer(
+  ctx: ArchiveLayerContext,
+  e: TarEntry,
+  name: string,
+  index: number,
+  diffId: string,
+): Promise<Layer> {
+  const { archive, label, level } = ctx;
+  const kind = await magic(archive, e);
+  const description = `${name} (layer ${index + 1}/${ctx.n})`;
+  const statedDigest = digestOfName(name);
+  if (kind === 'zstd') {
+    throw new SourceError(
+      SourceErrorCodes.UNSUPPORTED_FILE,
+      `${label}: ${name} is zstd-compressed, which Ferry cannot read`,
+      name,
+    );
+  }
+  const layer: Layer = {
+    index,
+    mediaType: MediaTypes.dockerLayerGzip,
+    diffId,
+    description,
+    async open(offset = 0) {
+      if (kind === 'gzip') {
+        return runPipeline({
+          source: await rangeSource(archive, e),
+          mode: { kind: 'passthrough', content: 'gzip' },
+          offset,
+          description,
+          expect: { diffId, size: e.size, ...(statedDigest ? { digest: statedDigest } : {}) },
+        });
+      }
+      // An uncompressed tar: gzip it; a file named by its digest must also hash to that name.
+      if (statedDigest && statedDigest !== diffId) {
+        throw new SourceError(
+          SourceErrorCodes.DIFFID_MISMATCH,
+          `${label}: uncompressed layer ${name} is named ${statedDigest} but the config states ${diffId}`,
+          name,
+        );
+      }
+      return runPipeline({
+        source: await rangeSource(archive, e),
+        mode: { kind: 'gzip', level },
+        offset,
+        description,
+        expect: { diffId },
+      });
+    },
+    diffIdOnly: async () => hashOnly(await rangeSource(archive, e), kind === 'gzip', description),
+  };
+  if (kind === 'gzip') {
+    layer.size = e.size;
+    if (statedDigest) layer.digest = statedDigest;
+  }
+  return layer;
+}
+
+function checkPlatform(
+  platform: ImagePlatform | undefined,
+  want: string | undefined,
+  label: string,
+): void {
+  if (want && !platformMatches(platform, parsePlatform(want))) {
+    throw new SourceError(
+      SourceErrorCodes.PLATFORM_NOT_FOUND,
+      `platform ${want} not found: ${label} is ${platform ? formatPlatform(platform) : 'of unknown platform'}`,
+      'platform',
+    );
+  }
+}
+
+export async function openDockerArchive(
+  realPath: string,
+  spec: SourceSpec,
+  opts: OpenOptions,
+): Promise<OpenedSource> {
+  const label = `docker-archive:${spec.path}`;
+  const snap = opts.snapshot as DockerArchiveSnapshot | undefined;
+  const since = snap ? 'since the push was accepted' : 'while it was opened';
+  const pinned = pinnedOpener(opts.root, realPath, label, snap?.archive, since);
+  const archive = pinned.open;
+  const entries = await indexTar(archive, label);
+  const { items, digest: manifestJson } = await readArchiveManifest(archive, entries, label);
+  if (snap && manifestJson !== snap.manifestJson)
+    throw sourceChanged(`archive ${label}: manifest.json changed ${since}`, 'source');
+  const item = pickItem(items, spec, label);
+  const { configBytes, diffIds, platform } = await readConfig(archive, entries, item, label);
+  const configDigest = sha256Digest(configBytes);
+  if (snap && (snap.configs.length !== 1 || snap.configs[0] !== configDigest))
+    throw sourceChanged(`archive ${label}: the image config changed ${since}`, 'source');
+  checkPlatform(platform, opts.platform, label);
+  const ctx: ArchiveLayerContext = {
+    archive,
+    label,
+    level: opts.gzipLevel ?? 6,
+    n: item.Layers.length,
+  };
   const layers: Layer[] = [];
   for (const [index, name] of item.Layers.entries()) {
     const e = lookupFile(entries, name);
     if (!e) throw invalid(`layer ${name} named in manifest.json is not in the archive`);
-    const kind = await magic(archive, e);
-    const description = `${name} (layer ${index + 1}/${n})`;
-    const diffId = diffIds[index]!;
-    const statedDigest = digestOfName(name);
-    if (kind === 'zstd') {
-      throw new SourceError(
-        SourceErrorCodes.UNSUPPORTED_FILE,
-        `${label}: ${name} is zstd-compressed, which Ferry cannot read`,
-        name,
-      );
-    }
-    const layer: Layer = {
-      index,
-      mediaType: MediaTypes.dockerLayerGzip,
-      diffId,
-      description,
-      async open(offset = 0) {
-        if (kind === 'gzip') {
-          return runPipeline({
-            source: await rangeSource(archive, e),
-            mode: { kind: 'passthrough', content: 'gzip' },
-            offset,
-            description,
-            expect: { diffId, size: e.size, ...(statedDigest ? { digest: statedDigest } : {}) },
-          });
-        }
-        // An uncompressed tar: gzip it; a file named by its digest must also hash to that name.
-        if (statedDigest && statedDigest !== diffId) {
-          throw new SourceError(
-            SourceErrorCodes.DIFFID_MISMATCH,
-            `${label}: uncompressed layer ${name} is named ${statedDigest} but the config states ${diffId}`,
-            name,
-          );
-        }
-        return runPipeline({
-          source: await rangeSource(archive, e),
-          mode: { kind: 'gzip', level },
-          offset,
-          description,
-          expect: { diffId },
-        });
-      },
-      diffIdOnly: async () => hashOnly(await rangeSource(archive, e), kind === 'gzip', description),
-    };
-    if (kind === 'gzip') {
-      layer.size = e.size;
-      if (statedDigest) layer.digest = statedDigest;
-    }
-    layers.push(layer);
+    layers.push(await archiveLayer(ctx, e, name, index, diffIds[index]!));
   }
   const img: SourceImage = { layers, configBytes, configMediaType: MediaTypes.dockerConfig };
   if (platform) img.platform = platform;
-  return { spec, images: [img], realPath };
+  const snapshot: DockerArchiveSnapshot = {
+    kind: 'docker-archive',
+    archive: pinned.identity()!,
+    manifestJson,
+    configs: [configDigest],
+  };
+  return { spec, images: [img], realPath, snapshot };
 }

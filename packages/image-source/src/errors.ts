@@ -20,6 +20,17 @@ export const SourceErrorCodes = {
   OFFSET_OUT_OF_RANGE: 'FERRY_OFFSET_OUT_OF_RANGE',
   /** The layer stream was destroyed by its consumer before it ended. */
   STREAM_ABORTED: 'FERRY_STREAM_ABORTED',
+  /**
+   * The source is no longer what its snapshot recorded (an archive replaced, a dir: layer,
+   * its layer list or config.json edited), or changed while a layer was read. The message
+   * names what changed; the push must fail rather than mix two versions of the source.
+   */
+  SOURCE_CHANGED: 'FERRY_SOURCE_CHANGED',
+  /**
+   * dir: extended attributes (file capabilities) cannot be read on this machine (the native
+   * fs-xattr addon failed to load, or a read failed): a server-side problem, never skipped.
+   */
+  XATTRS_UNAVAILABLE: 'FERRY_XATTRS_UNAVAILABLE',
 } as const;
 
 export type SourceErrorCode = (typeof SourceErrorCodes)[keyof typeof SourceErrorCodes];

@@ -11,12 +11,23 @@ import { openDockerArchive } from './docker-archive';
 import { SourceError, SourceErrorCodes } from './errors';
 import { openOci } from './oci';
 import { resolveInsideRoot } from './root';
+import { checkSnapshot } from './snapshot';
 import { parseSource, type SourceSpec } from './spec';
 import type { OpenOptions, OpenedSource } from './types';
 
 export * from './errors';
 export * from './spec';
 export * from './types';
+export {
+  snapshotKey,
+  type SourceSnapshot,
+  type OciSnapshot,
+  type OciManifestPin,
+  type DockerArchiveSnapshot,
+  type DirSnapshot,
+  type FileIdentity,
+} from './snapshot';
+export { checkDirOptions } from './dir';
 export { resolveInsideRoot, isInside } from './root';
 export { runPipeline, hashOnly, fromReadable, GZIP_CHUNK_SIZE, READ_CHUNK_SIZE } from './pipeline';
 export type {
@@ -26,7 +37,18 @@ export type {
   PipelineOptions,
   PipelineMode,
 } from './pipeline';
-export { walkLayer, tarSource, FIXED_MTIME, SAFE_OPEN_INSTALLED } from './dir-tar';
+export {
+  walkLayer,
+  listingDigest,
+  tarSource,
+  FIXED_MTIME,
+  SAFE_OPEN_INSTALLED,
+  DEFAULT_DIR_OPTIONS,
+  type LayerWalk,
+  type WalkEntry,
+  type TarOptions,
+} from './dir-tar';
+export { CAPABILITY_XATTR } from './xattr';
 export { indexTar, lookupFile, type TarEntry } from './tar-index';
 export { REF_NAME_ANNOTATION } from './oci';
 
@@ -72,7 +94,9 @@ export function compressedDigestCacheKey(diffId: string, level = DEFAULT_GZIP_LE
 /**
  * Opens a source below `opts.root`: parses the spec, checks the path (realpath,
  * symlinks included) and reads the image metadata. Layer bytes are read only
- * when a layer is opened.
+ * when a layer is opened. The result's `snapshot` records what the source is
+ * now; with `opts.snapshot` the source is read through that record instead
+ * (FERRY_SOURCE_CHANGED when it no longer holds).
  */
 export async function openSource(
   spec: SourceSpec | string,
@@ -106,6 +130,7 @@ export async function openSource(
       throw new SourceError(SourceErrorCodes.BAD_SOURCE, (e as Error).message, 'platform');
     }
   }
+  if (opts.snapshot !== undefined) checkSnapshot(opts.snapshot, s.transport);
   const realPath = await resolveInsideRoot(opts.root, s.path, 'source');
   const warn = (message: string, path?: string): void => {
     opts.logger?.warn(message, { source: `${s.transport}:${s.path}`, path });
@@ -113,8 +138,8 @@ export async function openSource(
   };
   switch (s.transport) {
     case 'dir': {
-      const image = await openDir(realPath, { ...opts, gzipLevel: level }, warn);
-      return { spec: s, images: [image], realPath };
+      const { image, snapshot } = await openDir(realPath, { ...opts, gzipLevel: level }, warn);
+      return { spec: s, images: [image], realPath, snapshot };
     }
     case 'oci':
       return openOci(realPath, s, { ...opts, gzipLevel: level });

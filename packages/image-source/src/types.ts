@@ -1,5 +1,6 @@
 import type { Logger } from '@ferry/log';
 import type { LayerStream } from './pipeline';
+import type { SourceSnapshot } from './snapshot';
 import type { SourceSpec } from './spec';
 
 export interface Layer {
@@ -56,6 +57,19 @@ export interface OpenedSource {
   indexDigest?: string;
   /** The real path the source was read from (inside the root). */
   realPath: string;
+  /**
+   * What the source was when it was opened (JSON-serialisable, small). Record it when a push
+   * is accepted and pass it back as `OpenOptions.snapshot` to read exactly that version.
+   */
+  snapshot: SourceSnapshot;
+}
+
+/** How dir: layers are written (part of the content identity: other options, other digests). */
+export interface DirOptions {
+  /** `root` (default): every entry 0:0. `keep`: each entry's numeric uid/gid. */
+  owners: 'root' | 'keep';
+  /** `epoch` (default): mtime 0. `keep`: each entry's mtime in whole seconds. A number: that fixed epoch second. */
+  mtime: 'epoch' | 'keep' | number;
 }
 
 export interface OpenOptions {
@@ -68,6 +82,15 @@ export interface OpenOptions {
   logger?: Logger;
   /** Called for each warning (skipped special files, ...) besides the logger. */
   onWarning?: (message: string, path?: string) => void;
-  /** Tuning / tests: the tar package's per-file read size for dir: layers (output bytes do not depend on it). */
+  /** Tuning / tests: the per-file read size for dir: layers (output bytes do not depend on it). */
   tarReadSize?: number;
+  /** dir: owners and mtimes written into layer tars; default `{ owners: 'root', mtime: 'epoch' }`. */
+  dirOptions?: DirOptions;
+  /**
+   * Read the source THROUGH this record (from an earlier `OpenedSource.snapshot`): oci: the
+   * pinned manifests and index by digest, never by ref; docker-archive: the same archive file,
+   * manifest.json and config; dir: the same layer list, config.json and layer listings.
+   * Anything else fails with FERRY_SOURCE_CHANGED naming what changed.
+   */
+  snapshot?: SourceSnapshot;
 }
