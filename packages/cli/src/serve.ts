@@ -1,5 +1,6 @@
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
+import { closeWithDeadline } from '@ferry/runtime';
 
 export const ROLES = ['api', 'lookup', 'upload', 'coordinator'] as const;
 export type Role = (typeof ROLES)[number];
@@ -46,28 +47,11 @@ export async function closeAll(
   timeoutMs: number,
   logger: Logger,
 ): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  let clean = true;
-  for (const { role, handle } of running) {
-    let timer: NodeJS.Timeout | undefined;
-    const left = Math.max(0, deadline - Date.now());
-    const timeout = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), left);
-    });
-    try {
-      const r = await Promise.race([handle.close().then(() => 'ok' as const), timeout]);
-      if (r === 'timeout') {
-        clean = false;
-        logger.warn(`serve: ${role} did not stop within the shutdown deadline; abandoning it`);
-      }
-    } catch (err) {
-      clean = false;
-      logger.warn(`serve: ${role} failed to stop: ${(err as Error).message}`);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-  return clean;
+  return closeWithDeadline(
+    running.map(({ role, handle }) => ({ name: `role ${role}`, close: () => handle.close() })),
+    timeoutMs,
+    logger,
+  );
 }
 
 /**

@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import { openQueueContext } from '@ferry/queue';
+import { closeWithDeadline } from '@ferry/runtime';
 import { buildApi } from './app';
 
 export { buildApi, BODY_LIMIT, type ApiDeps } from './app';
@@ -60,17 +61,12 @@ export async function startApi(config: FerryConfig, logger: Logger): Promise<Run
     url,
     close() {
       closing ??= (async () => {
-        const deadline = config.shutdownTimeout * 1000;
-        let timer: NodeJS.Timeout | undefined;
-        const timeout = new Promise<'timeout'>((resolve) => {
-          timer = setTimeout(() => resolve('timeout'), deadline);
-        });
-        const r = await Promise.race([app.close().then(() => 'ok' as const), timeout]);
-        clearTimeout(timer);
-        if (r === 'timeout') {
-          logger.warn(`api: did not stop within ${config.shutdownTimeout}s; closing connections`);
-          app.server.closeAllConnections();
-        }
+        const clean = await closeWithDeadline(
+          [{ name: 'api', close: () => app.close() }],
+          config.shutdownTimeout * 1000,
+          logger,
+        );
+        if (!clean) app.server.closeAllConnections();
         await ctx.close();
       })();
       return closing;
