@@ -19,3 +19,4 @@ export * from './token-server';
 export * from './registry';
 export * from './proxy';
 export * from './skopeo';
+export * from './sse';

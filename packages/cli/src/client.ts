@@ -1,4 +1,5 @@
-import type { PushEvent, PushState, StoredEvent } from '@ferry/queue';
+import { createParser } from 'eventsource-parser';
+import { isFinalStatus, type PushEvent, type PushState, type StoredEvent } from '@ferry/queue';
 
 /** An error the CLI prints as one line: `ferry: CODE: message`. */
 export class CliError extends Error {
@@ -178,7 +179,18 @@ export class FerryClient {
     if (!res.body) return undefined;
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
-    let buf = '';
+    // The SSE wire format is parsed by eventsource-parser; events arrive here in order.
+    const events: StoredEvent[] = [];
+    const parser = createParser({
+      onEvent({ id: eid, data }) {
+        if (!eid || !data) return;
+        try {
+          events.push({ id: eid, event: JSON.parse(data) as PushEvent });
+        } catch {
+          // not one of ours: skip it
+        }
+      },
+    });
     try {
       for (;;) {
         let chunk;
@@ -188,35 +200,12 @@ export class FerryClient {
           throw new CliError('FERRY_SERVER_UNREACHABLE', `the event stream broke: ${causeOf(err)}`);
         }
         if (chunk.done) return undefined;
-        buf += decoder.decode(chunk.value, { stream: true }).replace(/\r\n?/g, '\n');
-        let sep;
-        while ((sep = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, sep);
-          buf = buf.slice(sep + 2);
-          let eid: string | undefined;
-          const data: string[] = [];
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) continue;
-            const colon = line.indexOf(':');
-            const field = colon < 0 ? line : line.slice(0, colon);
-            const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-            if (field === 'id') eid = value;
-            else if (field === 'data') data.push(value);
-          }
-          if (!data.length || !eid) continue;
-          let event: PushEvent;
-          try {
-            event = JSON.parse(data.join('\n')) as PushEvent;
-          } catch {
-            continue;
-          }
-          onEvent({ id: eid, event });
-          if (
-            event.type === 'status' &&
-            ['succeeded', 'failed', 'cancelled'].includes(event.status)
-          ) {
+        parser.feed(decoder.decode(chunk.value, { stream: true }));
+        for (const e of events.splice(0)) {
+          onEvent(e);
+          if (e.event.type === 'status' && isFinalStatus(e.event.status)) {
             await reader.cancel().catch(() => undefined);
-            return event;
+            return e.event;
           }
         }
       }
