@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Checks that dependencies point one way: services -> packages, never back;
 // the library packages (registry-client, image-source, manifest, signing)
-// import no queue and no HTTP server; and no cycle among workspace packages.
+// import no queue and no HTTP server; no cycle among workspace packages; and
+// every workspace declares in its package.json `dependencies` each package its
+// src imports (Node built-ins aside), so each can be installed on its own.
 // Exits non-zero naming every offending import.
 'use strict';
 const fs = require('node:fs');
@@ -19,6 +21,32 @@ const LIBRARY_FORBIDDEN = [
   /^@ferry\/(queue|cli|config)$/,
 ];
 const SERVER_CALL = /\b(?:http2?|https|net)\.createServer\b|\bcreateServer\s*\(/;
+const BUILTINS = new Set(require('node:module').builtinModules);
+
+/** The package an import specifier names: 'a/b' -> 'a', '@s/a/b' -> '@s/a'. */
+function packageOf(spec) {
+  const parts = spec.split('/');
+  return spec.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0];
+}
+
+function isBuiltin(spec) {
+  return spec.startsWith('node:') || BUILTINS.has(packageOf(spec));
+}
+
+/** Everything a workspace's package.json lets it import. */
+function declaredOf(dir) {
+  let pkg = {};
+  try {
+    pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
+  } catch (e) {
+    problems.push(`${path.relative(root, dir)}/package.json: unreadable (${e.message})`);
+  }
+  return new Set(
+    ['dependencies', 'peerDependencies', 'optionalDependencies'].flatMap((f) =>
+      Object.keys(pkg[f] || {}),
+    ),
+  );
+}
 
 function walk(dir, out = []) {
   if (!fs.existsSync(dir)) return out;
@@ -40,6 +68,7 @@ function importsOf(file) {
   return { specs: [...specs], text };
 }
 
+const problems = [];
 const units = [];
 for (const kind of ['packages', 'services']) {
   const base = path.join(root, kind);
@@ -50,15 +79,25 @@ for (const kind of ['packages', 'services']) {
   }
 }
 const byPkg = new Map(units.map((u) => [`@ferry/${u.name}`, u]));
-const problems = [];
 const graph = new Map();
 
 for (const u of units) {
   const edges = new Set();
+  const declared = declaredOf(u.dir);
+  const undeclared = new Set();
   for (const file of walk(path.join(u.dir, 'src'))) {
     const rel = path.relative(root, file);
     const { specs, text } = importsOf(file);
     for (const s of specs) {
+      if (!s.startsWith('.') && !isBuiltin(s) && !declared.has(packageOf(s))) {
+        const name = packageOf(s);
+        if (!undeclared.has(name)) {
+          undeclared.add(name);
+          problems.push(
+            `${rel}: imports ${name}, which ${u.kind}/${u.name}/package.json does not declare in dependencies`,
+          );
+        }
+      }
       if (s.startsWith('.')) {
         const target = path.resolve(path.dirname(file), s);
         if (!target.startsWith(u.dir + path.sep) && target !== u.dir) {

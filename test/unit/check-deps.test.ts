@@ -15,6 +15,10 @@ function tree(files: Record<string, string>): string {
   return dir;
 }
 
+function deps(...names: string[]): string {
+  return JSON.stringify({ dependencies: Object.fromEntries(names.map((n) => [n, '*'])) });
+}
+
 function run(dir: string) {
   return spawnSync(process.execPath, [script, dir], { encoding: 'utf8' });
 }
@@ -30,13 +34,13 @@ describe('dependency direction check', () => {
 
   it('fails on a package importing a service, a library importing a queue, and a cycle', () => {
     const dir = tree({
-      'packages/manifest/package.json': '{}',
+      'packages/manifest/package.json': deps('bullmq', '@ferry/api'),
       'packages/manifest/src/index.ts': "import { Queue } from 'bullmq';\nimport '@ferry/api';\n",
-      'packages/queue/package.json': '{}',
+      'packages/queue/package.json': deps('@ferry/log'),
       'packages/queue/src/index.ts': "import { x } from '@ferry/log';\n",
-      'packages/log/package.json': '{}',
+      'packages/log/package.json': deps('@ferry/queue'),
       'packages/log/src/index.ts': "import { y } from '@ferry/queue';\n",
-      'services/api/package.json': '{}',
+      'services/api/package.json': deps('@ferry/queue'),
       'services/api/src/index.ts': "import '@ferry/queue';\n",
     });
     dirs.push(dir);
@@ -45,5 +49,33 @@ describe('dependency direction check', () => {
     assert.match(r.stderr, /package manifest imports service api/);
     assert.match(r.stderr, /may not import bullmq/);
     assert.match(r.stderr, /cycle: (queue -> log -> queue|log -> queue -> log)/);
+    assert.doesNotMatch(r.stderr, /does not declare/);
+  });
+
+  it('fails on a package importing what its package.json does not declare', () => {
+    const dir = tree({
+      'packages/log/package.json': deps('winston'),
+      'packages/log/src/index.ts':
+        "import winston from 'winston';\nimport { createHash } from 'node:crypto';\nimport fs from 'fs';\n",
+      'packages/queue/package.json': deps('bullmq'),
+      'packages/queue/src/index.ts':
+        "import { Queue } from 'bullmq';\nimport type { Redis } from 'ioredis';\nimport '@ferry/log/sub';\n",
+      'services/api/package.json': '{}',
+      'services/api/src/app.ts': "const f = require('fastify');\n",
+    });
+    dirs.push(dir);
+    const r = run(dir);
+    assert.equal(r.status, 1);
+    const lines = r.stderr.split('\n').filter((l) => /does not declare/.test(l));
+    assert.equal(lines.length, 3, r.stderr);
+    assert.match(
+      r.stderr,
+      /queue\/src\/index\.ts: imports ioredis, which packages\/queue\/package\.json/,
+    );
+    assert.match(r.stderr, /queue\/src\/index\.ts: imports @ferry\/log, which/);
+    assert.match(
+      r.stderr,
+      /api\/src\/app\.ts: imports fastify, which services\/api\/package\.json/,
+    );
   });
 });
