@@ -1,8 +1,8 @@
 /**
- * The one buffer a chunked upload holds: it grows up to the chunk size (so a
- * small blob never takes a whole chunk's memory), is refilled for every
- * chunk, and keeps the chunk in flight so a failed PATCH can be re-sent from
- * it without regenerating the blob.
+ * The one buffer a chunked upload holds: 1 MiB for a small blob, else the
+ * chunk size (grown once, in one step, so no ladder of half-sized copies is
+ * left for the GC), refilled for every chunk; it keeps the chunk in flight so
+ * a failed PATCH can be re-sent from it without regenerating the blob.
  */
 const INITIAL = 1024 * 1024;
 
@@ -31,9 +31,7 @@ export class ChunkBuffer {
   take(data: Buffer): number {
     const n = Math.min(data.length, this.limit - this.fill);
     if (this.fill + n > this.buf.length) {
-      const grown = Buffer.allocUnsafe(
-        Math.min(this.limit, Math.max(this.buf.length * 2, this.fill + n)),
-      );
+      const grown = Buffer.allocUnsafe(this.limit);
       this.buf.copy(grown, 0, 0, this.fill);
       this.buf = grown;
     }
