@@ -4,7 +4,8 @@
  * --preserve-digests and read again, with identical digests.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chownSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   MediaTypes,
@@ -21,6 +22,7 @@ import { openSource, SourceError, type OpenedSource, type SourceImage } from '@f
 import { startRegistry, type RegistryHandle } from '../../../test/helpers/registry';
 import { skopeo, skopeoInspect } from '../../../test/helpers/skopeo';
 import { tmpDir } from '../../../test/helpers/tmp';
+import { SETCAP, capabilityOf, paxValue, requireSetcap } from './support/caps';
 import { makeDirImage, sha256, writeOciImage, writeOciIndex, writeTree } from './support/images';
 import { Parser, type ReadEntry } from 'tar';
 import { gunzipSync } from 'node:zlib';
@@ -151,7 +153,6 @@ describe('@ferry/image-source round trip through a real registry', function () {
     );
 
     // the same directory copied elsewhere (other mtimes, other creation order) → the same manifest digest
-    const { execFileSync } = await import('node:child_process');
     execFileSync('cp', ['-r', join(root, 'app'), join(root, 'app-copy')]); // cp -r: new mtimes
     execFileSync('touch', [
       '-d',
@@ -213,6 +214,48 @@ describe('@ferry/image-source round trip through a real registry', function () {
     });
     const passwd = readFileSync('/etc/passwd');
     assert.ok(!gunzipSync(blob).includes(passwd.subarray(0, Math.min(48, passwd.length))));
+  });
+
+  it('a dir: layer with a file capability and owners keep: skopeo copies it back and the layer tar still carries both', async function () {
+    requireSetcap(this);
+    writeTree(join(root, 'caps', 'layers', '01'), {
+      'bin/ping': 'ping\n',
+      'etc/shadow': 'secret\n',
+    });
+    const ping = join(root, 'caps', 'layers', '01', 'bin', 'ping');
+    execFileSync(SETCAP, ['cap_net_raw+ep', ping]);
+    chownSync(join(root, 'caps', 'layers', '01', 'etc', 'shadow'), 0, 42);
+    const want = await capabilityOf(ping);
+    const src = await openSource('dir:caps', {
+      root,
+      dirOptions: { owners: 'keep', mtime: 'epoch' },
+    });
+    const pushed = await pushImage(client, repo('rt/caps'), src.images[0]!, 'oci', 'v1');
+    const back = join(root, 'caps-back');
+    await skopeo([
+      'copy',
+      '--insecure-policy',
+      '--preserve-digests',
+      ...tlsOff,
+      `docker://${registry.host}/rt/caps:v1`,
+      `oci:${back}:v1`,
+    ]);
+    const tar = gunzipSync(readFileSync(join(back, 'blobs', 'sha256', pushed.layers[0]!.slice(7))));
+    const got = paxValue(tar, 'SCHILY.xattr.security.capability');
+    assert.ok(got?.equals(want), `capability ${got?.toString('hex')} vs ${want.toString('hex')}`);
+    const owners: Record<string, [number?, number?]> = {};
+    await new Promise<void>((resolve, reject) => {
+      const p = new Parser({
+        onReadEntry: (e: ReadEntry) => {
+          owners[e.path] = [e.uid, e.gid];
+          e.resume();
+        },
+      });
+      p.on('end', () => resolve());
+      p.on('error', reject);
+      p.end(tar);
+    });
+    assert.deepEqual(owners['etc/shadow'], [0, 42]);
   });
 
   it('an OCI layout and a docker-archive made by skopeo push with the digests skopeo sees', async () => {
