@@ -20,3 +20,4 @@ export * from './registry';
 export * from './proxy';
 export * from './skopeo';
 export * from './sse';
+export * from './source-env';

@@ -18,6 +18,7 @@ import { FerryClient, TtyRenderer, loadRole, main } from '@ferry/cli';
 import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { freePort } from '../../../test/helpers/ports';
 import { tmpDir } from '../../../test/helpers/tmp';
+import { sourceNodeOptions } from '../../../test/helpers/source-env';
 import { makeApi, type TestApi } from '../../../services/api/test/helpers';
 
 const REPO = resolve(__dirname, '../../..');
@@ -39,7 +40,12 @@ function runCli(
   return new Promise((resolveRun, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       cwd: opts.cwd ?? REPO,
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...opts.env },
+      env: {
+        PATH: process.env.PATH ?? '',
+        NODE_OPTIONS: sourceNodeOptions(),
+        HOME: process.env.HOME ?? '/tmp',
+        ...opts.env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -408,6 +414,7 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       const child = spawn('/usr/bin/script', ['-qefc', cmd, '/dev/null'], {
         env: {
           PATH: process.env.PATH ?? '',
+          NODE_OPTIONS: sourceNodeOptions(),
           HOME: process.env.HOME ?? '/tmp',
           TERM: 'xterm',
           ...env(),
@@ -493,6 +500,7 @@ describe('ferry serve', function () {
       cwd: REPO,
       env: {
         PATH: process.env.PATH ?? '',
+        NODE_OPTIONS: sourceNodeOptions(),
         HOME: process.env.HOME ?? '/tmp',
         FERRY_REDIS_URL: redis.url,
         FERRY_PORT: String(port),
