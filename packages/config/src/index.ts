@@ -7,6 +7,9 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
+/** The largest FERRY_UPLOAD_CHUNK_SIZE: each upload keeps one chunk in memory. */
+export const MAX_UPLOAD_CHUNK_SIZE = 512 * 1024 * 1024;
+
 export interface FerryConfig {
   readonly redisUrl: string;
   readonly host: string;
@@ -23,6 +26,7 @@ export interface FerryConfig {
   readonly keyPassphraseFile: string | undefined;
   readonly lookupConcurrency: number;
   readonly uploadConcurrency: number;
+  /** Bytes per PATCH (0: one streamed PATCH); at most MAX_UPLOAD_CHUNK_SIZE. */
   readonly uploadChunkSize: number;
   readonly gzipLevel: number;
   readonly queuePrefix: string;
@@ -156,7 +160,8 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   if (queuePrefix.includes(':')) {
     r.problems.push({ variable: 'FERRY_QUEUE_PREFIX', message: 'may not contain ":"' });
   }
-  const chunk = r.int('FERRY_UPLOAD_CHUNK_SIZE', 33554432, 0, 2 ** 40);
+  // One chunk is held in memory per upload (to re-send it after a failed PATCH): capped at 512 MiB.
+  const chunk = r.int('FERRY_UPLOAD_CHUNK_SIZE', 33554432, 0, MAX_UPLOAD_CHUNK_SIZE);
   if (chunk !== 0 && chunk < 1024) {
     r.problems.push({
       variable: 'FERRY_UPLOAD_CHUNK_SIZE',

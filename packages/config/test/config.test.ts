@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { ConfigError, loadConfig } from '../src';
+import { ConfigError, loadConfig, MAX_UPLOAD_CHUNK_SIZE } from '../src';
 
 describe('config', () => {
   it('applies the documented defaults', () => {
@@ -21,6 +21,19 @@ describe('config', () => {
     assert.deepEqual(c.registryAllow, ['a.example', '*.corp:5000']);
     assert.equal(c.port, 9000);
     assert.equal(c.gzipLevel, 1);
+  });
+
+  it('caps FERRY_UPLOAD_CHUNK_SIZE at 512 MiB, the chunk an upload keeps in memory', () => {
+    assert.equal(MAX_UPLOAD_CHUNK_SIZE, 512 * 1024 * 1024);
+    const ok = loadConfig({ FERRY_UPLOAD_CHUNK_SIZE: String(MAX_UPLOAD_CHUNK_SIZE) }, '/srv');
+    assert.equal(ok.uploadChunkSize, MAX_UPLOAD_CHUNK_SIZE);
+    assert.throws(
+      () => loadConfig({ FERRY_UPLOAD_CHUNK_SIZE: String(MAX_UPLOAD_CHUNK_SIZE + 1) }, '/srv'),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        /FERRY_UPLOAD_CHUNK_SIZE/.test(e.message) &&
+        /536870912/.test(e.message),
+    );
   });
 
   it('names every bad variable at once', () => {
