@@ -2,6 +2,7 @@ import { FlowProducer, Queue, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import {
   JOB_NAMES,
+  JOB_VERSION,
   QUEUE_NAMES,
   type AssembleJob,
   type LookupJob,
@@ -136,12 +137,16 @@ export async function enqueuePush(
     if (!Number.isInteger(n) || n < 0) throw new Error(`image ${img}: bad layer count ${n}`);
     for (let l = 0; l < n; l++) {
       const data: LookupJob = {
+        v: JOB_VERSION,
         pushId,
         imageIndex: img,
         layerIndex: l,
         source: request.source,
         target: request.target,
         gzipLevel: opts.gzipLevel,
+        ...(request.platform !== undefined ? { platform: request.platform } : {}),
+        ...(request.dirOptions !== undefined ? { dirOptions: request.dirOptions } : {}),
+        ...(request.pin !== undefined ? { pin: request.pin } : {}),
       };
       children.push({
         name: JOB_NAMES.lookup,
@@ -154,7 +159,7 @@ export async function enqueuePush(
   const node = await queues.flow.add({
     name: JOB_NAMES.assemble,
     queueName: QUEUE_NAMES.assemble,
-    data: { pushId, request } satisfies AssembleJob,
+    data: { v: JOB_VERSION, pushId, request, gzipLevel: opts.gzipLevel } satisfies AssembleJob,
     opts: {
       jobId: assembleJobId(pushId),
       attempts: queues.policy.attempts,

@@ -25,6 +25,28 @@ export interface SignRequest {
   pgp?: boolean;
 }
 
+/** How a `dir:` layer is tarred (REST `dirOptions`, CLI `--owners` / `--mtime`). */
+export interface DirOptions {
+  /** root: uid/gid 0 (default, reproducible); keep: each file's numeric uid/gid. */
+  owners: 'root' | 'keep';
+  /** epoch: 0 (default); keep: each file's mtime; a number: that fixed epoch second. */
+  mtime: 'epoch' | 'keep' | number;
+}
+
+export const DEFAULT_DIR_OPTIONS: DirOptions = { owners: 'root', mtime: 'epoch' };
+
+/**
+ * What the source was when the push was accepted (image-source's
+ * SourceSnapshot, opaque here) and its key. Every job opens the source
+ * through it: a source that changed since fails the push with
+ * FERRY_SOURCE_CHANGED, and caches of opened sources are keyed by `key`.
+ */
+export interface SourcePin {
+  /** sha256 of the snapshot's canonical JSON. */
+  key: string;
+  snapshot: Record<string, unknown>;
+}
+
 /** What a client asked for (POST /v1/pushes body, after validation). */
 export interface PushRequest {
   /** oci:PATH[:REF] | docker-archive:PATH[:REF] | dir:PATH — PATH absolute, inside the source root. */
@@ -39,10 +61,29 @@ export interface PushRequest {
   format: 'oci' | 'docker';
   /** os/arch[/variant]: push one image of an index. */
   platform?: string;
+  /** dir: sources only; absent means DEFAULT_DIR_OPTIONS. */
+  dirOptions?: DirOptions;
+  /** Set by the API when it accepts the push: the source as it was then (kept in the push state). */
+  pin?: SourcePin;
 }
 
-/** One layer of one image: a lookup job. */
-export interface LookupJob {
+/**
+ * The version of the job payloads below. A worker runs only the versions it
+ * knows (JOB_VERSIONS_KNOWN); a payload without `v` is version 1 (before
+ * snapshots: no pin, platform read back from the push state).
+ */
+export const JOB_VERSION = 2;
+export const JOB_VERSIONS_KNOWN: readonly number[] = [1, 2];
+
+/** The version of a job payload (1 when it has none). */
+export function jobVersion(data: unknown): number {
+  const v = (data as { v?: unknown } | null)?.v;
+  return v === undefined ? 1 : typeof v === 'number' && Number.isInteger(v) ? v : NaN;
+}
+
+/** What every layer job (lookup and upload) carries. */
+export interface LayerJob {
+  v: typeof JOB_VERSION;
   pushId: string;
   /** Which image of the source (0 for a single image; the platform's position in an index). */
   imageIndex: number;
@@ -50,25 +91,33 @@ export interface LookupJob {
   layerIndex: number;
   source: string;
   target: string;
+  /** The gzip level the push was planned with (FERRY_GZIP_LEVEL at accept). */
   gzipLevel: number;
+  /** os/arch[/variant] when one image of an index is pushed. */
+  platform?: string;
+  dirOptions?: DirOptions;
+  /** The source as accepted (absent only in version-1 payloads). */
+  pin?: SourcePin;
 }
 
+/** One layer of one image: a lookup job. */
+export type LookupJob = LayerJob;
+
 /** One blob missing from the target: an upload job, added by the lookup worker. */
-export interface UploadJob {
-  pushId: string;
-  imageIndex: number;
-  layerIndex: number;
-  source: string;
-  target: string;
-  /** A candidate digest (from the source or the compressed cache) — never trusted for what is sent. */
-  digest?: string;
-  gzipLevel: number;
+export interface UploadJob extends LayerJob {
+  /** The uncompressed tar's digest the lookup computed (keys the upload lease of a layer Ferry compresses). */
+  diffId?: string;
+  /** How often this job has waited for another worker's upload of the same blob. */
+  waits?: number;
 }
 
 /** The parent of the flow: runs once every lookup (and upload) child has completed. */
 export interface AssembleJob {
+  v: typeof JOB_VERSION;
   pushId: string;
+  /** Carries the pin (request.pin). */
   request: PushRequest;
+  gzipLevel: number;
 }
 
 /** How many layers each image has, so the flow gets one lookup job per layer. */
@@ -83,7 +132,14 @@ export function isFinalStatus(s: string): boolean {
   return (FINAL_STATUSES as readonly string[]).includes(s);
 }
 
-export const LAYER_STATES = ['pending', 'exists', 'mounted', 'uploading', 'uploaded'] as const;
+export const LAYER_STATES = [
+  'pending',
+  'exists',
+  'mounted',
+  'uploading',
+  'uploaded',
+  'cancelled',
+] as const;
 export type LayerStateName = (typeof LAYER_STATES)[number];
 
 /** Identifies a layer of a push: image position + layer position. */

@@ -1,6 +1,7 @@
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
-import { openSource, type OpenedSource } from '@ferry/image-source';
+import { openSource, type OpenedSource, type SourceSnapshot } from '@ferry/image-source';
+import type { DirOptions, SourcePin } from '@ferry/queue';
 import { RegistryClient } from '@ferry/registry-client';
 
 /** The registry client every worker uses: allowlist, insecure hosts, CA file and credentials from config. */
@@ -14,10 +15,32 @@ export function createRegistryClient(config: FerryConfig, logger?: Logger): Regi
   });
 }
 
+/** Which source a job reads, and how: everything that decides the bytes of its layers. */
+export interface SourceRef {
+  source: string;
+  /** The source as the push was accepted; absent only for version-1 jobs (never cached then). */
+  pin?: SourcePin;
+  platform?: string;
+  /** The level the push was planned with (job data), so keys and bytes agree. */
+  gzipLevel: number;
+  dirOptions?: DirOptions;
+}
+
+/** The cache key of a pinned source: the snapshot and every option that changes bytes — never a path alone. */
+export function sourceKey(ref: SourceRef): string | undefined {
+  if (!ref.pin) return undefined;
+  const dir = ref.dirOptions ? `${ref.dirOptions.owners}/${ref.dirOptions.mtime}` : 'root/epoch';
+  return `${ref.pin.key}|${ref.platform ?? ''}|gzip-${ref.gzipLevel}|${dir}`;
+}
+
 /**
- * Opened sources by source string, kept a short while: the jobs of one push
- * open the same layout or archive many times. Opening reads only metadata
- * (index, manifests, directory listings), never layer bytes.
+ * Opened sources keyed by their pin (the snapshot recorded when the push was
+ * accepted), kept a short while: the jobs of one push open the same layout or
+ * archive many times. Opening reads only metadata (index, manifests,
+ * directory listings), never layer bytes; it is checked against the snapshot,
+ * and so is every layer when it is read. A changed source gets a new pin, so a
+ * new push never sees an old opening and an old push never sees the new
+ * source. Unpinned (version-1) jobs are opened afresh every time.
  */
 export class SourceCache {
   private readonly entries = new Map<string, { at: number; value: Promise<OpenedSource> }>();
@@ -28,22 +51,23 @@ export class SourceCache {
     private readonly ttlMs = 30_000,
   ) {}
 
-  /** gzipLevel: the level the push was planned with (job data), so keys and bytes agree; default config's. */
-  open(source: string, platform?: string, gzipLevel?: number): Promise<OpenedSource> {
-    const level = gzipLevel ?? this.config.gzipLevel;
-    const key = `${platform ?? ''}|${level}|${source}`;
+  open(ref: SourceRef): Promise<OpenedSource> {
+    const key = sourceKey(ref);
     const now = Date.now();
-    const hit = this.entries.get(key);
+    const hit = key === undefined ? undefined : this.entries.get(key);
     if (hit && now - hit.at < this.ttlMs) return hit.value;
-    const value = openSource(source, {
+    const value = openSource(ref.source, {
       root: this.config.sourceRoot,
-      gzipLevel: level,
-      platform,
+      gzipLevel: ref.gzipLevel,
+      platform: ref.platform,
       logger: this.logger,
+      ...(ref.dirOptions ? { dirOptions: ref.dirOptions } : {}),
+      ...(ref.pin ? { snapshot: ref.pin.snapshot as unknown as SourceSnapshot } : {}),
     });
+    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
+    if (key === undefined) return value;
     this.entries.set(key, { at: now, value });
     value.catch(() => this.entries.delete(key));
-    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
     return value;
   }
 }

@@ -6,5 +6,7 @@
 export * from './shutdown';
 export * from './health';
 export * from './clients';
+export * from './errors';
 export * from './worker';
+export * from './finish';
 export * from './layers';

@@ -1,9 +1,16 @@
 import type { Layer } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import { parseReference, type RegistryClient, type RepoRef } from '@ferry/registry-client';
-import { PermanentError } from './worker';
-import type { PushRequest, PushStore, QueueContext } from '@ferry/queue';
-import type { SourceCache } from './clients';
+import { PermanentError } from './errors';
+import {
+  JOB_VERSION,
+  jobVersion,
+  type LayerJob,
+  type PushRequest,
+  type PushStore,
+  type QueueContext,
+} from '@ferry/queue';
+import type { SourceCache, SourceRef } from './clients';
 
 /** What lookup and upload jobs return: the coordinator reads it with getChildrenValues(). */
 export interface LayerOutcome {
@@ -25,28 +32,63 @@ export function targetRepo(target: string): RepoRef {
 }
 
 /** The layer a job names, from the (cached) opened source. */
-export async function layerOf(
-  sources: SourceCache,
-  source: string,
-  platform: string | undefined,
-  imageIndex: number,
-  layerIndex: number,
-  gzipLevel?: number,
-): Promise<Layer> {
-  const opened = await sources.open(source, platform, gzipLevel);
-  const image = opened.images[imageIndex];
-  const layer = image?.layers[layerIndex];
+export async function layerOf(sources: SourceCache, job: LayerJob): Promise<Layer> {
+  const opened = await sources.open(sourceRefOf(job));
+  const image = opened.images[job.imageIndex];
+  const layer = image?.layers[job.layerIndex];
   if (!layer) {
-    // The source changed between the request and the job: nothing sensible to retry.
+    // Only an unpinned (version-1) job can get here: a pinned source that changed fails to open.
     throw new PermanentError(
       'FERRY_SOURCE_CHANGED',
-      `${source} has no layer ${layerIndex} in image ${imageIndex} any more`,
+      `${job.source} has no layer ${job.layerIndex} in image ${job.imageIndex} any more`,
     );
   }
   return layer;
 }
 
-/** The upload lease key of a blob: by digest when known, else by content (diffID + compression). */
+/** How a layer job reads its source. */
+export function sourceRefOf(job: LayerJob): SourceRef {
+  return {
+    source: job.source,
+    gzipLevel: job.gzipLevel,
+    ...(job.pin ? { pin: job.pin } : {}),
+    ...(job.platform !== undefined ? { platform: job.platform } : {}),
+    ...(job.dirOptions ? { dirOptions: job.dirOptions } : {}),
+  };
+}
+
+/**
+ * A layer job in the current payload shape. Version 1 (no `v`) carried no
+ * platform, options or pin: they are read back from the push state.
+ */
+export async function currentLayerJob<T extends LayerJob>(
+  data: T | Omit<T, 'v'>,
+  requests: PushRequests,
+): Promise<T> {
+  const version = jobVersion(data);
+  if (version === JOB_VERSION) return data as T;
+  if (version !== 1) {
+    throw new PermanentError(
+      'FERRY_JOB_VERSION',
+      `job payload version ${String((data as { v?: unknown }).v)} is not one this worker knows`,
+    );
+  }
+  const request = await requests.get(data.pushId);
+  return {
+    ...data,
+    v: JOB_VERSION,
+    ...(request?.platform !== undefined ? { platform: request.platform } : {}),
+    ...(request?.dirOptions ? { dirOptions: request.dirOptions } : {}),
+    ...(request?.pin ? { pin: request.pin } : {}),
+  } as T;
+}
+
+/**
+ * The upload lease key of a blob: by digest when the source states one, else
+ * by content — the uncompressed tar's digest (which already differs with the
+ * dir: options, since owners and mtimes are in the tar) and every setting that
+ * decides the compressed bytes (gzip level, zlib identity).
+ */
 export function blobLeaseKey(
   registry: string,
   digest: string | undefined,

@@ -2,70 +2,21 @@ import { hostname } from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
-import { createConnection, openQueueContext, type QueueContext } from '@ferry/queue';
+import {
+  createConnection,
+  jobVersion,
+  JOB_VERSIONS_KNOWN,
+  openQueueContext,
+  type QueueContext,
+} from '@ferry/queue';
+import { CancelledError, errorInfo, isPermanent, PermanentError } from './errors';
+import { finishPush } from './finish';
 import { startHealthServer } from './health';
 import { closeWithDeadline, type Closable } from './shutdown';
 
 /** What every role's start() returns. */
 export interface RoleHandle {
   close(): Promise<void>;
-}
-
-/** A failure a retry cannot cure (bad content, 401 after refresh, 404, digest mismatch). */
-export function isPermanent(err: unknown): boolean {
-  if (err instanceof UnrecoverableError) return true;
-  const e = err as { transient?: unknown; code?: unknown } | null;
-  if (e && typeof e.transient === 'boolean') return !e.transient;
-  // Source errors (bad layout, tampered blob, path outside the root) never heal by retrying.
-  if (e && typeof e.code === 'string' && e.code.startsWith('FERRY_')) {
-    return ![
-      'FERRY_REGISTRY_UNAVAILABLE',
-      'FERRY_RATE_LIMITED',
-      'FERRY_UPLOAD_SESSION_LOST',
-    ].includes(e.code);
-  }
-  return false;
-}
-
-/** The stable code and message of any error, for the push state. */
-export function errorInfo(err: unknown): { code: string; message: string } {
-  const e = err as { code?: unknown; message?: unknown } | null;
-  const code =
-    e && typeof e.code === 'string' && e.code.startsWith('FERRY_') ? e.code : 'FERRY_INTERNAL';
-  const message = e && typeof e.message === 'string' ? e.message : String(err);
-  return { code, message };
-}
-
-/** A failure no retry can cure, with its stable code (shown in the push state). */
-export class PermanentError extends UnrecoverableError {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'PermanentError';
-  }
-}
-
-/** Thrown by a job of a push that was cancelled or has already ended: stops the job without retries. */
-export class CancelledError extends UnrecoverableError {
-  readonly code: string;
-  constructor(pushId: string, status: string = 'cancelled') {
-    super(
-      status === 'cancelled'
-        ? `push ${pushId} was cancelled`
-        : `push ${pushId} has ended (${status}); its remaining jobs stop`,
-    );
-    this.code = status === 'cancelled' ? 'FERRY_CANCELLED' : 'FERRY_PUSH_ENDED';
-    this.name = 'CancelledError';
-  }
-}
-
-/** Throws CancelledError unless the push is still queued or running (cancelled, failed, expired: stop). */
-export async function assertActive(ctx: QueueContext, pushId: string): Promise<void> {
-  const status = await ctx.store.status(pushId);
-  if (status === 'queued' || status === 'running') return;
-  throw new CancelledError(pushId, status ?? 'cancelled');
 }
 
 export type Processor<T, R> = (job: Job<T>, token: string | undefined) => Promise<R>;
@@ -82,6 +33,41 @@ export interface StartWorkerOptions<T extends { pushId: string }, R> {
   closables?: Closable[];
   /** Lock duration; jobs renew it while they run. */
   lockDurationMs?: number;
+  /** Payload versions this role runs (default JOB_VERSIONS_KNOWN). */
+  versions?: readonly number[];
+  /**
+   * A job of another version waits (delayed, no slot held) this long for a
+   * worker that knows it — during a rolling upgrade — then fails with
+   * FERRY_JOB_VERSION. Default 10 min.
+   */
+  unknownVersionGraceMs?: number;
+}
+
+/** How long a job of an unknown payload version is put back before looking again. */
+const UNKNOWN_VERSION_RETRY_MS = 5_000;
+
+/**
+ * Refuses to misread a payload: a job of a version this worker does not know
+ * is handed back (delayed) for a worker that does, and fails with a clear
+ * error once it has waited `graceMs`.
+ */
+async function checkVersion(
+  job: Job<{ pushId: string }>,
+  token: string | undefined,
+  known: readonly number[],
+  graceMs: number,
+): Promise<void> {
+  const v = jobVersion(job.data);
+  if (known.includes(v)) return;
+  const shown = String((job.data as { v?: unknown }).v);
+  if (Date.now() - job.timestamp < graceMs && token !== undefined) {
+    await job.moveToDelayed(Date.now() + UNKNOWN_VERSION_RETRY_MS, token);
+    throw new DelayedError(`payload version ${shown} is unknown here; left to another worker`);
+  }
+  throw new PermanentError(
+    'FERRY_JOB_VERSION',
+    `job ${job.id} has payload version ${shown}; this worker knows ${known.join(', ')} — upgrade the workers`,
+  );
 }
 
 /**
@@ -100,9 +86,12 @@ export async function startWorker<T extends { pushId: string }, R>(
     name: `ferry-${opts.role}`,
   });
   const processor = opts.processor(ctx);
+  const versions = opts.versions ?? JOB_VERSIONS_KNOWN;
+  const graceMs = opts.unknownVersionGraceMs ?? 10 * 60_000;
   const wrapped = async (job: Job<T>, token?: string): Promise<R> => {
     const started = Date.now();
     try {
+      await checkVersion(job, token, versions, graceMs);
       return await processor(job, token);
     } catch (err) {
       if (err instanceof DelayedError) throw err;
@@ -116,7 +105,7 @@ export async function startWorker<T extends { pushId: string }, R>(
         logger.error(`${opts.role}: job ${job.id} failed for good: ${info.code}: ${info.message}`, {
           pushId: job.data.pushId,
         });
-        await ctx.store.finish(job.data.pushId, { error: info }).catch(() => undefined);
+        await finishPush(ctx, job.data.pushId, { error: info }, logger);
       } else {
         logger.warn(
           `${opts.role}: job ${job.id} attempt ${job.attemptsMade + 1}/${attempts} failed, will retry: ${info.code}: ${info.message}`,
@@ -159,7 +148,7 @@ export async function startWorker<T extends { pushId: string }, R>(
       job.attemptsMade >= attempts ||
       Boolean(job.finishedOn);
     if (!final) return;
-    void ctx.store.finish(job.data.pushId, { error: errorInfo(err) }).catch(() => undefined);
+    void finishPush(ctx, job.data.pushId, { error: errorInfo(err) }, logger);
   });
   await worker.waitUntilReady();
 

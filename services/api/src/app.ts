@@ -1,4 +1,3 @@
-import { createHash, randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
@@ -7,21 +6,18 @@ import type { Redis } from 'ioredis';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import {
-  enqueuePush,
-  isEventId,
-  isFinalStatus,
   removePushJobs,
   type FerryQueues,
   type PushLayout,
-  type PushRequest,
   type PushState,
   type PushStatus,
   type PushStore,
-  type SignRequest,
 } from '@ferry/queue';
 import { Auth, loginPage } from './auth';
 import { ApiError } from './errors';
-import { defaultInspector, SourceContentError, type Inspector } from './inspect';
+import { defaultInspector, type Inspector } from './inspect';
+import { checkIdempotencyKey, createPush, type PushBody } from './pushes';
+import { lastEventIdOf, streamEvents } from './sse';
 import { createMetricsRegistry } from './metrics';
 import { buildOpenApi } from './openapi';
 import { routeDoc, type RouteDoc } from './schemas';
@@ -41,16 +37,6 @@ export interface ApiDeps {
 }
 
 export const BODY_LIMIT = 64 * 1024;
-
-interface PushBody {
-  source: string;
-  target: string;
-  tags?: string[];
-  sign?: SignRequest | boolean;
-  schema1?: boolean;
-  format?: 'oci' | 'docker';
-  platform?: string;
-}
 
 const PUBLIC_PATHS = new Set(['/healthz', '/readyz']);
 
@@ -226,116 +212,15 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
 
   // ---- pushes ----
   route('POST', '/v1/pushes', async (req, reply) => {
-    const body = req.body as PushBody;
-    const idemHeader = req.headers['idempotency-key'];
-    if (
-      idemHeader !== undefined &&
-      (typeof idemHeader !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(idemHeader))
-    ) {
-      throw new ApiError(
-        'FERRY_VALIDATION',
-        'Idempotency-Key must be 1-255 visible ASCII characters',
-        'Idempotency-Key',
-      );
-    }
-    if (body.schema1 === true && body.format === 'oci') {
-      throw new ApiError(
-        'FERRY_VALIDATION',
-        'schema1 is a Docker format; use format "docker" or leave format out',
-        'schema1',
-      );
-    }
-    // Signatures and schema1 manifests need the signers (a later issue): refuse rather than
-    // push an image unsigned that the caller asked to be signed.
-    const wantsSigning =
-      body.sign === true ||
-      (typeof body.sign === 'object' && body.sign !== null && (body.sign.cosign || body.sign.pgp));
-    if (wantsSigning || body.schema1 === true) {
-      throw new ApiError(
-        'FERRY_SIGNING_NOT_CONFIGURED',
-        wantsSigning
-          ? 'signing is not available on this server yet: no signer is configured'
-          : 'schema1 manifests need a signing key, and signing is not available on this server yet',
-        wantsSigning ? 'sign' : 'schema1',
-      );
-    }
-    // The target (and its registry allowlist) is checked before the source is touched.
-    const { target } = inspector.checkTarget(body.target, config.registryAllow);
-    let source = body.source;
-    let layout: PushLayout | undefined;
-    let contentError: SourceContentError | undefined;
-    try {
-      const inspected = await inspector.inspectSource(body.source, {
-        root: config.sourceRoot,
-        platform: body.platform,
-        gzipLevel: config.gzipLevel,
-      });
-      source = inspected.source;
-      layout = inspected.layout;
-    } catch (err) {
-      if (err instanceof SourceContentError) contentError = err;
-      else throw toApiError(err, 'source');
-    }
-    const request: PushRequest = {
-      source,
-      target,
-      tags: body.tags ?? [],
-      format: body.format ?? (body.schema1 ? 'docker' : 'oci'),
-      ...(body.sign !== undefined ? { sign: body.sign } : {}),
-      ...(body.schema1 !== undefined ? { schema1: body.schema1 } : {}),
-      ...(body.platform !== undefined ? { platform: body.platform } : {}),
-    };
-    let id: string = randomUUID();
-    if (idemHeader !== undefined) {
-      const fingerprint = createHash('sha256').update(JSON.stringify(request)).digest('hex');
-      const r = await store.idempotent(idemHeader, id, fingerprint);
-      if (!r.sameRequest) {
-        throw new ApiError(
-          'FERRY_IDEMPOTENCY_CONFLICT',
-          'this Idempotency-Key was used with a different request',
-          'Idempotency-Key',
-        );
-      }
-      id = r.id;
-      if (!r.created) {
-        const existing = await store.get(id);
-        if (existing) {
-          return reply
-            .code(202)
-            .header('location', links(id).self)
-            .header('idempotent-replayed', 'true')
-            .send({ id, status: existing.status, links: links(id) });
-        }
-      }
-    }
-    await store.create(id, request, layout ? { layout } : {});
-    if (contentError) {
-      await store.finish(id, { error: { code: contentError.code, message: contentError.message } });
-      return reply
-        .code(202)
-        .header('location', links(id).self)
-        .send({ id, status: 'failed', links: links(id) });
-    }
-    try {
-      await enqueuePush(queues, id, request, layout as PushLayout, { gzipLevel: config.gzipLevel });
-    } catch (err) {
-      await store
-        .finish(id, {
-          error: { code: 'FERRY_UNAVAILABLE', message: 'the push could not be queued' },
-        })
-        .catch(() => undefined);
-      throw err;
-    }
-    logger.info('push accepted', {
-      id,
-      source,
-      target,
-      layers: layout?.images.map((i) => i.layers),
-    });
-    return reply
-      .code(202)
-      .header('location', links(id).self)
-      .send({ id, status: 'queued', links: links(id) });
+    const key = checkIdempotencyKey(req.headers['idempotency-key']);
+    const r = await createPush(
+      { config, store, queues, inspector, logger },
+      req.body as PushBody,
+      key,
+    );
+    reply.code(202).header('location', links(r.id).self);
+    if (r.replayed) reply.header('idempotent-replayed', 'true');
+    return reply.send({ id: r.id, status: r.status, links: links(r.id) });
   });
 
   route('GET', '/v1/pushes', async (req) => {
@@ -365,71 +250,28 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       );
     }
     const removed = await removePushJobs(queues, id, layoutOf(state));
+    // Layers not in the registry yet will never be: say so (an upload still running
+    // stops within a few seconds, cancels its registry session and says so too).
+    for (const l of state.layers) {
+      if (l.state === 'pending' || l.state === 'uploading') {
+        await store.updateLayer(
+          id,
+          { imageIndex: l.imageIndex, index: l.index },
+          { state: 'cancelled' },
+        );
+      }
+    }
     logger.info('push cancelled', { id, removedJobs: removed });
     return { id, status: 'cancelled', removedJobs: removed, links: links(id) };
   });
 
   route('GET', '/v1/pushes/:id/events', async (req, reply) => {
     const { id } = req.params as { id: string };
-    const q = req.query as { lastEventId?: string };
-    const header = req.headers['last-event-id'];
-    const last =
-      (typeof header === 'string' && header !== '' ? header : undefined) ?? q.lastEventId;
-    if (last !== undefined && !isEventId(last)) {
-      throw new ApiError(
-        'FERRY_BAD_EVENT_ID',
-        `Last-Event-ID ${JSON.stringify(last)} is not an event id`,
-        'Last-Event-ID',
-      );
-    }
+    const last = lastEventIdOf(req.headers['last-event-id'], req.query as { lastEventId?: string });
     const status = await store.status(id);
     if (!status) throw new ApiError('FERRY_PUSH_NOT_FOUND', `no push ${id}`, 'id');
-
     reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache, no-transform',
-      connection: 'keep-alive',
-      'x-accel-buffering': 'no',
-    });
-    res.write('retry: 2000\n\n');
-    const reader = store.eventReader(id);
-    let open = true;
-    const stop = () => {
-      if (!open) return;
-      open = false;
-      reader.close();
-      res.end();
-    };
-    streams.add(stop);
-    req.raw.on('close', stop);
-    res.on('close', stop);
-    let after = last;
-    try {
-      while (open) {
-        const events = await reader.read(after, keepAliveMs);
-        if (!open) break;
-        if (events.length === 0) {
-          const s = await store.status(id);
-          if (!s || isFinalStatus(s)) break; // everything was delivered before
-          res.write(': keep-alive\n\n');
-          continue;
-        }
-        let final = false;
-        for (const { id: eid, event } of events) {
-          res.write(`id: ${eid}\ndata: ${JSON.stringify(event)}\n\n`);
-          after = eid;
-          if (event.type === 'status' && isFinalStatus(event.status)) final = true;
-        }
-        if (final) break;
-      }
-    } catch (err) {
-      if (open) logger.warn('sse: stream ended by an error', { id, err: (err as Error).message });
-    } finally {
-      streams.delete(stop);
-      stop();
-    }
+    await streamEvents({ store, logger, keepAliveMs, streams }, id, last, req.raw, reply.raw);
   });
 
   // ---- signing (a later issue) ----
@@ -512,14 +354,4 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   if (auth.open)
     logger.warn('api: FERRY_API_TOKENS is empty — every route is open to anyone who can reach it');
   return app;
-}
-
-/** A thrown error from a source/target check as the API error to answer with. */
-function toApiError(err: unknown, field: string): unknown {
-  if (err instanceof ApiError) return err;
-  const e = err as { code?: unknown; message?: string; field?: string };
-  if (typeof e?.code === 'string' && e.code.startsWith('FERRY_')) {
-    return new ApiError(e.code, e.message ?? e.code, e.field ?? field);
-  }
-  return err;
 }

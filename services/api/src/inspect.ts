@@ -1,5 +1,11 @@
-import { formatSource, openSource, SourceError, SourceErrorCodes } from '@ferry/image-source';
-import type { PushLayout } from '@ferry/queue';
+import {
+  formatSource,
+  openSource,
+  snapshotKey,
+  SourceError,
+  SourceErrorCodes,
+} from '@ferry/image-source';
+import type { DirOptions, PushLayout, SourcePin } from '@ferry/queue';
 import { isAllowed, parseReference } from '@ferry/registry-client';
 import { ApiError } from './errors';
 
@@ -13,6 +19,8 @@ export interface InspectedSource {
   /** transport:REALPATH[:REF] — the path as checked, inside the root. */
   source: string;
   layout: PushLayout;
+  /** What the source is now: every job reads it through this. */
+  pin: SourcePin;
 }
 
 /** A problem in the content of a source (not in the request): the push is recorded as failed. */
@@ -28,7 +36,7 @@ export class SourceContentError extends Error {
 export interface Inspector {
   inspectSource(
     source: string,
-    opts: { root: string; platform?: string; gzipLevel?: number },
+    opts: { root: string; platform?: string; gzipLevel?: number; dirOptions?: DirOptions },
   ): Promise<InspectedSource>;
   /** Returns the normalised target (tag defaulted to latest) and its registry host. */
   checkTarget(target: string, allow: readonly string[]): { target: string; registry: string };
@@ -49,10 +57,15 @@ export const defaultInspector: Inspector = {
         root: opts.root,
         platform: opts.platform,
         gzipLevel: opts.gzipLevel,
+        ...(opts.dirOptions ? { dirOptions: opts.dirOptions } : {}),
       });
       return {
         source: formatSource({ ...opened.spec, path: opened.realPath }),
         layout: { images: opened.images.map((i) => ({ layers: i.layers.length })) },
+        pin: {
+          key: snapshotKey(opened.snapshot),
+          snapshot: opened.snapshot as unknown as Record<string, unknown>,
+        },
       };
     } catch (err) {
       if (!(err instanceof SourceError)) throw err;

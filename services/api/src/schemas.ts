@@ -70,6 +70,25 @@ export const PushRequestSchema = {
       pattern: PLATFORM_PATTERN,
       description: 'os/arch[/variant]: one image of an index',
     },
+    dirOptions: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'dir: sources only — how layer tars record owners and mtimes',
+      properties: {
+        owners: {
+          type: 'string',
+          enum: ['root', 'keep'],
+          description: "root (default): uid/gid 0; keep: each file's numeric uid/gid",
+        },
+        mtime: {
+          description: "epoch (default): 0; keep: each file's mtime; an integer: that epoch second",
+          anyOf: [
+            { type: 'string', enum: ['epoch', 'keep'] },
+            { type: 'integer', minimum: 0, maximum: 8589934591 },
+          ],
+        },
+      },
+    },
   },
 } as const;
 
@@ -127,7 +146,7 @@ export const PushStateSchema = {
           size: { type: 'integer' },
           state: {
             type: 'string',
-            enum: ['pending', 'exists', 'mounted', 'uploading', 'uploaded'],
+            enum: ['pending', 'exists', 'mounted', 'uploading', 'uploaded', 'cancelled'],
           },
           bytesSent: { type: 'integer' },
           mountedFrom: { type: 'string' },

@@ -40,6 +40,8 @@ import {
 } from '@ferry/registry-client';
 import {
   createRegistryClient,
+  findInRegistry,
+  finishPush,
   PermanentError,
   SourceCache,
   startWorker,
@@ -52,6 +54,8 @@ export interface CoordinatorDeps {
   client: RegistryClient;
   sources: SourceCache;
   logger: Logger;
+  /** FERRY_GZIP_LEVEL, for version-1 payloads that did not carry the push's level. */
+  gzipLevel?: number;
 }
 
 const MANIFEST_FAMILY: Record<string, ManifestFormat> = {
@@ -78,21 +82,20 @@ interface PushedImage {
   platform?: SourceImage['platform'];
 }
 
+/** Puts a config blob unless the repository has it or can mount it (the shared HEAD-then-mount). */
 async function pushBlobIfMissing(
   ctx: QueueContext,
   client: RegistryClient,
   repo: RepoRef,
   c: Canonical,
+  logger: Logger,
 ): Promise<void> {
-  // The existence check counts against the registry's cluster-wide lookup limit too.
-  const have = await ctx.lookupSemaphore.use(
-    repo.registry,
-    () => client.blobExists(repo, c.digest),
-    {
-      timeoutMs: 120_000,
-    },
-  );
-  if (have) return;
+  const found = await findInRegistry(ctx, client, repo, c.digest, { sizeHint: c.size, logger });
+  if (found) {
+    if (found.state === 'mounted')
+      logger.info(`config ${c.digest} mounted from ${found.mountedFrom}`);
+    return;
+  }
   await client.uploadBlob(repo, bufferBlobSource(c.bytes, c.digest), { monolithic: true });
 }
 
@@ -121,7 +124,9 @@ function assembleImage(
       );
     }
     layers.push({ mediaType: layer.mediaType, digest: r.digest, size: r.size });
-    diffIds.push(r.diffId ?? layer.diffId ?? '');
+    // The diffID the workers computed from the bytes they read (or, for a stated
+    // config, the one it states — that config is pushed as it is).
+    diffIds.push(r.diffId ?? (image.configBytes ? (layer.diffId ?? '') : ''));
   });
 
   let config: Canonical;
@@ -196,8 +201,10 @@ function topIndex(
 
 export function assembleProcessor(deps: CoordinatorDeps) {
   const { ctx, client, sources, logger } = deps;
+  const defaultGzipLevel = deps.gzipLevel ?? 6;
   return async (job: Job<AssembleJob>): Promise<PushResult | undefined> => {
     const { pushId, request } = job.data;
+    const gzipLevel = job.data.gzipLevel ?? defaultGzipLevel; // version-1 payloads carried none
     const status = await ctx.store.status(pushId);
     if (status !== 'queued' && status !== 'running') {
       logger.info(`push ${pushId} is ${status ?? 'gone'}; nothing assembled`);
@@ -215,7 +222,13 @@ export function assembleProcessor(deps: CoordinatorDeps) {
     }
     const ref = parseReference(request.target);
     const repo = { registry: ref.registry, repository: ref.repository };
-    const opened = await sources.open(request.source, request.platform);
+    const opened = await sources.open({
+      source: request.source,
+      gzipLevel,
+      ...(request.pin ? { pin: request.pin } : {}),
+      ...(request.platform !== undefined ? { platform: request.platform } : {}),
+      ...(request.dirOptions ? { dirOptions: request.dirOptions } : {}),
+    });
     const results = layerResults(
       (await job.getChildrenValues<LayerOutcome>()) as Record<string, LayerOutcome>,
     );
@@ -225,7 +238,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
     for (const [i, image] of opened.images.entries()) {
       const { config, manifest } = assembleImage(image, i, results, format);
       if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
-      await pushBlobIfMissing(ctx, client, repo, config);
+      await pushBlobIfMissing(ctx, client, repo, config, logger);
       await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
       await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
       await ctx.store.appendEvent(pushId, {
@@ -277,7 +290,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
       manifest: { digest: top.digest, mediaType: top.mediaType, size: top.size },
       ...(manifests.length ? { manifests } : {}),
     };
-    await ctx.store.finish(pushId, result);
+    await finishPush(ctx, pushId, result, logger);
     logger.info(`push ${pushId}: ${request.target} is ${top.digest}`);
     return result;
   };
@@ -294,7 +307,8 @@ export async function start(config: FerryConfig, logger: Logger): Promise<RoleHa
     concurrency: 4,
     config,
     logger: log,
-    processor: (ctx) => assembleProcessor({ ctx, client, sources, logger: log }),
+    processor: (ctx) =>
+      assembleProcessor({ ctx, client, sources, logger: log, gzipLevel: config.gzipLevel }),
     closables: [{ name: 'registry client', close: () => client.close() }],
   });
 }

@@ -13,6 +13,7 @@ import { zlibIdentity } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import {
   addUploadChild,
+  JOB_VERSION,
   QUEUE_NAMES,
   type LookupJob,
   type QueueContext,
@@ -21,6 +22,7 @@ import {
 import type { RegistryClient } from '@ferry/registry-client';
 import {
   assertActive,
+  currentLayerJob,
   createRegistryClient,
   findInRegistry,
   markPresent,
@@ -43,25 +45,14 @@ export interface LookupDeps {
   permitTimeoutMs?: number;
 }
 
-/** Upload job payload plus what the lookup learnt (the diffID keys the upload lease of a dir: layer). */
-export type UploadJobData = UploadJob & { diffId?: string; platform?: string };
-
 export function lookupProcessor(deps: LookupDeps) {
   const { ctx, client, sources, requests, logger } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
-    const d = job.data;
+    const d = await currentLayerJob<LookupJob>(job.data, requests);
     await assertActive(ctx, d.pushId);
     await ctx.store.setStatus(d.pushId, 'running');
-    const request = await requests.get(d.pushId);
     const repo = targetRepo(d.target);
-    const layer = await layerOf(
-      sources,
-      d.source,
-      request?.platform,
-      d.imageIndex,
-      d.layerIndex,
-      d.gzipLevel,
-    );
+    const layer = await layerOf(sources, d);
     const key = { imageIndex: d.imageIndex, index: d.layerIndex };
     const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
 
@@ -102,16 +93,18 @@ export function lookupProcessor(deps: LookupDeps) {
     }
 
     // 4. Missing: hand it to an upload job in the same flow, before this job completes.
-    const upload: UploadJobData = {
+    const upload: UploadJob = {
+      v: JOB_VERSION,
       pushId: d.pushId,
       imageIndex: d.imageIndex,
       layerIndex: d.layerIndex,
       source: d.source,
       target: d.target,
       gzipLevel: d.gzipLevel,
-      ...(layer.digest ? { digest: layer.digest } : digest ? { digest } : {}),
+      ...(d.platform !== undefined ? { platform: d.platform } : {}),
+      ...(d.dirOptions ? { dirOptions: d.dirOptions } : {}),
+      ...(d.pin ? { pin: d.pin } : {}),
       ...(diffId ? { diffId } : {}),
-      ...(request?.platform ? { platform: request.platform } : {}),
     };
     // Written before the hand-off: the upload job may finish (and write its state) at once.
     await ctx.store.updateLayer(

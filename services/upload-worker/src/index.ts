@@ -20,6 +20,9 @@ import type { BlobSource, RegistryClient, RepoRef } from '@ferry/registry-client
 import {
   assertActive,
   blobLeaseKey,
+  currentLayerJob,
+  LeaseLostError,
+  PushRequests,
   findInRegistry,
   markPresent,
   CancelledError,
@@ -32,17 +35,12 @@ import {
   type RoleHandle,
 } from '@ferry/runtime';
 
-export type UploadJobData = UploadJob & {
-  diffId?: string;
-  platform?: string;
-  /** How often this job has waited for another worker's upload of the same blob. */
-  waits?: number;
-};
-
 export interface UploadDeps {
   ctx: QueueContext;
   client: RegistryClient;
   sources: SourceCache;
+  /** Version-1 payloads: their push's request, read back from the push state. */
+  requests?: PushRequests;
   logger: Logger;
   chunkSize: number;
   /** Lease time; renewed every third of it while the upload runs. */
@@ -55,22 +53,16 @@ const PROGRESS_EVERY_MS = 500;
 
 export function uploadProcessor(deps: UploadDeps) {
   const { ctx, client, sources } = deps;
+  const requests = deps.requests ?? new PushRequests(ctx.store);
   const leaseMs = deps.leaseMs ?? 30_000;
   const waitMs = deps.waitMs ?? 1_000;
   const owner = `${hostname()}-${process.pid}`;
 
-  return async (job: Job<UploadJobData>, token?: string): Promise<LayerOutcome> => {
-    const d = job.data;
+  return async (job: Job<UploadJob>, token?: string): Promise<LayerOutcome> => {
+    const d = await currentLayerJob<UploadJob>(job.data, requests);
     await assertActive(ctx, d.pushId);
     const repo = targetRepo(d.target);
-    const layer = await layerOf(
-      sources,
-      d.source,
-      d.platform,
-      d.imageIndex,
-      d.layerIndex,
-      d.gzipLevel,
-    );
+    const layer = await layerOf(sources, d);
     const key = { imageIndex: d.imageIndex, index: d.layerIndex };
     const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
     const diffId = layer.diffId ?? d.diffId;
@@ -159,7 +151,7 @@ export function uploadProcessor(deps: UploadDeps) {
 
 async function upload(
   deps: UploadDeps,
-  job: Job<UploadJobData>,
+  job: Job<UploadJob>,
   repo: RepoRef,
   layer: Layer,
   key: { imageIndex: number; index: number },
@@ -237,10 +229,7 @@ async function upload(
       if (abort.signal.aborted) {
         if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
         // The blob lease was lost (this worker stalled): let a retry look again.
-        throw Object.assign(new Error(`lost the upload lease for ${leaseKey}`), {
-          code: 'FERRY_LEASE_LOST',
-          transient: true,
-        });
+        throw new LeaseLostError(leaseKey);
       }
       throw err;
     });
@@ -287,7 +276,7 @@ export async function start(config: FerryConfig, logger: Logger): Promise<RoleHa
   const log = logger.child({ role: 'upload' });
   const client = createRegistryClient(config, log);
   const sources = new SourceCache(config, log);
-  return startWorker<UploadJobData, LayerOutcome>({
+  return startWorker<UploadJob, LayerOutcome>({
     role: 'upload',
     queueName: QUEUE_NAMES.upload,
     concurrency: config.uploadConcurrency,

@@ -1,0 +1,205 @@
+/**
+ * Accepting a push, with no web framework in sight: validate what a schema
+ * cannot, check the target, open the source and pin it (the snapshot every job
+ * reads it through), record the push, enqueue its flow. The Fastify handler in
+ * app.ts only moves headers and bodies in and out.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { FerryConfig } from '@ferry/config';
+import type { Logger } from '@ferry/log';
+import {
+  enqueuePush,
+  type DirOptions,
+  type FerryQueues,
+  type PushLayout,
+  type PushRequest,
+  type PushStatus,
+  type PushStore,
+  type SignRequest,
+  type SourcePin,
+} from '@ferry/queue';
+import { ApiError } from './errors';
+import { SourceContentError, type Inspector } from './inspect';
+
+export interface PushBody {
+  source: string;
+  target: string;
+  tags?: string[];
+  sign?: SignRequest | boolean;
+  schema1?: boolean;
+  format?: 'oci' | 'docker';
+  platform?: string;
+  dirOptions?: Partial<DirOptions>;
+}
+
+export interface PushDeps {
+  config: FerryConfig;
+  store: PushStore;
+  queues: FerryQueues;
+  inspector: Inspector;
+  logger: Logger;
+}
+
+export interface Accepted {
+  id: string;
+  status: PushStatus;
+  /** An earlier push with the same Idempotency-Key. */
+  replayed: boolean;
+}
+
+const IDEMPOTENCY_KEY_RE = /^[\x21-\x7e]{1,255}$/;
+
+/** Checks the Idempotency-Key header (undefined when absent). */
+export function checkIdempotencyKey(header: unknown): string | undefined {
+  if (header === undefined) return undefined;
+  if (typeof header !== 'string' || !IDEMPOTENCY_KEY_RE.test(header)) {
+    throw new ApiError(
+      'FERRY_VALIDATION',
+      'Idempotency-Key must be 1-255 visible ASCII characters',
+      'Idempotency-Key',
+    );
+  }
+  return header;
+}
+
+/** The combinations a JSON schema cannot express. */
+function checkCombinations(body: PushBody): void {
+  if (body.schema1 === true && body.format === 'oci') {
+    throw new ApiError(
+      'FERRY_VALIDATION',
+      'schema1 is a Docker format; use format "docker" or leave format out',
+      'schema1',
+    );
+  }
+  if (body.dirOptions !== undefined && !body.source.startsWith('dir:')) {
+    throw new ApiError('FERRY_VALIDATION', 'dirOptions apply to dir: sources only', 'dirOptions');
+  }
+  // Signatures and schema1 manifests need the signers (a later issue): refuse rather than
+  // push an image unsigned that the caller asked to be signed.
+  const wantsSigning =
+    body.sign === true ||
+    (typeof body.sign === 'object' && body.sign !== null && (body.sign.cosign || body.sign.pgp));
+  if (wantsSigning || body.schema1 === true) {
+    throw new ApiError(
+      'FERRY_SIGNING_NOT_CONFIGURED',
+      wantsSigning
+        ? 'signing is not available on this server yet: no signer is configured'
+        : 'schema1 manifests need a signing key, and signing is not available on this server yet',
+      wantsSigning ? 'sign' : 'schema1',
+    );
+  }
+}
+
+/** dir: options with the defaults filled in; undefined for other sources. */
+function dirOptionsOf(body: PushBody): DirOptions | undefined {
+  if (!body.source.startsWith('dir:')) return undefined;
+  return { owners: body.dirOptions?.owners ?? 'root', mtime: body.dirOptions?.mtime ?? 'epoch' };
+}
+
+/** The source as opened now, or the content problem that will fail the push. */
+async function pinSource(
+  deps: PushDeps,
+  body: PushBody,
+  dirOptions: DirOptions | undefined,
+): Promise<
+  | { source: string; layout: PushLayout; pin: SourcePin; contentError?: undefined }
+  | { source: string; contentError: SourceContentError; layout?: undefined; pin?: undefined }
+> {
+  try {
+    return await deps.inspector.inspectSource(body.source, {
+      root: deps.config.sourceRoot,
+      platform: body.platform,
+      gzipLevel: deps.config.gzipLevel,
+      ...(dirOptions ? { dirOptions } : {}),
+    });
+  } catch (err) {
+    if (err instanceof SourceContentError) return { source: body.source, contentError: err };
+    throw toApiError(err, 'source');
+  }
+}
+
+/** Same key and same request: the id of the first push; same key, other request: 422. */
+async function claimIdempotencyKey(
+  store: PushStore,
+  key: string,
+  id: string,
+  request: PushRequest,
+): Promise<{ id: string; existing?: PushStatus }> {
+  // The pin is what the source was, not what was asked: a retry after the source changed
+  // is still the same request.
+  const { pin: _pin, ...asked } = request;
+  const fingerprint = createHash('sha256').update(JSON.stringify(asked)).digest('hex');
+  const r = await store.idempotent(key, id, fingerprint);
+  if (!r.sameRequest) {
+    throw new ApiError(
+      'FERRY_IDEMPOTENCY_CONFLICT',
+      'this Idempotency-Key was used with a different request',
+      'Idempotency-Key',
+    );
+  }
+  if (r.created) return { id: r.id };
+  const existing = await store.status(r.id);
+  return existing ? { id: r.id, existing } : { id: r.id };
+}
+
+/** Accepts a push: 202 with its id, or an ApiError naming the field that is wrong. Nothing is enqueued on error. */
+export async function createPush(
+  deps: PushDeps,
+  body: PushBody,
+  idempotencyKey: string | undefined,
+): Promise<Accepted> {
+  const { config, store, queues, inspector, logger } = deps;
+  checkCombinations(body);
+  // The target (and its registry allowlist) is checked before the source is touched.
+  const { target } = inspector.checkTarget(body.target, config.registryAllow);
+  const dirOptions = dirOptionsOf(body);
+  const pinned = await pinSource(deps, body, dirOptions);
+  const request: PushRequest = {
+    source: pinned.source,
+    target,
+    tags: body.tags ?? [],
+    format: body.format ?? (body.schema1 ? 'docker' : 'oci'),
+    ...(body.sign !== undefined ? { sign: body.sign } : {}),
+    ...(body.schema1 !== undefined ? { schema1: body.schema1 } : {}),
+    ...(body.platform !== undefined ? { platform: body.platform } : {}),
+    ...(dirOptions ? { dirOptions } : {}),
+    ...(pinned.pin ? { pin: pinned.pin } : {}),
+  };
+  let id: string = randomUUID();
+  if (idempotencyKey !== undefined) {
+    const claimed = await claimIdempotencyKey(store, idempotencyKey, id, request);
+    if (claimed.existing) return { id: claimed.id, status: claimed.existing, replayed: true };
+    id = claimed.id;
+  }
+  await store.create(id, request, pinned.layout ? { layout: pinned.layout } : {});
+  if (pinned.contentError) {
+    const { code, message } = pinned.contentError;
+    await store.finish(id, { error: { code, message } });
+    return { id, status: 'failed', replayed: false };
+  }
+  try {
+    await enqueuePush(queues, id, request, pinned.layout, { gzipLevel: config.gzipLevel });
+  } catch (err) {
+    await store
+      .finish(id, { error: { code: 'FERRY_UNAVAILABLE', message: 'the push could not be queued' } })
+      .catch(() => undefined);
+    throw err;
+  }
+  logger.info('push accepted', {
+    id,
+    source: request.source,
+    target,
+    layers: pinned.layout.images.map((i) => i.layers),
+  });
+  return { id, status: 'queued', replayed: false };
+}
+
+/** A thrown error from a source/target check as the API error to answer with. */
+export function toApiError(err: unknown, field: string): unknown {
+  if (err instanceof ApiError) return err;
+  const e = err as { code?: unknown; message?: string; field?: string };
+  if (typeof e?.code === 'string' && e.code.startsWith('FERRY_')) {
+    return new ApiError(e.code, e.message ?? e.code, e.field ?? field);
+  }
+  return err;
+}
