@@ -19,6 +19,16 @@ export interface ProxyHandle {
    * TCP reset on both sides; after that everything flows again.
    */
   cutOnceAfter(bytes: number): void;
+  /**
+   * Arms a one-shot hold: the next request whose first bytes are `METHOD ` (e.g.
+   * 'PATCH') is held before a byte of it reaches the target, with its connection
+   * paused. Resolves once a request is held; release() lets it through.
+   */
+  holdNext(method: string): Promise<void>;
+  /** Forwards the held request (if any) and everything its client sent after it. */
+  release(): void;
+  /** Requests held by holdNext so far. */
+  readonly holds: number;
   resetCounters(): void;
   stop(): Promise<void>;
 }
@@ -37,6 +47,10 @@ export async function startProxy(target: { host: string; port: number }): Promis
   let cuts = 0;
   let cutAt: number | undefined;
   let armed = 0; // bumped by every cutOnceAfter; a connection counts toward the cut from then on
+  let holdMethod: Buffer | undefined;
+  let onHeld: (() => void) | undefined;
+  let releaseHeld: (() => void) | undefined;
+  let holds = 0;
   const sockets = new Set<Socket>();
 
   const server = createServer((client) => {
@@ -51,7 +65,34 @@ export async function startProxy(target: { host: string; port: number }): Promis
       client.resetAndDestroy();
       upstream.resetAndDestroy();
     };
+    let held: Buffer[] | undefined;
+    const forward = (chunk: Buffer) => {
+      up += chunk.length;
+      bytesUp += chunk.length;
+      if (!upstream.write(chunk)) {
+        client.pause();
+        upstream.once('drain', () => client.resume());
+      }
+    };
     client.on('data', (chunk: Buffer) => {
+      if (held) {
+        held.push(chunk);
+        return;
+      }
+      if (holdMethod && chunk.subarray(0, holdMethod.length).equals(holdMethod)) {
+        holdMethod = undefined;
+        holds++;
+        held = [chunk];
+        client.pause();
+        releaseHeld = () => {
+          const chunks = held ?? [];
+          held = undefined;
+          for (const c of chunks) forward(c);
+          client.resume();
+        };
+        onHeld?.();
+        return;
+      }
       if (seenArm !== armed) {
         seenArm = armed;
         up = 0;
@@ -70,12 +111,7 @@ export async function startProxy(target: { host: string; port: number }): Promis
         }
         return;
       }
-      up += chunk.length;
-      bytesUp += chunk.length;
-      if (!upstream.write(chunk)) {
-        client.pause();
-        upstream.once('drain', () => client.resume());
-      }
+      forward(chunk);
     });
     upstream.on('data', (chunk: Buffer) => {
       bytesDown += chunk.length;
@@ -129,6 +165,24 @@ export async function startProxy(target: { host: string; port: number }): Promis
       }
       cutAt = bytes;
       armed++;
+    },
+    get holds() {
+      return holds;
+    },
+    holdNext(method: string) {
+      if (!/^[A-Z]+$/.test(method)) throw new Error(`holdNext: bad method ${method}`);
+      holdMethod = Buffer.from(`${method} `);
+      return new Promise<void>((resolve) => {
+        onHeld = () => {
+          onHeld = undefined;
+          resolve();
+        };
+      });
+    },
+    release() {
+      const r = releaseHeld;
+      releaseHeld = undefined;
+      r?.();
     },
     resetCounters() {
       bytesUp = 0;
