@@ -54,6 +54,12 @@ export interface UploadOptions extends CallOptions {
    * cancel it when the push was cancelled. Default: always cancel.
    */
   keepSessionOnFailure?: boolean | ((err: RegistryError) => boolean);
+  /**
+   * Runs right before the request that commits the blob (the final PUT); a
+   * throw stops the upload there, with nothing committed. The upload worker
+   * checks its blob lease's fencing token here.
+   */
+  beforeCommit?: () => Promise<void>;
 }
 
 export interface UploadResult {

@@ -403,6 +403,7 @@ export class Upload {
     headers: Headers,
   ): Promise<Outcome> {
     const what = `PUT ${this.what}`;
+    await this.opts.beforeCommit?.();
     // Append to the registry's query as it is (its opaque _state stays byte for byte).
     const url = new URL(this.session.location.toString());
     const q = `digest=${encodeURIComponent(digest)}`;
