@@ -1,11 +1,17 @@
 import type { Layer } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
-import { parseReference, type RegistryClient, type RepoRef } from '@ferry/registry-client';
-import { PermanentError } from './errors';
+import {
+  parseReference,
+  type CallOptions,
+  type RegistryClient,
+  type RepoRef,
+} from '@ferry/registry-client';
+import { isPermanent, PermanentError } from './errors';
 import {
   JOB_VERSION,
   jobVersion,
   type LayerJob,
+  type PermitControl,
   type PushRequest,
   type PushStore,
   type QueueContext,
@@ -153,11 +159,54 @@ export interface FoundBlob {
 }
 
 /**
+ * Runs one registry call under the registry's cluster-wide lookup permit. The
+ * permit is given back while the call sleeps (a back-off, a Retry-After) and
+ * taken again after; if it lapses (its renewal failed) the call is stopped and
+ * the job retried, so a lapsed holder never runs past the limit.
+ */
+export function underPermit<T>(
+  ctx: QueueContext,
+  registry: string,
+  fn: (call: CallOptions) => Promise<T>,
+  timeoutMs: number,
+): Promise<T> {
+  return ctx.lookupSemaphore.use(
+    registry,
+    async (permit: PermitControl) => {
+      const stop = new AbortController();
+      const watch = () => {
+        const signal = permit.signal;
+        if (signal.aborted) stop.abort(signal.reason);
+        else signal.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
+      };
+      watch();
+      try {
+        return await fn({
+          signal: stop.signal,
+          permit: {
+            release: () => permit.release(),
+            acquire: async () => {
+              await permit.reacquire();
+              watch();
+            },
+          },
+        });
+      } catch (err) {
+        // The call was stopped because the permit lapsed: say that (transient), not "aborted".
+        if (stop.signal.aborted && stop.signal.reason instanceof Error) throw stop.signal.reason;
+        throw err;
+      }
+    },
+    { timeoutMs },
+  );
+}
+
+/**
  * Is the blob in the target repository already (HEAD), or can it be mounted
  * from a repository of the same registry that Ferry pushed it to? Every
- * request runs under the registry's cluster-wide lookup permit. A mount the
- * registry refuses (no pull right, blob gone) is forgotten and the next
- * candidate tried; undefined means the blob must be uploaded.
+ * request runs under the registry's cluster-wide lookup permit (underPermit).
+ * A mount the registry refuses (no pull right, blob gone) is forgotten and the
+ * next candidate tried; undefined means the blob must be uploaded.
  */
 export async function findInRegistry(
   ctx: QueueContext,
@@ -166,9 +215,10 @@ export async function findInRegistry(
   digest: string,
   opts: { permitTimeoutMs?: number; sizeHint?: number; logger?: Logger } = {},
 ): Promise<FoundBlob | undefined> {
-  const checked = <T>(fn: () => Promise<T>) =>
-    ctx.lookupSemaphore.use(repo.registry, fn, { timeoutMs: opts.permitTimeoutMs ?? 120_000 });
-  const have = await checked(() => client.blobExists(repo, digest));
+  const timeoutMs = opts.permitTimeoutMs ?? 120_000;
+  const checked = <T>(fn: (call: CallOptions) => Promise<T>) =>
+    underPermit(ctx, repo.registry, fn, timeoutMs);
+  const have = await checked((call) => client.blobExists(repo, digest, call));
   if (have) return { state: 'exists', digest, size: have.size };
   const candidates = (await ctx.blobs.reposWithBlob(repo.registry, digest))
     .filter((r) => r !== repo.repository)
@@ -176,16 +226,16 @@ export async function findInRegistry(
   for (const from of candidates) {
     let mounted = false;
     try {
-      mounted = await checked(() => client.mountBlob(repo, digest, from));
+      mounted = await checked((call) => client.mountBlob(repo, digest, from, call));
     } catch (err) {
-      if ((err as { transient?: boolean }).transient !== false) throw err;
+      if (!isPermanent(err)) throw err;
       opts.logger?.info(`mount of ${digest} from ${from} refused: ${(err as Error).message}`);
     }
     if (!mounted) {
       await ctx.blobs.forgetBlob(repo.registry, from, digest);
       continue;
     }
-    const got = await checked(() => client.blobExists(repo, digest));
+    const got = await checked((call) => client.blobExists(repo, digest, call));
     return { state: 'mounted', digest, size: got?.size ?? opts.sizeHint, mountedFrom: from };
   }
   return undefined;

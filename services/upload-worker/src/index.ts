@@ -9,25 +9,30 @@
  * finds the lease taken does not hold a worker slot: it moves itself to
  * delayed and looks again later, when it usually finds the blob present
  * (or mounts it from the repository the other push wrote it to).
+ *
+ * The lease is kept (renewed) while the upload runs; a renewal that fails or is
+ * refused stops the upload at once — also while it sleeps in a back-off — and
+ * the fencing token is checked right before the final PUT and inside the Lua
+ * script that publishes the result (blob index, compressed-digest cache).
  */
 import { hostname } from 'node:os';
 import { DelayedError, type Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
 import { zlibIdentity, type Layer } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
-import { QUEUE_NAMES, type QueueContext, type UploadJob } from '@ferry/queue';
-import type { BlobSource, RegistryClient, RepoRef } from '@ferry/registry-client';
+import { QUEUE_NAMES, type LeaseRef, type QueueContext, type UploadJob } from '@ferry/queue';
+import type { BlobSource, RegistryClient, RepoRef, UploadResult } from '@ferry/registry-client';
 import {
   assertActive,
   blobLeaseKey,
-  currentLayerJob,
-  LeaseLostError,
-  PushRequests,
-  findInRegistry,
-  markPresent,
   CancelledError,
   createRegistryClient,
+  currentLayerJob,
+  findInRegistry,
   layerOf,
+  LeaseLostError,
+  markPresent,
+  PushRequests,
   SourceCache,
   startWorker,
   targetRepo,
@@ -47,15 +52,29 @@ export interface UploadDeps {
   leaseMs?: number;
   /** How long a job waits (delayed, no slot held) before looking at a leased blob again. */
   waitMs?: number;
+  /** How often a running upload asks whether its push was cancelled. Default 2 s. */
+  cancelCheckMs?: number;
 }
 
 const PROGRESS_EVERY_MS = 500;
 
+/** One upload job's blob, as every step below sees it. */
+interface BlobJob {
+  d: UploadJob;
+  job: Job<UploadJob>;
+  repo: RepoRef;
+  layer: Layer;
+  key: { imageIndex: number; index: number };
+  base: { imageIndex: number; layerIndex: number; mediaType: string };
+  diffId: string | undefined;
+  leaseKey: string;
+  sessionKey: string;
+}
+
 export function uploadProcessor(deps: UploadDeps) {
-  const { ctx, client, sources } = deps;
+  const { ctx, sources } = deps;
   const requests = deps.requests ?? new PushRequests(ctx.store);
   const leaseMs = deps.leaseMs ?? 30_000;
-  const waitMs = deps.waitMs ?? 1_000;
   const owner = `${hostname()}-${process.pid}`;
 
   return async (job: Job<UploadJob>, token?: string): Promise<LayerOutcome> => {
@@ -63,8 +82,6 @@ export function uploadProcessor(deps: UploadDeps) {
     await assertActive(ctx, d.pushId);
     const repo = targetRepo(d.target);
     const layer = await layerOf(sources, d);
-    const key = { imageIndex: d.imageIndex, index: d.layerIndex };
-    const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
     const diffId = layer.diffId ?? d.diffId;
     const leaseKey = blobLeaseKey(
       repo.registry,
@@ -73,123 +90,92 @@ export function uploadProcessor(deps: UploadDeps) {
       d.gzipLevel,
       zlibIdentity(d.gzipLevel),
     );
-    // The session an earlier attempt of this blob into this repository left open, if any.
-    const sessionKey = `${ctx.queues.prefix}:upload-session:${leaseKey}:${repo.repository}`;
+    const b: BlobJob = {
+      d,
+      job,
+      repo,
+      layer,
+      key: { imageIndex: d.imageIndex, index: d.layerIndex },
+      base: { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType },
+      diffId,
+      leaseKey,
+      // The session an earlier attempt of this blob into this repository left open, if any.
+      sessionKey: ctx.uploadLease.keys.uploadSession(leaseKey, repo.repository),
+    };
     // Unique per run of the job: a stalled run and its successor never share the lease.
-    const leaseOwner = `${owner}-${job.id}-${token ?? job.attemptsMade}`;
-    /** A session left open by an earlier attempt is cancelled once the blob needs no upload. */
-    const dropEarlierSession = async () => {
-      const earlier = await ctx.connection.get(sessionKey);
-      if (!earlier) return;
-      await client.cancelUpload(repo, earlier).catch(() => undefined);
-      await ctx.connection.del(sessionKey);
+    const lease: LeaseRef = {
+      key: leaseKey,
+      owner: `${owner}-${job.id}-${token ?? job.attemptsMade}`,
+      token: 0,
     };
-
-    /** The blob is in the target already, or can be mounted there: no bytes to send. */
-    const presentOrMount = async (): Promise<LayerOutcome | undefined> => {
-      let digest = layer.digest;
-      if (!digest && diffId) {
-        digest = (await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, zlibIdentity(d.gzipLevel)))
-          ?.digest;
-      }
-      if (!digest) return undefined;
-      const found = await findInRegistry(ctx, client, repo, digest, { logger: deps.logger });
-      if (!found) return undefined;
-      await dropEarlierSession();
-      await markPresent(ctx, d.pushId, key, repo, found);
-      return { ...base, ...found, diffId };
-    };
-
-    const fence = await ctx.uploadLease.acquire(leaseKey, leaseOwner, leaseMs);
-    if (fence === null) {
-      const found = await presentOrMount();
-      if (found) return found;
-      // Another worker is uploading this blob: wait without holding a slot, looking
-      // again less often the longer it takes (1 s, 2 s, 4 s … up to 30 s).
-      const waits = (d.waits ?? 0) + 1;
-      await job.updateData({ ...d, waits });
-      const delay =
-        Math.min(30_000, waitMs * 2 ** Math.min(waits - 1, 5)) * (1 + Math.random() / 2);
-      await job.moveToDelayed(Date.now() + Math.floor(delay), token);
-      throw new DelayedError();
-    }
-
-    let renewFailed = false;
-    const renew = setInterval(
-      () => {
-        ctx.uploadLease
-          .renew(leaseKey, leaseOwner, fence, leaseMs)
-          .then((ok) => {
-            if (!ok) renewFailed = true;
-          })
-          .catch(() => undefined);
-      },
-      Math.max(100, Math.floor(leaseMs / 3)),
-    );
+    const fence = await ctx.uploadLease.acquire(leaseKey, lease.owner, leaseMs);
+    if (fence === null) return waitForOtherUpload(deps, b, token);
+    lease.token = fence;
+    const keeper = ctx.uploadLease.keep(leaseKey, lease.owner, fence, leaseMs);
     try {
       // The holder before us may have finished it.
-      const found = await presentOrMount();
+      const found = await presentOrMount(deps, b);
       if (found) return found;
-      return await upload(
-        deps,
-        job,
-        repo,
-        layer,
-        key,
-        base,
-        diffId,
-        leaseKey,
-        sessionKey,
-        () => renewFailed,
-      );
+      return await upload(deps, b, lease, keeper.signal);
     } finally {
-      clearInterval(renew);
-      await ctx.uploadLease.release(leaseKey, leaseOwner, fence).catch(() => undefined);
+      keeper.stop();
+      await ctx.uploadLease.release(leaseKey, lease.owner, fence).catch(() => undefined);
     }
   };
 }
 
-async function upload(
+/** A session left open by an earlier attempt is cancelled once the blob needs no upload. */
+async function dropEarlierSession(deps: UploadDeps, b: BlobJob): Promise<void> {
+  const earlier = await deps.ctx.connection.get(b.sessionKey);
+  if (!earlier) return;
+  await deps.client.cancelUpload(b.repo, earlier).catch(() => undefined);
+  await deps.ctx.connection.del(b.sessionKey);
+}
+
+/** The blob is in the target already, or can be mounted there: no bytes to send. */
+async function presentOrMount(deps: UploadDeps, b: BlobJob): Promise<LayerOutcome | undefined> {
+  const { ctx, client } = deps;
+  let digest = b.layer.digest;
+  if (!digest && b.diffId) {
+    const level = b.d.gzipLevel;
+    digest = (await ctx.blobs.lookupCompressed(b.diffId, level, zlibIdentity(level)))?.digest;
+  }
+  if (!digest) return undefined;
+  const found = await findInRegistry(ctx, client, b.repo, digest, { logger: deps.logger });
+  if (!found) return undefined;
+  await dropEarlierSession(deps, b);
+  await markPresent(ctx, b.d.pushId, b.key, b.repo, found);
+  return { ...b.base, ...found, diffId: b.diffId };
+}
+
+/**
+ * Another worker is uploading this blob: wait without holding a slot, looking
+ * again less often the longer it takes (1 s, 2 s, 4 s … up to 30 s).
+ */
+async function waitForOtherUpload(
   deps: UploadDeps,
-  job: Job<UploadJob>,
-  repo: RepoRef,
-  layer: Layer,
-  key: { imageIndex: number; index: number },
-  base: { imageIndex: number; layerIndex: number; mediaType: string },
-  knownDiffId: string | undefined,
-  leaseKey: string,
-  sessionKey: string,
-  leaseLost: () => boolean,
+  b: BlobJob,
+  token: string | undefined,
 ): Promise<LayerOutcome> {
-  const { ctx, client, logger } = deps;
-  const d = job.data;
-  const earlier = (await ctx.connection.get(sessionKey)) ?? undefined;
-  const attemptsLeft = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
-  const rememberSession = (location: string | undefined) => {
-    const op = location
-      ? ctx.connection.set(sessionKey, location, 'EX', 24 * 3600)
-      : ctx.connection.del(sessionKey);
-    void op.catch(() => undefined);
-  };
-  const started = Date.now();
-  await ctx.store.updateLayer(d.pushId, key, {
-    state: 'uploading',
-    bytesSent: 0,
-    ...(layer.digest ? { digest: layer.digest } : {}),
-    ...(layer.size !== undefined ? { size: layer.size } : {}),
-  });
-  let diffId = knownDiffId;
-  let lastReport = 0;
-  let reported = 0;
-  const abort = new AbortController();
-  let cancelledCheck = 0;
-  const source: BlobSource = {
+  const found = await presentOrMount(deps, b);
+  if (found) return found;
+  const waits = (b.d.waits ?? 0) + 1;
+  await b.job.updateData({ ...b.d, waits });
+  const waitMs = deps.waitMs ?? 1_000;
+  const delay = Math.min(30_000, waitMs * 2 ** Math.min(waits - 1, 5)) * (1 + Math.random() / 2);
+  await b.job.moveToDelayed(Date.now() + Math.floor(delay), token);
+  throw new DelayedError();
+}
+
+/** The layer as the registry client reads it: every (re)open regenerates and hashes the bytes. */
+function blobSourceOf(layer: Layer, onDiffId: (diffId: string) => void): BlobSource {
+  return {
     size: layer.size,
     digest: layer.digest,
     open: async (offset: number) => {
       const s = await layer.open(offset);
       const done = s.done.then((r) => {
-        diffId = r.diffId;
+        onDiffId(r.diffId);
         return { digest: r.digest, size: r.size };
       });
       // The client may abandon a stream (a cut, a retry) without awaiting its end.
@@ -197,73 +183,152 @@ async function upload(
       return { stream: s.stream, done };
     },
   };
-  const result = await client
-    .uploadBlob(repo, source, {
-      chunkSize: deps.chunkSize,
-      signal: abort.signal,
-      resumeSession: earlier,
-      onSession: rememberSession,
-      // A retry (maybe on another worker) resumes the session from the registry's offset.
-      keepSessionOnFailure: attemptsLeft,
-      onProgress: (bytesSent) => {
-        const now = Date.now();
-        if (now - lastReport < PROGRESS_EVERY_MS) return;
-        lastReport = now;
-        reported = bytesSent;
-        void ctx.store
-          .updateLayer(d.pushId, key, { state: 'uploading', bytesSent })
-          .catch(() => undefined);
-        void job.updateProgress({ bytesSent }).catch(() => undefined);
-        if (now - cancelledCheck > 2_000) {
-          cancelledCheck = now;
-          void ctx.store
-            .isCancelled(d.pushId)
-            .then((c) => {
-              if (c || leaseLost()) abort.abort();
-            })
-            .catch(() => undefined);
-        }
+}
+
+/** Progress into the push state at most every PROGRESS_EVERY_MS, and a cancel check every cancelCheckMs. */
+function progressReporter(deps: UploadDeps, b: BlobJob, cancel: AbortController) {
+  const { ctx } = deps;
+  let lastReport = 0;
+  let lastCheck = 0;
+  const checkEvery = deps.cancelCheckMs ?? 2_000;
+  return (bytesSent: number) => {
+    const now = Date.now();
+    if (cancel.signal.aborted || now - lastReport < PROGRESS_EVERY_MS) return;
+    lastReport = now;
+    void ctx.store
+      .updateLayer(b.d.pushId, b.key, { state: 'uploading', bytesSent })
+      .catch(() => undefined);
+    void b.job.updateProgress({ bytesSent }).catch(() => undefined);
+    if (now - lastCheck < checkEvery) return;
+    lastCheck = now;
+    void ctx.store
+      .isCancelled(b.d.pushId)
+      .then((c) => {
+        if (c) cancel.abort();
+      })
+      .catch(() => undefined);
+  };
+}
+
+/** Streams the layer into an upload session (resuming an earlier attempt's), under the lease. */
+async function upload(
+  deps: UploadDeps,
+  b: BlobJob,
+  lease: LeaseRef,
+  leaseLost: AbortSignal,
+): Promise<LayerOutcome> {
+  const { ctx, client } = deps;
+  const { d, job, layer } = b;
+  const earlier = (await ctx.connection.get(b.sessionKey)) ?? undefined;
+  const rememberSession = (location: string | undefined) => {
+    const op = location
+      ? ctx.connection.set(b.sessionKey, location, 'EX', 24 * 3600)
+      : ctx.connection.del(b.sessionKey);
+    void op.catch(() => undefined);
+  };
+  const started = Date.now();
+  await ctx.store.updateLayer(d.pushId, b.key, {
+    state: 'uploading',
+    bytesSent: 0,
+    ...(layer.digest ? { digest: layer.digest } : {}),
+    ...(layer.size !== undefined ? { size: layer.size } : {}),
+  });
+  let diffId = b.diffId;
+  const cancel = new AbortController();
+  let result: UploadResult;
+  try {
+    result = await client.uploadBlob(
+      b.repo,
+      blobSourceOf(layer, (x) => (diffId = x)),
+      {
+        chunkSize: deps.chunkSize,
+        // Stops on a cancel, and on a lost lease — also in the middle of a back-off.
+        signal: AbortSignal.any([cancel.signal, leaseLost]),
+        resumeSession: earlier,
+        onSession: rememberSession,
+        // A retry (maybe on another worker) resumes the session from the registry's offset;
+        // an abort (cancel, lost lease) cancels it.
+        keepSessionOnFailure: job.attemptsMade + 1 < (job.opts.attempts ?? 1),
+        beforeCommit: async () => {
+          if (!(await ctx.uploadLease.check(lease.key, lease.owner, lease.token))) {
+            throw new LeaseLostError(lease.key);
+          }
+        },
+        onProgress: progressReporter(deps, b, cancel),
       },
-    })
-    .catch(async (err: unknown) => {
-      if (abort.signal.aborted) {
-        if (await ctx.store.isCancelled(d.pushId)) throw new CancelledError(d.pushId);
-        // The blob lease was lost (this worker stalled): let a retry look again.
-        throw new LeaseLostError(leaseKey);
-      }
-      throw err;
-    });
-  void reported;
-  await ctx.blobs.recordBlob(repo.registry, repo.repository, result.digest);
-  if (!layer.digest && diffId) {
-    await ctx.blobs.cacheCompressed(
-      diffId,
-      d.gzipLevel,
-      zlibIdentity(d.gzipLevel),
-      result.digest,
-      result.size,
     );
+  } catch (err) {
+    throw await uploadFailure(deps, b, err, cancel.signal, leaseLost);
   }
-  await ctx.store.updateLayer(d.pushId, key, {
-    state: result.mountedFrom ? 'mounted' : 'uploaded',
+  // Published only while the lease is still ours (checked inside the Lua script that writes).
+  const published = await ctx.blobs.recordUpload({
+    lease,
+    registry: b.repo.registry,
+    repository: b.repo.repository,
+    digest: result.digest,
+    ...(!layer.digest && diffId
+      ? {
+          compressed: {
+            diffId,
+            level: d.gzipLevel,
+            zlib: zlibIdentity(d.gzipLevel),
+            size: result.size,
+          },
+        }
+      : {}),
+  });
+  if (!published) throw new LeaseLostError(lease.key);
+  return finishUpload(deps, b, result, diffId, started);
+}
+
+/** The error an upload ends with: cancelled (layer marked so), a lost lease, or the client's own. */
+async function uploadFailure(
+  deps: UploadDeps,
+  b: BlobJob,
+  err: unknown,
+  cancelled: AbortSignal,
+  leaseLost: AbortSignal,
+): Promise<unknown> {
+  const { ctx } = deps;
+  if (cancelled.aborted || (await ctx.store.isCancelled(b.d.pushId).catch(() => false))) {
+    // The client cancelled the registry session (DELETE) on the abort.
+    await ctx.connection.del(b.sessionKey).catch(() => undefined);
+    await ctx.store.updateLayer(b.d.pushId, b.key, { state: 'cancelled' }).catch(() => undefined);
+    return new CancelledError(b.d.pushId);
+  }
+  // The blob lease was lost (this worker stalled, Redis lost it): a retry looks again.
+  if (leaseLost.aborted) return new LeaseLostError(b.leaseKey);
+  return err;
+}
+
+/** Records a finished upload in the push state and the metrics. */
+async function finishUpload(
+  deps: UploadDeps,
+  b: BlobJob,
+  result: UploadResult,
+  diffId: string | undefined,
+  started: number,
+): Promise<LayerOutcome> {
+  const { ctx, logger } = deps;
+  const state = result.mountedFrom ? 'mounted' : 'uploaded';
+  await ctx.store.updateLayer(b.d.pushId, b.key, {
+    state,
     digest: result.digest,
     size: result.size,
     bytesSent: result.bytesSent,
     ...(result.mountedFrom ? { mountedFrom: result.mountedFrom } : {}),
   });
-  await ctx.metrics
-    .inc('ferry_blobs_total', { result: result.mountedFrom ? 'mounted' : 'uploaded' })
-    .catch(() => undefined);
+  await ctx.metrics.inc('ferry_blobs_total', { result: state }).catch(() => undefined);
   await ctx.metrics.inc('ferry_bytes_uploaded_total', {}, result.bytesSent).catch(() => undefined);
   await ctx.metrics
     .observe('ferry_blob_upload_duration_seconds', (Date.now() - started) / 1000)
     .catch(() => undefined);
   logger.info(
-    `pushed ${result.digest} (${result.size} bytes, ${result.bytesSent} sent, ${result.restarts} restarts, ${result.resumes} resumes) to ${repo.repository}`,
+    `pushed ${result.digest} (${result.size} bytes, ${result.bytesSent} sent, ${result.restarts} restarts, ${result.resumes} resumes) to ${b.repo.repository}`,
   );
   return {
-    ...base,
-    state: result.mountedFrom ? 'mounted' : 'uploaded',
+    ...b.base,
+    state,
     digest: result.digest,
     size: result.size,
     diffId,
