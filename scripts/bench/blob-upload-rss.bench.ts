@@ -129,7 +129,7 @@ function runChild(mode: string, registry: string): Promise<ChildResult> {
 
 async function main(): Promise<void> {
   // Loaded here, not at the top: the children never need the test harness.
-  const { startRegistry } = await import('../../test/helpers');
+  const { startRegistry } = require('../../test/helpers') as typeof import('../../test/helpers');
   const reg = await startRegistry();
   try {
     const baseline = await runChild('baseline', reg.host);

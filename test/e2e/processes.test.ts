@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { openSource } from '@ferry/image-source';
+import { parseSse } from '../helpers/sse';
 import { copyHello, writeRandomFile } from './stack';
 import {
   skopeoInspect,
@@ -148,18 +149,9 @@ async function readEvents(
   assert.equal(r.status, 200);
   assert.match(r.headers.get('content-type') ?? '', /text\/event-stream/);
   const text = await r.text();
-  const out: { id: string; data: { type: string; status?: string } }[] = [];
-  for (const block of text.split('\n\n')) {
-    const idLine = block.split('\n').find((l) => l.startsWith('id:'));
-    const dataLines = block
-      .split('\n')
-      .filter((l) => l.startsWith('data:'))
-      .map((l) => l.slice(5).trimStart());
-    if (idLine && dataLines.length) {
-      out.push({ id: idLine.slice(3).trim(), data: JSON.parse(dataLines.join('\n')) });
-    }
-  }
-  return out;
+  return parseSse(text)
+    .filter((e) => e.id !== undefined && e.data !== '')
+    .map((e) => ({ id: e.id as string, data: JSON.parse(e.data) }));
 }
 
 describe('ferry serve processes, REST, SSE and the CLI', function () {

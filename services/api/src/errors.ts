@@ -30,6 +30,8 @@ export const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   // ours
   FERRY_UNAVAILABLE: 503,
   FERRY_INTERNAL: 500,
+  // this server cannot read file capabilities (the xattr addon is missing): refuse, never drop them
+  FERRY_XATTRS_UNAVAILABLE: 500,
 };
 
 /** The HTTP status of a code: the table above; a code missing from it is our bug (500). */

@@ -69,6 +69,9 @@ export const defaultInspector: Inspector = {
       };
     } catch (err) {
       if (!(err instanceof SourceError)) throw err;
+      if (err.code === SourceErrorCodes.XATTRS_UNAVAILABLE) {
+        throw new ApiError(err.code, err.message);
+      }
       if (REQUEST_ERRORS.has(err.code)) {
         const field = err.field === 'platform' || err.field === 'source' ? err.field : 'source';
         throw new ApiError(err.code, err.message, field);

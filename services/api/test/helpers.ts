@@ -2,7 +2,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash, randomUUID } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
-import { request as httpRequest } from 'node:http';
 import type { Redis } from 'ioredis';
 import { loadConfig, type FerryConfig } from '@ferry/config';
 import { createLogger } from '@ferry/log';
@@ -85,69 +84,8 @@ export async function makeApi(
 
 export const AUTH = { authorization: 'Bearer secret-token-1' };
 
-export interface SseEvent {
-  id?: string;
-  data: string;
-}
-
-/**
- * Reads an SSE response over a real HTTP connection until the server ends
- * it (or `stopAfter` events arrived), parsing `id:` and `data:` fields.
- */
-export function readSse(
-  url: string,
-  headers: Record<string, string>,
-  stopAfter = Infinity,
-  onOpen?: () => void,
-): Promise<{ status: number; contentType: string; events: SseEvent[]; ended: boolean }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      url,
-      { headers: { accept: 'text/event-stream', ...headers } },
-      (res) => {
-        const events: SseEvent[] = [];
-        let buf = '';
-        let done = false;
-        const finish = (ended: boolean) => {
-          if (done) return;
-          done = true;
-          resolve({
-            status: res.statusCode ?? 0,
-            contentType: String(res.headers['content-type']),
-            events,
-            ended,
-          });
-          if (!ended) req.destroy();
-        };
-        onOpen?.();
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => {
-          buf += chunk;
-          let i;
-          while ((i = buf.indexOf('\n\n')) >= 0) {
-            const block = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            const ev: SseEvent = { data: '' };
-            let hasData = false;
-            for (const line of block.split('\n')) {
-              if (line.startsWith('id: ')) ev.id = line.slice(4);
-              else if (line.startsWith('data: ')) {
-                ev.data += line.slice(6);
-                hasData = true;
-              }
-            }
-            if (hasData) events.push(ev);
-            if (events.length >= stopAfter) return finish(false);
-          }
-        });
-        res.on('end', () => finish(true));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
+// The tests' one SSE parser (eventsource-parser), shared with the e2e suites.
+export { readSse, type SseEvent } from '../../../test/helpers/sse';
 
 function digestOf(b: Buffer): string {
   return 'sha256:' + createHash('sha256').update(b).digest('hex');
