@@ -1,25 +1,14 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { createBullBoard } from '@bull-board/api';
-import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
-import { FastifyAdapter } from '@bull-board/fastify';
 import type { Redis } from 'ioredis';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
-import {
-  removePushJobs,
-  type FerryQueues,
-  type PushLayout,
-  type PushState,
-  type PushStatus,
-  type PushStore,
-} from '@ferry/queue';
-import { Auth, loginPage } from './auth';
+import type { FerryQueues, PushStore } from '@ferry/queue';
+import { Auth } from './auth';
+import { registerBoard } from './board';
 import { ApiError } from './errors';
 import { defaultInspector, type Inspector } from './inspect';
-import { checkIdempotencyKey, createPush, type PushBody } from './pushes';
-import { lastEventIdOf, streamEvents } from './sse';
-import { createMetricsRegistry } from './metrics';
-import { buildOpenApi } from './openapi';
+import { pushRoutes } from './routes-pushes';
+import { serviceRoutes } from './routes-service';
 import { routeDoc, type RouteDoc } from './schemas';
 
 export interface ApiDeps {
@@ -92,23 +81,6 @@ function isRedisDown(err: unknown): boolean {
   );
 }
 
-function links(id: string) {
-  return { self: `/v1/pushes/${id}`, events: `/v1/pushes/${id}/events` };
-}
-
-function layoutOf(state: PushState): PushLayout {
-  const images: { layers: number }[] = [];
-  for (const l of state.layers) {
-    images[l.imageIndex] = { layers: Math.max(images[l.imageIndex]?.layers ?? 0, l.index + 1) };
-  }
-  return { images: Array.from(images, (i) => i ?? { layers: 0 }) };
-}
-
-function publicState(state: PushState) {
-  const { request: _request, ...rest } = state;
-  return { ...rest, links: links(state.id) };
-}
-
 /** The REST API, SSE, Bull Board, health and metrics — on the given connection, queues and store. */
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, store, queues, logger } = deps;
@@ -129,7 +101,23 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     },
   });
   const streams = new Set<() => void>();
+  installErrorHandling(app, logger);
+  installAuth(app, auth, logger);
+  const route = routeAdder(app);
+  pushRoutes(route, { config, store, queues, inspector, logger, keepAliveMs, streams });
+  serviceRoutes(route, deps, auth);
+  registerBoard(app, auth, queues);
 
+  app.addHook('preClose', async () => {
+    for (const stop of [...streams]) stop();
+  });
+  if (auth.open)
+    logger.warn('api: FERRY_API_TOKENS is empty — every route is open to anyone who can reach it');
+  return app;
+}
+
+/** Every error answered in one shape, with its status from the one code → status table. */
+function installErrorHandling(app: FastifyInstance, logger: Logger): void {
   // ---- errors: one shape, one code → status table ----
   app.setErrorHandler(
     (
@@ -172,7 +160,10 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       .code(404)
       .send(new ApiError('FERRY_NOT_FOUND', `no route ${req.method} ${pathOf(req.url)}`).toBody());
   });
+}
 
+/** Bearer tokens on every route but the public ones; Bull Board also takes the session cookie. */
+function installAuth(app: FastifyInstance, auth: Auth, logger: Logger): void {
   // ---- auth ----
   app.addHook('onRequest', async (req, reply) => {
     const path = pathOf(req.url);
@@ -200,158 +191,18 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       ms: Math.round(reply.elapsedTime),
     });
   });
+}
 
-  const route = (
-    method: RouteDoc['method'],
-    url: string,
-    handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>,
-  ) => {
+export type AddRoute = (
+  method: RouteDoc['method'],
+  url: string,
+  handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>,
+) => void;
+
+/** Adds a route with the schema its OpenAPI entry documents. */
+function routeAdder(app: FastifyInstance): AddRoute {
+  return (method, url, handler) => {
     const doc = routeDoc(method, url);
     app.route({ method, url, schema: doc.schema, handler });
   };
-
-  // ---- pushes ----
-  route('POST', '/v1/pushes', async (req, reply) => {
-    const key = checkIdempotencyKey(req.headers['idempotency-key']);
-    const r = await createPush(
-      { config, store, queues, inspector, logger },
-      req.body as PushBody,
-      key,
-    );
-    reply.code(202).header('location', links(r.id).self);
-    if (r.replayed) reply.header('idempotent-replayed', 'true');
-    return reply.send({ id: r.id, status: r.status, links: links(r.id) });
-  });
-
-  route('GET', '/v1/pushes', async (req) => {
-    const q = req.query as { status?: PushStatus; limit?: string };
-    const list = await store.list({ status: q.status, limit: q.limit ? Number(q.limit) : 50 });
-    return { pushes: list.map((p) => ({ ...p, links: links(p.id) })) };
-  });
-
-  route('GET', '/v1/pushes/:id', async (req) => {
-    const { id } = req.params as { id: string };
-    const state = await store.get(id);
-    if (!state) throw new ApiError('FERRY_PUSH_NOT_FOUND', `no push ${id}`, 'id');
-    return publicState(state);
-  });
-
-  route('DELETE', '/v1/pushes/:id', async (req) => {
-    const { id } = req.params as { id: string };
-    const state = await store.get(id);
-    if (!state) throw new ApiError('FERRY_PUSH_NOT_FOUND', `no push ${id}`, 'id');
-    if (state.status === 'cancelled') return { id, status: 'cancelled', links: links(id) };
-    const r = await store.cancel(id);
-    if (!r.ok) {
-      throw new ApiError(
-        'FERRY_PUSH_FINISHED',
-        `push ${id} has ${r.previous ?? state.status} already`,
-        'id',
-      );
-    }
-    const removed = await removePushJobs(queues, id, layoutOf(state));
-    // Layers not in the registry yet will never be: say so (an upload still running
-    // stops within a few seconds, cancels its registry session and says so too).
-    for (const l of state.layers) {
-      if (l.state === 'pending' || l.state === 'uploading') {
-        await store.updateLayer(
-          id,
-          { imageIndex: l.imageIndex, index: l.index },
-          { state: 'cancelled' },
-        );
-      }
-    }
-    logger.info('push cancelled', { id, removedJobs: removed });
-    return { id, status: 'cancelled', removedJobs: removed, links: links(id) };
-  });
-
-  route('GET', '/v1/pushes/:id/events', async (req, reply) => {
-    const { id } = req.params as { id: string };
-    const last = lastEventIdOf(req.headers['last-event-id'], req.query as { lastEventId?: string });
-    const status = await store.status(id);
-    if (!status) throw new ApiError('FERRY_PUSH_NOT_FOUND', `no push ${id}`, 'id');
-    reply.hijack();
-    await streamEvents({ store, logger, keepAliveMs, streams }, id, last, req.raw, reply.raw);
-  });
-
-  // ---- signing (a later issue) ----
-  const notConfigured = (what: string) => async () => {
-    throw new ApiError('FERRY_NOT_CONFIGURED', `${what} is not configured on this server`);
-  };
-  route('GET', '/v1/signing/public-key', notConfigured('a cosign signing key'));
-  route('GET', '/v1/signing/pgp-key', notConfigured('an OpenPGP key'));
-  route('GET', '/sigstore/*', notConfigured('OpenPGP lookaside signing'));
-
-  // ---- health, metrics, docs ----
-  route('GET', '/healthz', async () => ({ status: 'ok' }));
-  route('GET', '/readyz', async (_req, reply) => {
-    try {
-      const pong = await Promise.race([
-        deps.redis.ping(),
-        new Promise<never>((_, reject) =>
-          setTimeout(() => reject(new Error('PING timed out')), 1_000).unref(),
-        ),
-      ]);
-      if (pong !== 'PONG') throw new Error(`PING answered ${pong}`);
-      return { status: 'ready' };
-    } catch (err) {
-      return reply
-        .code(503)
-        .send({ status: 'not ready', reason: `redis: ${(err as Error).message}` });
-    }
-  });
-  const metrics = createMetricsRegistry(store, queues);
-  route('GET', '/metrics', async (_req, reply) => {
-    const text = await metrics.metrics();
-    return reply.header('content-type', metrics.contentType).send(text);
-  });
-  const openapi = buildOpenApi({ version: deps.version ?? '0.1.0', tokensRequired: !auth.open });
-  route('GET', '/openapi.json', async () => openapi);
-
-  // ---- Bull Board: bearer header, or the session cookie the login form sets ----
-  app.register(async (scope) => {
-    scope.addContentTypeParser(
-      'application/x-www-form-urlencoded',
-      { parseAs: 'string', bodyLimit: 4096 },
-      (_req, body, done) => {
-        done(null, Object.fromEntries(new URLSearchParams(body as string)));
-      },
-    );
-    scope.get('/admin/login', async (_req, reply) => {
-      if (auth.open) return reply.redirect('/admin/queues', 303);
-      return reply.type('text/html; charset=utf-8').send(loginPage());
-    });
-    scope.post('/admin/login', async (req, reply) => {
-      const token = (req.body as Record<string, unknown> | undefined)?.token;
-      if (typeof token !== 'string' || !auth.checkToken(token) || auth.open) {
-        if (auth.open) return reply.redirect('/admin/queues', 303);
-        return reply
-          .code(401)
-          .type('text/html; charset=utf-8')
-          .send(loginPage('That token is not valid.'));
-      }
-      const secure = req.protocol === 'https';
-      return reply.header('set-cookie', auth.sessionCookie(secure)).redirect('/admin/queues', 303);
-    });
-    scope.post('/admin/logout', async (_req, reply) =>
-      reply.header('set-cookie', Auth.clearCookie()).redirect('/admin/login', 303),
-    );
-  });
-  const board = new FastifyAdapter();
-  board.setBasePath('/admin/queues');
-  createBullBoard({
-    queues: [queues.lookup, queues.upload, queues.assemble].map(
-      (q) => new BullMQAdapter(q as never),
-    ),
-    serverAdapter: board,
-    options: { uiConfig: { boardTitle: 'Ferry' } },
-  });
-  app.register(board.registerPlugin() as never, { prefix: '/admin/queues' });
-
-  app.addHook('preClose', async () => {
-    for (const stop of [...streams]) stop();
-  });
-  if (auth.open)
-    logger.warn('api: FERRY_API_TOKENS is empty — every route is open to anyone who can reach it');
-  return app;
 }

@@ -1,0 +1,43 @@
+/** Health, readiness, metrics, the OpenAPI document, and the signing routes (until signing lands). */
+import { buildOpenApi } from './openapi';
+import { createMetricsRegistry } from './metrics';
+import { ApiError } from './errors';
+import type { AddRoute, ApiDeps } from './app';
+import type { Auth } from './auth';
+
+export function serviceRoutes(route: AddRoute, deps: ApiDeps, auth: Auth): void {
+  const { store, queues } = deps;
+  // ---- signing (a later issue) ----
+  const notConfigured = (what: string) => async () => {
+    throw new ApiError('FERRY_NOT_CONFIGURED', `${what} is not configured on this server`);
+  };
+  route('GET', '/v1/signing/public-key', notConfigured('a cosign signing key'));
+  route('GET', '/v1/signing/pgp-key', notConfigured('an OpenPGP key'));
+  route('GET', '/sigstore/*', notConfigured('OpenPGP lookaside signing'));
+
+  // ---- health, metrics, docs ----
+  route('GET', '/healthz', async () => ({ status: 'ok' }));
+  route('GET', '/readyz', async (_req, reply) => {
+    try {
+      const pong = await Promise.race([
+        deps.redis.ping(),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('PING timed out')), 1_000).unref(),
+        ),
+      ]);
+      if (pong !== 'PONG') throw new Error(`PING answered ${pong}`);
+      return { status: 'ready' };
+    } catch (err) {
+      return reply
+        .code(503)
+        .send({ status: 'not ready', reason: `redis: ${(err as Error).message}` });
+    }
+  });
+  const metrics = createMetricsRegistry(store, queues);
+  route('GET', '/metrics', async (_req, reply) => {
+    const text = await metrics.metrics();
+    return reply.header('content-type', metrics.contentType).send(text);
+  });
+  const openapi = buildOpenApi({ version: deps.version ?? '0.1.0', tokensRequired: !auth.open });
+  route('GET', '/openapi.json', async () => openapi);
+}
