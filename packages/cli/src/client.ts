@@ -8,6 +8,8 @@ export class CliError extends Error {
     message: string,
     /** Process exit status. */
     readonly exitCode = 1,
+    /** The request field the server named, if any. */
+    readonly field?: string,
   ) {
     super(message);
     this.name = 'CliError';
@@ -237,7 +239,7 @@ function errorFromResponse(status: number, text: string): CliError {
   const code = body?.error?.code ?? `HTTP_${status}`;
   let message =
     body?.error?.message ?? (text.trim().slice(0, 200) || `the server answered ${status}`);
-  if (body?.error?.field && !message.includes(body.error.field))
-    message += ` (field ${body.error.field})`;
-  return new CliError(code, message);
+  const field = body?.error?.field;
+  if (field && !message.includes(field)) message += ` (field ${field})`;
+  return new CliError(code, message, 1, field);
 }

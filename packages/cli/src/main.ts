@@ -1,4 +1,4 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { loadConfig } from '@ferry/config';
 import { createLogger } from '@ferry/log';
 import { CliError, FerryClient } from './client';
@@ -52,7 +52,21 @@ interface PushOpts extends ServerOpts {
   schema1?: boolean;
   format?: 'oci' | 'docker';
   platform?: string;
+  owners?: 'root' | 'keep';
+  mtime?: 'epoch' | 'keep' | number;
   wait: boolean;
+}
+
+/** The largest mtime a tar header holds (11 octal digits), as the API's schema allows. */
+export const MAX_MTIME_SECONDS = 8589934591;
+
+/** `--mtime epoch|keep|SECONDS`: SECONDS becomes a number (REST dirOptions.mtime). */
+export function parseMtime(value: string): 'epoch' | 'keep' | number {
+  if (value === 'epoch' || value === 'keep') return value;
+  if (/^\d+$/.test(value) && Number(value) <= MAX_MTIME_SECONDS) return Number(value);
+  throw new InvalidArgumentError(
+    `Expected epoch, keep or whole seconds since the epoch (0 to ${MAX_MTIME_SECONDS}).`,
+  );
 }
 
 async function push(source: string, target: string, opts: PushOpts, io: CliIo): Promise<number> {
@@ -63,7 +77,19 @@ async function push(source: string, target: string, opts: PushOpts, io: CliIo): 
   if (opts.schema1) body.schema1 = true;
   if (opts.format) body.format = opts.format;
   if (opts.platform) body.platform = opts.platform;
-  const accepted = await api.createPush(body);
+  // Sent as given: the server refuses them for a source that is not dir: (400, field dirOptions).
+  if (opts.owners !== undefined || opts.mtime !== undefined) {
+    body.dirOptions = {
+      ...(opts.owners !== undefined ? { owners: opts.owners } : {}),
+      ...(opts.mtime !== undefined ? { mtime: opts.mtime } : {}),
+    };
+  }
+  const accepted = await api.createPush(body).catch((err: unknown) => {
+    // REST names dirOptions; on the command line they are --owners and --mtime.
+    if (err instanceof CliError && err.field?.startsWith('dirOptions'))
+      throw new CliError(err.code, `${err.message} (--owners, --mtime)`, err.exitCode, err.field);
+    throw err;
+  });
   if (!opts.wait) {
     io.stdout.write(opts.json ? JSON.stringify(accepted) + '\n' : `${accepted.id}\n`);
     return 0;
@@ -169,6 +195,18 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
       .option('--schema1', 'push a legacy signed schema1 manifest')
       .addOption(new Option('--format <format>', 'manifest format').choices(['oci', 'docker']))
       .option('--platform <os/arch>', 'push one platform of a multi-platform source')
+      .addOption(
+        new Option(
+          '--owners <mode>',
+          "dir: layers: uid/gid 0 (root, the default) or each file's numeric uid/gid (keep)",
+        ).choices(['root', 'keep']),
+      )
+      .addOption(
+        new Option(
+          '--mtime <mtime>',
+          "dir: layers: mtime 0 (epoch, the default), each file's mtime (keep) or SECONDS",
+        ).argParser(parseMtime),
+      )
       .option('--json', 'one JSON object per event on stdout, the last one the final status')
       .option('--no-wait', 'print the push id and return at once'),
   ).action(async (source: string, target: string, opts: PushOpts) =>

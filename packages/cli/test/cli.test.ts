@@ -61,6 +61,52 @@ function runCli(
   });
 }
 
+interface Recorded {
+  method: string;
+  url: string;
+  body: string;
+}
+
+/** A proxy in front of the API that records every request (method, path, body) it forwards. */
+async function recordingProxy(
+  upstreamUrl: string,
+): Promise<{ url: string; requests: Recorded[]; close(): Promise<void> }> {
+  const upstream = new URL(upstreamUrl);
+  const requests: Recorded[] = [];
+  const proxy = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (d: Buffer) => chunks.push(d));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ method: req.method ?? '', url: req.url ?? '', body: body.toString() });
+      const up = httpRequest(
+        {
+          host: upstream.hostname,
+          port: upstream.port,
+          path: req.url,
+          method: req.method,
+          headers: req.headers,
+        },
+        (ur) => {
+          res.writeHead(ur.statusCode ?? 502, ur.headers);
+          ur.pipe(res);
+        },
+      );
+      up.on('error', () => res.destroy());
+      up.end(body);
+    });
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  return {
+    url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+    requests,
+    async close() {
+      proxy.closeAllConnections();
+      await new Promise((r) => proxy.close(r));
+    },
+  };
+}
+
 /**
  * A fake pipeline made of real BullMQ workers on the API's queues: lookups
  * report layer 0 "exists", layer 1 "mounted from team/base" and add an upload
@@ -278,6 +324,93 @@ describe('ferry CLI against the API and a fake pipeline', function () {
       down.stderr,
       /^ferry: FERRY_SERVER_UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:\d+/,
     );
+  });
+
+  it('push --owners/--mtime: sent as dirOptions (SECONDS a number), only when given', async () => {
+    const proxy = await recordingProxy(server);
+    try {
+      const cases: [string[], unknown][] = [
+        [['--owners', 'keep', '--mtime', '1700000000'], { owners: 'keep', mtime: 1700000000 }],
+        [['--mtime', 'keep'], { mtime: 'keep' }],
+        [['--owners', 'root', '--mtime', 'epoch'], { owners: 'root', mtime: 'epoch' }],
+        [['--mtime', '0'], { mtime: 0 }],
+        [[], undefined],
+      ];
+      for (const [flags, expected] of cases) {
+        const r = await runCli(
+          [
+            'push',
+            `dir:${root}/images/app`,
+            '127.0.0.1:59999/team/app:opts',
+            '--no-wait',
+            ...flags,
+          ],
+          { env: { ...env(), FERRY_URL: proxy.url } },
+        );
+        assert.equal(r.code, 0, r.stderr);
+        const posts = proxy.requests.filter((q) => q.method === 'POST');
+        const sent = JSON.parse(posts[posts.length - 1].body) as Record<string, unknown>;
+        assert.deepEqual(sent.dirOptions, expected, flags.join(' '));
+        // the API accepted them and recorded them, defaults filled in
+        const state = await api.store.get(r.stdout.trim());
+        assert.deepEqual(state?.request.dirOptions, {
+          owners: 'root',
+          mtime: 'epoch',
+          ...(expected as object | undefined),
+        });
+      }
+      assert.equal(proxy.requests.filter((q) => q.method === 'POST').length, cases.length);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('push with a bad --owners/--mtime: one line naming the flag, exit 2, nothing sent', async () => {
+    const proxy = await recordingProxy(server);
+    try {
+      const bad: [string, string][] = [
+        ['--owners', 'nobody'],
+        ['--owners', ''],
+        ['--mtime', 'now'],
+        ['--mtime', '-1'],
+        ['--mtime', '1.5'],
+        ['--mtime', '1e9'],
+        ['--mtime', '8589934592'],
+      ];
+      for (const [flag, value] of bad) {
+        const r = await runCli(
+          ['push', `dir:${root}/images/app`, '127.0.0.1:59999/team/app:bad', flag, value],
+          { env: { ...env(), FERRY_URL: proxy.url } },
+        );
+        assert.equal(r.code, 2, `${flag} ${value}: ${r.stderr}`);
+        assert.equal(r.stdout, '');
+        assert.equal(r.stderr.split('\n').filter(Boolean).length, 1, r.stderr);
+        assert.match(r.stderr, /^ferry: FERRY_USAGE: /);
+        assert.ok(r.stderr.includes(`'${flag} <`), `names ${flag}: ${r.stderr}`);
+        assert.ok(r.stderr.includes(`'${value}'`), `quotes the value: ${r.stderr}`);
+      }
+      assert.deepEqual(proxy.requests, [], 'no request reached the server');
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('--owners/--mtime with a source that is not dir: the server’s 400 on one line, exit 1', async () => {
+    for (const flags of [
+      ['--owners', 'keep'],
+      ['--mtime', '5'],
+    ]) {
+      const r = await runCli(
+        ['push', `oci:${root}/images/app`, '127.0.0.1:59999/team/app:1', ...flags],
+        { env: env() },
+      );
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stdout, '');
+      assert.equal(
+        r.stderr,
+        'ferry: FERRY_VALIDATION: dirOptions apply to dir: sources only (--owners, --mtime)\n',
+      );
+    }
   });
 
   it('bad arguments: exit 2 with a usage line', async () => {
