@@ -23,10 +23,23 @@ export interface ProxyHandle {
    * Arms a one-shot hold: the next request whose first bytes are `METHOD ` (e.g.
    * 'PATCH') is held before a byte of it reaches the target, with its connection
    * paused. Resolves once a request is held; release() lets it through.
+   * `skip`: let that many such requests through first, and hold the one after.
    */
-  holdNext(method: string): Promise<void>;
+  holdNext(method: string, opts?: { skip?: number }): Promise<void>;
   /** Forwards the held request (if any) and everything its client sent after it. */
   release(): void;
+  /**
+   * Drops the held request without forwarding a byte of it: its client
+   * connection is reset and the upstream connection (idle between requests)
+   * is closed. Nothing of the held request reaches the target.
+   */
+  dropHeld(): void;
+  /**
+   * Requests seen so far (forwarded or held) that start with `METHOD ` at the
+   * beginning of a chunk from the client — how HTTP/1.1 clients write a new
+   * request on a connection (after the previous response).
+   */
+  requests(method: string): number;
   /** Requests held by holdNext so far. */
   readonly holds: number;
   resetCounters(): void;
@@ -48,8 +61,11 @@ export async function startProxy(target: { host: string; port: number }): Promis
   let cutAt: number | undefined;
   let armed = 0; // bumped by every cutOnceAfter; a connection counts toward the cut from then on
   let holdMethod: Buffer | undefined;
+  let holdSkip = 0;
+  const seen = new Map<string, number>();
   let onHeld: (() => void) | undefined;
   let releaseHeld: (() => void) | undefined;
+  let dropHeldNow: (() => void) | undefined;
   let holds = 0;
   const sockets = new Set<Socket>();
 
@@ -79,7 +95,13 @@ export async function startProxy(target: { host: string; port: number }): Promis
         held.push(chunk);
         return;
       }
-      if (holdMethod && chunk.subarray(0, holdMethod.length).equals(holdMethod)) {
+      const start = /^([A-Z]+) \//.exec(chunk.subarray(0, 16).toString('latin1'));
+      if (start) seen.set(start[1], (seen.get(start[1]) ?? 0) + 1);
+      if (
+        holdMethod &&
+        chunk.subarray(0, holdMethod.length).equals(holdMethod) &&
+        holdSkip-- <= 0
+      ) {
         holdMethod = undefined;
         holds++;
         held = [chunk];
@@ -89,6 +111,11 @@ export async function startProxy(target: { host: string; port: number }): Promis
           held = undefined;
           for (const c of chunks) forward(c);
           client.resume();
+        };
+        dropHeldNow = () => {
+          held = undefined;
+          client.resetAndDestroy();
+          upstream.destroy();
         };
         onHeld?.();
         return;
@@ -169,9 +196,10 @@ export async function startProxy(target: { host: string; port: number }): Promis
     get holds() {
       return holds;
     },
-    holdNext(method: string) {
+    holdNext(method: string, opts: { skip?: number } = {}) {
       if (!/^[A-Z]+$/.test(method)) throw new Error(`holdNext: bad method ${method}`);
       holdMethod = Buffer.from(`${method} `);
+      holdSkip = opts.skip ?? 0;
       return new Promise<void>((resolve) => {
         onHeld = () => {
           onHeld = undefined;
@@ -182,13 +210,24 @@ export async function startProxy(target: { host: string; port: number }): Promis
     release() {
       const r = releaseHeld;
       releaseHeld = undefined;
+      dropHeldNow = undefined;
       r?.();
+    },
+    dropHeld() {
+      const d = dropHeldNow;
+      releaseHeld = undefined;
+      dropHeldNow = undefined;
+      d?.();
+    },
+    requests(method: string) {
+      return seen.get(method) ?? 0;
     },
     resetCounters() {
       bytesUp = 0;
       bytesDown = 0;
       connections = 0;
       cuts = 0;
+      seen.clear();
     },
     stop() {
       stopped ??= new Promise<void>((resolve) => {
