@@ -85,10 +85,61 @@ export async function startWorker<T extends { pushId: string }, R>(
     role: 'producer',
     name: `ferry-${opts.role}`,
   });
+  const workerConnection = createConnection(config.redisUrl, {
+    role: 'worker',
+    name: `ferry-${opts.role}-worker`,
+  });
+  const lockMs = opts.lockDurationMs ?? config.jobLockTimeout * 1000;
+  const worker = new Worker<T, R>(opts.queueName, wrapProcessor(opts, ctx), {
+    connection: workerConnection,
+    prefix: config.queuePrefix,
+    concurrency: opts.concurrency,
+    // A dead worker's job is taken over once its lock lapses (FERRY_JOB_LOCK_TIMEOUT).
+    lockDuration: lockMs,
+    stalledInterval: Math.max(1000, Math.floor(lockMs / 2)),
+    maxStalledCount: 3,
+    name: `${hostname()}-${process.pid}-${opts.role}`,
+  });
+  worker.on('error', (e) => logger.warn(`${opts.role}: worker error: ${e.message}`));
+  // Backstop: BullMQ can fail a job without running the processor (stalled too often, a
+  // lock lost at completion). Whatever the path, a job failed for good ends its push.
+  worker.on('failed', (job, err) => {
+    if (!job || err instanceof DelayedError) return;
+    const attempts = job.opts.attempts ?? 1;
+    const final =
+      err?.name === 'UnrecoverableError' ||
+      err instanceof UnrecoverableError ||
+      job.attemptsMade >= attempts ||
+      Boolean(job.finishedOn);
+    if (!final) return;
+    void finishPush(ctx, job.data.pushId, { error: errorInfo(err) }, logger);
+  });
+  await worker.waitUntilReady();
+  const parts = await closableParts(opts, ctx, worker, workerConnection);
+  logger.info(`${opts.role}: worker started (concurrency ${opts.concurrency})`);
+  return {
+    worker,
+    ctx,
+    async close() {
+      await closeWithDeadline(parts, config.shutdownTimeout * 1000, logger);
+    },
+  };
+}
+
+/**
+ * The processor BullMQ runs: the payload version checked, errors classified
+ * (permanent → UnrecoverableError, transient → thrown as is so BullMQ retries
+ * with backoff), and the push marked failed when its job fails for good.
+ */
+function wrapProcessor<T extends { pushId: string }, R>(
+  opts: StartWorkerOptions<T, R>,
+  ctx: QueueContext,
+): Processor<T, R> {
+  const { logger } = opts;
   const processor = opts.processor(ctx);
   const versions = opts.versions ?? JOB_VERSIONS_KNOWN;
   const graceMs = opts.unknownVersionGraceMs ?? 10 * 60_000;
-  const wrapped = async (job: Job<T>, token?: string): Promise<R> => {
+  return async (job: Job<T>, token?: string): Promise<R> => {
     const started = Date.now();
     try {
       await checkVersion(job, token, versions, graceMs);
@@ -113,45 +164,21 @@ export async function startWorker<T extends { pushId: string }, R>(
         );
       }
       if (permanent && !(err instanceof UnrecoverableError)) {
-        const u = new UnrecoverableError(`${info.code}: ${info.message}`);
-        throw u;
+        throw new UnrecoverableError(`${info.code}: ${info.message}`);
       }
       throw err;
     }
   };
-  const workerConnection = createConnection(config.redisUrl, {
-    role: 'worker',
-    name: `ferry-${opts.role}-worker`,
-  });
-  const worker = new Worker<T, R>(opts.queueName, wrapped, {
-    connection: workerConnection,
-    prefix: config.queuePrefix,
-    concurrency: opts.concurrency,
-    // A dead worker's job is taken over once its lock lapses (FERRY_JOB_LOCK_TIMEOUT).
-    lockDuration: opts.lockDurationMs ?? config.jobLockTimeout * 1000,
-    stalledInterval: Math.max(
-      1000,
-      Math.floor((opts.lockDurationMs ?? config.jobLockTimeout * 1000) / 2),
-    ),
-    maxStalledCount: 3,
-    name: `${hostname()}-${process.pid}-${opts.role}`,
-  });
-  worker.on('error', (e) => logger.warn(`${opts.role}: worker error: ${e.message}`));
-  // Backstop: BullMQ can fail a job without running the processor (stalled too often, a
-  // lock lost at completion). Whatever the path, a job failed for good ends its push.
-  worker.on('failed', (job, err) => {
-    if (!job || err instanceof DelayedError) return;
-    const attempts = job.opts.attempts ?? 1;
-    const final =
-      err?.name === 'UnrecoverableError' ||
-      err instanceof UnrecoverableError ||
-      job.attemptsMade >= attempts ||
-      Boolean(job.finishedOn);
-    if (!final) return;
-    void finishPush(ctx, job.data.pushId, { error: errorInfo(err) }, logger);
-  });
-  await worker.waitUntilReady();
+}
 
+/** What a role closes on shutdown, in order: the worker, its health server, extras, Redis. */
+async function closableParts<T, R>(
+  opts: StartWorkerOptions<T & { pushId: string }, R>,
+  ctx: QueueContext,
+  worker: Worker<T, R>,
+  workerConnection: ReturnType<typeof createConnection>,
+): Promise<Closable[]> {
+  const { config, logger } = opts;
   const parts: Closable[] = [{ name: `${opts.role} worker`, close: () => worker.close() }];
   if (config.healthPort !== undefined) {
     const health = await startHealthServer({
@@ -170,12 +197,5 @@ export async function startWorker<T extends { pushId: string }, R>(
       workerConnection.disconnect();
     },
   });
-  logger.info(`${opts.role}: worker started (concurrency ${opts.concurrency})`);
-  return {
-    worker,
-    ctx,
-    async close() {
-      await closeWithDeadline(parts, config.shutdownTimeout * 1000, logger);
-    },
-  };
+  return parts;
 }

@@ -199,32 +199,94 @@ function topIndex(
   );
 }
 
+/** The API refuses signing and schema1 until the signers exist; a job carrying them anyway is not pushed unsigned. */
+function refuseUnsigned(request: AssembleJob['request']): void {
+  const sign = request.sign;
+  const wantsSigning = sign === true || (typeof sign === 'object' && (sign.cosign || sign.pgp));
+  if (request.schema1 || wantsSigning) {
+    throw new PermanentError(
+      'FERRY_SIGNING_NOT_CONFIGURED',
+      'signing and schema1 manifests are not available on this server yet',
+    );
+  }
+}
+
+/** Each image's config blob and manifest, by digest. */
+async function pushImages(
+  deps: CoordinatorDeps,
+  pushId: string,
+  repo: RepoRef,
+  opened: OpenedSource,
+  results: Map<string, LayerOutcome>,
+  format: ManifestFormat,
+): Promise<{ pushed: PushedImage[]; keptAll: boolean }> {
+  const { ctx, client, logger } = deps;
+  const pushed: PushedImage[] = [];
+  let keptAll = true;
+  for (const [i, image] of opened.images.entries()) {
+    const { config, manifest } = assembleImage(image, i, results, format);
+    if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
+    await pushBlobIfMissing(ctx, client, repo, config, logger);
+    await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
+    await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
+    await ctx.store.appendEvent(pushId, {
+      type: 'manifest',
+      digest: manifest.digest,
+      mediaType: manifest.mediaType,
+      size: manifest.size,
+      ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
+    });
+    pushed.push({ manifest, platform: image.platform });
+  }
+  return { pushed, keptAll };
+}
+
+/** What the tags will name: the one manifest, or the index of a multi-platform (or stored-index) source. */
+async function pushTop(
+  deps: CoordinatorDeps,
+  pushId: string,
+  repo: RepoRef,
+  opened: OpenedSource,
+  images: { pushed: PushedImage[]; keptAll: boolean },
+  format: ManifestFormat,
+): Promise<{ top: Canonical; manifests: TaggedManifest[] }> {
+  const { pushed, keptAll } = images;
+  if (pushed.length === 1 && !opened.indexBytes) return { top: pushed[0].manifest, manifests: [] };
+  const top = topIndex(opened, pushed, format, keptAll);
+  await deps.client.putManifest(repo, top.digest, top.bytes, top.mediaType);
+  await deps.ctx.store.appendEvent(pushId, {
+    type: 'manifest',
+    digest: top.digest,
+    mediaType: top.mediaType,
+    size: top.size,
+  });
+  const manifests = pushed.map((p) => ({
+    digest: p.manifest.digest,
+    mediaType: p.manifest.mediaType,
+    size: p.manifest.size,
+    ...(p.platform ? { platform: formatPlatform(p.platform) } : {}),
+  }));
+  return { top, manifests };
+}
+
 export function assembleProcessor(deps: CoordinatorDeps) {
   const { ctx, client, sources, logger } = deps;
   const defaultGzipLevel = deps.gzipLevel ?? 6;
   return async (job: Job<AssembleJob>): Promise<PushResult | undefined> => {
     const { pushId, request } = job.data;
-    const gzipLevel = job.data.gzipLevel ?? defaultGzipLevel; // version-1 payloads carried none
     const status = await ctx.store.status(pushId);
     if (status !== 'queued' && status !== 'running') {
       logger.info(`push ${pushId} is ${status ?? 'gone'}; nothing assembled`);
       return undefined;
     }
+    refuseUnsigned(request);
     const format: ManifestFormat = request.format ?? 'oci';
-    const sign = request.sign;
-    const wantsSigning = sign === true || (typeof sign === 'object' && (sign.cosign || sign.pgp));
-    if (request.schema1 || wantsSigning) {
-      // The API refuses these until the signers exist; a job that carries them anyway is not pushed unsigned.
-      throw new PermanentError(
-        'FERRY_SIGNING_NOT_CONFIGURED',
-        'signing and schema1 manifests are not available on this server yet',
-      );
-    }
     const ref = parseReference(request.target);
     const repo = { registry: ref.registry, repository: ref.repository };
+    // Read through the pin: a source that changed since the accept fails FERRY_SOURCE_CHANGED.
     const opened = await sources.open({
       source: request.source,
-      gzipLevel,
+      gzipLevel: job.data.gzipLevel ?? defaultGzipLevel, // version-1 payloads carried none
       ...(request.pin ? { pin: request.pin } : {}),
       ...(request.platform !== undefined ? { platform: request.platform } : {}),
       ...(request.dirOptions ? { dirOptions: request.dirOptions } : {}),
@@ -232,48 +294,8 @@ export function assembleProcessor(deps: CoordinatorDeps) {
     const results = layerResults(
       (await job.getChildrenValues<LayerOutcome>()) as Record<string, LayerOutcome>,
     );
-
-    const pushed: PushedImage[] = [];
-    let keptAll = true;
-    for (const [i, image] of opened.images.entries()) {
-      const { config, manifest } = assembleImage(image, i, results, format);
-      if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
-      await pushBlobIfMissing(ctx, client, repo, config, logger);
-      await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
-      await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
-      await ctx.store.appendEvent(pushId, {
-        type: 'manifest',
-        digest: manifest.digest,
-        mediaType: manifest.mediaType,
-        size: manifest.size,
-        ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
-      });
-      pushed.push({ manifest, platform: image.platform });
-    }
-
-    let top: Canonical;
-    const manifests: TaggedManifest[] = [];
-    // A multi-platform source, or a stored index (even of one image), is pushed as an index.
-    if (pushed.length === 1 && !opened.indexBytes) {
-      top = pushed[0].manifest;
-    } else {
-      top = topIndex(opened, pushed, format, keptAll);
-      await client.putManifest(repo, top.digest, top.bytes, top.mediaType);
-      await ctx.store.appendEvent(pushId, {
-        type: 'manifest',
-        digest: top.digest,
-        mediaType: top.mediaType,
-        size: top.size,
-      });
-      for (const p of pushed) {
-        manifests.push({
-          digest: p.manifest.digest,
-          mediaType: p.manifest.mediaType,
-          size: p.manifest.size,
-          ...(p.platform ? { platform: formatPlatform(p.platform) } : {}),
-        });
-      }
-    }
+    const images = await pushImages(deps, pushId, repo, opened, results, format);
+    const { top, manifests } = await pushTop(deps, pushId, repo, opened, images, format);
 
     // Signing goes here (the signing issue): sign `top` before any tag points at it.
 
