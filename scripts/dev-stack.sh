@@ -73,6 +73,8 @@ export FERRY_REGISTRY=127.0.0.1:$REGISTRY_PORT
 ENV
     # shellcheck disable=SC1091
     . "$STATE/env"
+    # The stack runs the compiled JavaScript, as production does.
+    [ -f packages/cli/dist/index.js ] || npm run --silent build
     NODE_ENV=production node bin/ferry.js serve >"$STATE/ferry.log" 2>&1 &
     echo $! >"$STATE/ferry.pid"
     wait_for ferry http_ok "http://127.0.0.1:$API_PORT/readyz"

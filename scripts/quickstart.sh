@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
 bash scripts/install-node-deps.sh
+# Ferry runs compiled JavaScript (dist/), as in production.
+npm run --silent build
 bash scripts/dev-stack.sh start
 # shellcheck disable=SC1091
 . .ferry/env
