@@ -125,7 +125,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         await job.updateData(old as LookupJob);
         assert.equal(job.data.v, undefined);
       }
-      outcomes.push(await processor(job, undefined));
+      outcomes.push(await processor(job));
     }
     return { push, layers, outcomes };
   }
