@@ -22,13 +22,20 @@ export function isPermanent(err: unknown): boolean {
   return false;
 }
 
-/** The stable code and message of any error, for the push state. */
+/**
+ * The stable code and message of any error, for the push state. An error
+ * BullMQ hands back with only a message (`FERRY_X: text`, as wrapProcessor
+ * writes failedReason) gets its code back from the message.
+ */
 export function errorInfo(err: unknown): { code: string; message: string } {
   const e = err as { code?: unknown; message?: unknown } | null;
-  const code =
-    e && typeof e.code === 'string' && e.code.startsWith('FERRY_') ? e.code : 'FERRY_INTERNAL';
   const message = e && typeof e.message === 'string' ? e.message : String(err);
-  return { code, message };
+  if (e && typeof e.code === 'string' && e.code.startsWith('FERRY_')) {
+    return { code: e.code, message };
+  }
+  const m = /^(FERRY_[A-Z0-9_]+): ([\s\S]*)$/.exec(message);
+  if (m) return { code: m[1]!, message: m[2]! };
+  return { code: 'FERRY_INTERNAL', message };
 }
 
 /** A failure no retry can cure, with its stable code (shown in the push state). */

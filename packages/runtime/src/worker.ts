@@ -163,7 +163,8 @@ function wrapProcessor<T extends { pushId: string }, R>(
           { pushId: job.data.pushId, ms: Date.now() - started },
         );
       }
-      if (permanent && !(err instanceof UnrecoverableError)) {
+      // BullMQ keeps only the message as failedReason (what Bull Board shows): lead it with the code.
+      if (permanent && !(err instanceof CancelledError)) {
         throw new UnrecoverableError(`${info.code}: ${info.message}`);
       }
       throw err;
