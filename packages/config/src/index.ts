@@ -19,6 +19,8 @@ export interface FerryConfig {
   readonly insecureRegistries: readonly string[];
   readonly caFile: string | undefined;
   readonly apiTokens: readonly string[];
+  /** FERRY_ADMIN_TOKENS: tokens that may also pause, clean and retry in Bull Board. */
+  readonly adminTokens: readonly string[];
   readonly dockerConfig: string;
   readonly signingKey: string | undefined;
   readonly signingCert: string | undefined;
@@ -33,6 +35,8 @@ export interface FerryConfig {
   readonly stateTtl: number;
   readonly shutdownTimeout: number;
   readonly jobLockTimeout: number;
+  /** FERRY_RETRY_BUDGET: seconds a push may go without progress (bytes accepted, a job finished) before it fails. */
+  readonly retryBudget: number;
   readonly healthPort: number | undefined;
   readonly logLevel: string;
   readonly url: string;
@@ -58,6 +62,7 @@ export const VARIABLES = [
   'FERRY_INSECURE_REGISTRIES',
   'FERRY_CA_FILE',
   'FERRY_API_TOKENS',
+  'FERRY_ADMIN_TOKENS',
   'FERRY_DOCKER_CONFIG',
   'FERRY_SIGNING_KEY',
   'FERRY_SIGNING_CERT',
@@ -71,6 +76,7 @@ export const VARIABLES = [
   'FERRY_STATE_TTL',
   'FERRY_SHUTDOWN_TIMEOUT',
   'FERRY_JOB_LOCK_TIMEOUT',
+  'FERRY_RETRY_BUDGET',
   'FERRY_HEALTH_PORT',
   'FERRY_LOG_LEVEL',
   'FERRY_URL',
@@ -177,6 +183,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     insecureRegistries: r.list('FERRY_INSECURE_REGISTRIES', ['localhost', '127.0.0.0/8']),
     caFile: r.optional('FERRY_CA_FILE'),
     apiTokens: r.list('FERRY_API_TOKENS', []),
+    adminTokens: r.list('FERRY_ADMIN_TOKENS', []),
     dockerConfig: r.string('FERRY_DOCKER_CONFIG', join(homedir(), '.docker', 'config.json')),
     signingKey: r.optional('FERRY_SIGNING_KEY'),
     signingCert: r.optional('FERRY_SIGNING_CERT'),
@@ -190,6 +197,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     stateTtl: r.int('FERRY_STATE_TTL', 604800, 60, 10 * 365 * 86400),
     shutdownTimeout: r.int('FERRY_SHUTDOWN_TIMEOUT', 30, 1, 3600),
     jobLockTimeout: r.int('FERRY_JOB_LOCK_TIMEOUT', 30, 1, 3600),
+    retryBudget: r.int('FERRY_RETRY_BUDGET', 900, 1, 7 * 24 * 3600),
     healthPort: healthPortRaw === undefined ? undefined : r.int('FERRY_HEALTH_PORT', 0, 0, 65535),
     logLevel,
     url: r.url('FERRY_URL', 'http://127.0.0.1:8080', ['http:', 'https:']),
