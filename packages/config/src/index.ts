@@ -6,6 +6,16 @@
  */
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { parseTokens, type TokenEntry } from './tokens';
+
+export {
+  normalizePattern,
+  normalizePatternHost,
+  parseTokenEntries,
+  parseTokens,
+  type TokenEntry,
+  type TokenScope,
+} from './tokens';
 
 /** The largest FERRY_UPLOAD_CHUNK_SIZE: each upload keeps one chunk in memory. */
 export const MAX_UPLOAD_CHUNK_SIZE = 512 * 1024 * 1024;
@@ -21,6 +31,11 @@ export interface FerryConfig {
   readonly apiTokens: readonly string[];
   /** FERRY_ADMIN_TOKENS: tokens that may also pause, clean and retry in Bull Board. */
   readonly adminTokens: readonly string[];
+  /**
+   * Both lists parsed: `TOKEN` or `NAME=TOKEN@PATTERN[;PATTERN…]`, each with its
+   * name, scope (push | admin) and target patterns. Empty: the API is open.
+   */
+  readonly tokens: readonly TokenEntry[];
   readonly dockerConfig: string;
   readonly signingKey: string | undefined;
   readonly signingCert: string | undefined;
@@ -174,6 +189,9 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
       message: 'must be 0 (one streamed PATCH) or at least 1024 bytes',
     });
   }
+  const apiTokens = r.list('FERRY_API_TOKENS', []);
+  const adminTokens = r.list('FERRY_ADMIN_TOKENS', []);
+  const tokens = parseTokens(apiTokens, adminTokens, r.problems);
   const config: FerryConfig = {
     redisUrl: r.url('FERRY_REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
     host: r.string('FERRY_HOST', '127.0.0.1'),
@@ -182,8 +200,9 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     registryAllow: r.list('FERRY_REGISTRY_ALLOW', ['localhost', '127.0.0.1']),
     insecureRegistries: r.list('FERRY_INSECURE_REGISTRIES', ['localhost', '127.0.0.0/8']),
     caFile: r.optional('FERRY_CA_FILE'),
-    apiTokens: r.list('FERRY_API_TOKENS', []),
-    adminTokens: r.list('FERRY_ADMIN_TOKENS', []),
+    apiTokens,
+    adminTokens,
+    tokens,
     dockerConfig: r.string('FERRY_DOCKER_CONFIG', join(homedir(), '.docker', 'config.json')),
     signingKey: r.optional('FERRY_SIGNING_KEY'),
     signingCert: r.optional('FERRY_SIGNING_CERT'),

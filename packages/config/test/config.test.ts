@@ -48,3 +48,66 @@ describe('config', () => {
     }
   });
 });
+
+describe('config: token entries (FERRY_API_TOKENS, FERRY_ADMIN_TOKENS)', () => {
+  it('parses bare and named entries with their scope and normalised patterns', () => {
+    const c = loadConfig(
+      {
+        FERRY_API_TOKENS:
+          'plain-token-1, ci=s3cr3t-ci@Registry.Example.com/team/*;0x7f.1:5000/x/app',
+        FERRY_ADMIN_TOKENS: 'YWRtaW4tdG9rZW4=',
+      },
+      '/srv',
+    );
+    assert.deepEqual(
+      c.tokens.map((t) => ({ name: t.name, token: t.token, scope: t.scope, patterns: t.patterns })),
+      [
+        { name: 'api#1', token: 'plain-token-1', scope: 'push', patterns: [] },
+        {
+          name: 'ci',
+          token: 's3cr3t-ci',
+          scope: 'push',
+          patterns: ['registry.example.com/team/*', '127.0.0.1:5000/x/app'],
+        },
+        // a bare token may hold "=" (base64 padding)
+        { name: 'admin#1', token: 'YWRtaW4tdG9rZW4=', scope: 'admin', patterns: [] },
+      ],
+    );
+  });
+
+  const bad: [string, Record<string, string>, RegExp][] = [
+    ['no name', { FERRY_API_TOKENS: '=hush-hush@r.example/x' }, /FERRY_API_TOKENS: entry 1/],
+    ['no pattern', { FERRY_API_TOKENS: 'ci=hush-hush@' }, /FERRY_API_TOKENS: entry 1 \(ci\)/],
+    [
+      'a pattern without repository',
+      { FERRY_ADMIN_TOKENS: 'ops=hush-hush@r.example' },
+      /FERRY_ADMIN_TOKENS/,
+    ],
+    ['a bad host', { FERRY_API_TOKENS: 'a=hush-hush@bad host/x' }, /FERRY_API_TOKENS/],
+    ['a tag in a pattern', { FERRY_API_TOKENS: 'a=hush-hush@r.example/x:1' }, /FERRY_API_TOKENS/],
+    ['an empty token', { FERRY_API_TOKENS: 'a=@r.example/x' }, /FERRY_API_TOKENS/],
+    [
+      'a token in both lists',
+      { FERRY_API_TOKENS: 'hush-hush', FERRY_ADMIN_TOKENS: 'hush-hush' },
+      /listed twice/,
+    ],
+    [
+      'a name twice',
+      { FERRY_API_TOKENS: 'a=hush-hush@r.example/x,a=other-one@r.example/y' },
+      /name a/,
+    ],
+  ];
+  for (const [what, env, msg] of bad) {
+    it(`stops at start on ${what}, naming the variable and never the token`, () => {
+      assert.throws(
+        () => loadConfig(env, '/srv'),
+        (e: Error) => {
+          assert.ok(e instanceof ConfigError, String(e));
+          assert.match(e.message, msg);
+          assert.ok(!e.message.includes('hush-hush'), e.message);
+          return true;
+        },
+      );
+    });
+  }
+});
