@@ -354,8 +354,12 @@ describe('ferry serve processes, REST, SSE and the CLI', function () {
       while (!worker.exited && Date.now() - t0 < 15_000) {
         await new Promise((r) => setTimeout(r, 50));
       }
-      assert.ok(worker.exited, 'the worker did not stop within its deadline');
-      assert.ok(Date.now() - t0 < 10_000, `stopping took ${Date.now() - t0} ms`);
+      assert.ok(worker.exited, 'the worker did not stop after SIGTERM');
+      // It stopped by its own shutdown path, not by the harness's SIGKILL: exit status 1
+      // says the deadline (FERRY_SHUTDOWN_TIMEOUT 1 s) abandoned the running upload
+      // (0 had it finished in time); no signal ended it.
+      assert.equal(worker.exitStatus?.signal, null);
+      assert.ok([0, 1].includes(worker.exitStatus?.code ?? -1), JSON.stringify(worker.exitStatus));
       second = await startFerry({ ...base, FERRY_QUEUE_PREFIX: ferry.env.FERRY_QUEUE_PREFIX }, [
         'upload',
       ]);
