@@ -38,12 +38,10 @@ export function normalizePatternHost(host: string): string | undefined {
     // a wildcard host is matched as a glob; only lower-case it
     return /^[A-Za-z0-9*.-]+(:[0-9*]{1,5})?$/.test(host) ? host.toLowerCase() : undefined;
   }
-  let name = host;
-  let port: string | undefined;
   const m = /^(\[[^\]]+\]|[^:]+)(?::([0-9]{1,5}))?$/.exec(host);
   if (!m) return undefined;
-  name = m[1]!;
-  port = m[2];
+  const name = m[1]!;
+  const port = m[2];
   if (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) return undefined;
   try {
     const hostname = new URL(`http://${name}/`).hostname;

@@ -65,6 +65,8 @@ export interface PushRequest {
   dirOptions?: DirOptions;
   /** Set by the API when it accepts the push: the source as it was then (kept in the push state). */
   pin?: SourcePin;
+  /** Set by the API: the name of the token that asked (never the token itself). */
+  requestedBy?: string;
 }
 
 /**

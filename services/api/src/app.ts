@@ -3,9 +3,10 @@ import type { Redis } from 'ioredis';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import type { FerryQueues, PushStore } from '@ferry/queue';
-import { Auth } from './auth';
+import { Auth, type Principal } from './auth';
 import { registerBoard } from './board';
 import { ApiError } from './errors';
+import { installJsonParser } from './json-body';
 import { defaultInspector, type Inspector } from './inspect';
 import { pushRoutes } from './routes-pushes';
 import { serviceRoutes } from './routes-service';
@@ -23,6 +24,15 @@ export interface ApiDeps {
   /** SSE: how long one blocking read waits before a keep-alive comment. Default 15 s. */
   sseKeepAliveMs?: number;
   version?: string;
+  /** POST /admin/login tries per client address per minute. Default 10. */
+  loginLimit?: number;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Who asked: set by the auth hook (the token's or session's name and scope). */
+    principal?: Principal;
+  }
 }
 
 export const BODY_LIMIT = 64 * 1024;
@@ -85,7 +95,7 @@ function isRedisDown(err: unknown): boolean {
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, store, queues, logger } = deps;
   const inspector = deps.inspector ?? defaultInspector;
-  const auth = new Auth(config.apiTokens);
+  const auth = new Auth(config.tokens);
   const keepAliveMs = deps.sseKeepAliveMs ?? 15_000;
   const app = Fastify({
     logger: false,
@@ -102,17 +112,20 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   });
   const streams = new Set<() => void>();
   installErrorHandling(app, logger);
+  installJsonParser(app);
   installAuth(app, auth, logger);
   const route = routeAdder(app);
   pushRoutes(route, { config, store, queues, inspector, logger, keepAliveMs, streams });
   serviceRoutes(route, deps, auth);
-  registerBoard(app, auth, queues);
+  registerBoard(app, auth, queues, { loginLimit: deps.loginLimit });
 
   app.addHook('preClose', async () => {
     for (const stop of [...streams]) stop();
   });
   if (auth.open)
-    logger.warn('api: FERRY_API_TOKENS is empty — every route is open to anyone who can reach it');
+    logger.warn(
+      'api: FERRY_API_TOKENS and FERRY_ADMIN_TOKENS are empty — every route is open to anyone who can reach it',
+    );
   return app;
 }
 
@@ -162,19 +175,41 @@ function installErrorHandling(app: FastifyInstance, logger: Logger): void {
   });
 }
 
-/** Bearer tokens on every route but the public ones; Bull Board also takes the session cookie. */
+const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+function isBoardPath(path: string): boolean {
+  return path === '/admin/queues' || path.startsWith('/admin/queues/');
+}
+
+/**
+ * Bearer tokens on every route but the public ones; Bull Board also takes the
+ * session cookie. The principal (token name and scope) is kept on the request;
+ * Bull Board's writes (anything but GET/HEAD under /admin/queues) need an admin
+ * token or an admin's session, and a push token sees every queue read-only.
+ */
 function installAuth(app: FastifyInstance, auth: Auth, logger: Logger): void {
-  // ---- auth ----
+  app.decorateRequest('principal', undefined);
   app.addHook('onRequest', async (req, reply) => {
     const path = pathOf(req.url);
     if (PUBLIC_PATHS.has(path) || path.startsWith('/sigstore/')) return;
     if (path === '/admin/login') return;
-    if (auth.checkToken(Auth.bearer(req.headers.authorization))) return;
-    if (path === '/admin/queues' || path.startsWith('/admin/queues/')) {
-      if (auth.checkSession(req.headers.cookie)) return;
-      if (req.method === 'GET' && (req.headers.accept ?? '').includes('text/html')) {
-        return reply.redirect('/admin/login', 303);
+    const board = isBoardPath(path);
+    const principal =
+      auth.identify(Auth.bearer(req.headers.authorization)) ??
+      (board ? auth.sessionPrincipal(req.headers.cookie) : undefined);
+    if (principal) {
+      req.principal = principal;
+      if (board && !principal.admin && !READ_METHODS.has(req.method)) {
+        const e = new ApiError(
+          'FERRY_FORBIDDEN',
+          `token ${principal.name ?? ''} may only read Bull Board; pausing, cleaning and retrying need a token from FERRY_ADMIN_TOKENS`,
+        );
+        return reply.code(e.status).send(e.toBody());
       }
+      return;
+    }
+    if (board && req.method === 'GET' && (req.headers.accept ?? '').includes('text/html')) {
+      return reply.redirect('/admin/login', 303);
     }
     // Answered here rather than thrown: Bull Board's routes have an error handler of their own.
     const e = new ApiError(
@@ -184,6 +219,24 @@ function installAuth(app: FastifyInstance, auth: Auth, logger: Logger): void {
         : 'a bearer token is required (Authorization: Bearer …)',
     );
     return reply.code(e.status).header('www-authenticate', 'Bearer realm="ferry"').send(e.toBody());
+  });
+
+  // Bull Board's UI hides its write buttons for a queue in readOnlyMode: a push token's view says so.
+  app.addHook('onSend', async (req, _reply, payload) => {
+    if (req.principal?.admin !== false || req.method !== 'GET') return payload;
+    if (pathOf(req.url) !== '/admin/queues/api/queues' || typeof payload !== 'string')
+      return payload;
+    try {
+      const body = JSON.parse(payload) as { queues?: Record<string, unknown>[] };
+      for (const q of body.queues ?? []) {
+        q.readOnlyMode = true;
+        q.allowRetries = false;
+        q.allowCompletedRetries = false;
+      }
+      return JSON.stringify(body);
+    } catch {
+      return payload;
+    }
   });
 
   app.addHook('onResponse', async (req, reply) => {

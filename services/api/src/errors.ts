@@ -12,6 +12,7 @@ export const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   FERRY_BAD_EVENT_ID: 400,
   // who may ask
   FERRY_UNAUTHORIZED: 401,
+  FERRY_FORBIDDEN: 403,
   FERRY_SOURCE_OUTSIDE_ROOT: 403,
   FERRY_REGISTRY_NOT_ALLOWED: 403,
   // what does not exist
@@ -27,6 +28,7 @@ export const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   FERRY_IDEMPOTENCY_CONFLICT: 422,
   FERRY_SIGNING_NOT_CONFIGURED: 422,
   FERRY_METHOD_NOT_ALLOWED: 405,
+  FERRY_TOO_MANY_REQUESTS: 429,
   // ours
   FERRY_UNAVAILABLE: 503,
   FERRY_INTERNAL: 500,

@@ -18,6 +18,8 @@ import {
   type SignRequest,
   type SourcePin,
 } from '@ferry/queue';
+import { isAllowed } from '@ferry/registry-client';
+import { patternCovers, type Principal } from './auth';
 import { ApiError } from './errors';
 import { SourceContentError, type Inspector } from './inspect';
 
@@ -90,6 +92,21 @@ function checkCombinations(body: PushBody): void {
   }
 }
 
+/**
+ * A token limited to patterns may push only to targets they cover (the
+ * normalised target: host as the allowlist normalises it); 403 otherwise.
+ */
+export function checkTargetScope(principal: Principal | undefined, target: string): void {
+  if (!principal || principal.patterns.length === 0) return;
+  const hostMatches = (host: string, entry: string) => isAllowed(host, [entry]);
+  if (principal.patterns.some((p) => patternCovers(p, target, hostMatches))) return;
+  throw new ApiError(
+    'FERRY_FORBIDDEN',
+    `token ${principal.name ?? ''} may not push to ${target}; it may push to ${principal.patterns.join(', ')}`,
+    'target',
+  );
+}
+
 /** dir: options with the defaults filled in; undefined for other sources. */
 function dirOptionsOf(body: PushBody): DirOptions | undefined {
   if (!body.source.startsWith('dir:')) return undefined;
@@ -147,11 +164,13 @@ export async function createPush(
   deps: PushDeps,
   body: PushBody,
   idempotencyKey: string | undefined,
+  principal?: Principal,
 ): Promise<Accepted> {
   const { config, store, queues, inspector, logger } = deps;
   checkCombinations(body);
-  // The target (and its registry allowlist) is checked before the source is touched.
+  // The target (its registry allowlist, then the token's patterns) is checked before the source is touched.
   const { target } = inspector.checkTarget(body.target, config.registryAllow);
+  checkTargetScope(principal, target);
   const dirOptions = dirOptionsOf(body);
   const pinned = await pinSource(deps, body, dirOptions);
   const request: PushRequest = {
@@ -164,6 +183,8 @@ export async function createPush(
     ...(body.platform !== undefined ? { platform: body.platform } : {}),
     ...(dirOptions ? { dirOptions } : {}),
     ...(pinned.pin ? { pin: pinned.pin } : {}),
+    // the token's name, never the token
+    ...(principal?.name !== undefined ? { requestedBy: principal.name } : {}),
   };
   let id: string = randomUUID();
   if (idempotencyKey !== undefined) {
@@ -189,6 +210,7 @@ export async function createPush(
     id,
     source: request.source,
     target,
+    ...(request.requestedBy !== undefined ? { requestedBy: request.requestedBy } : {}),
     layers: pinned.layout.images.map((i) => i.layers),
   });
   return { id, status: 'queued', replayed: false };

@@ -41,8 +41,12 @@ function layoutOf(state: PushState): PushLayout {
 }
 
 function publicState(state: PushState) {
-  const { request: _request, ...rest } = state;
-  return { ...rest, links: links(state.id) };
+  const { request, ...rest } = state;
+  return {
+    ...rest,
+    ...(request?.requestedBy !== undefined ? { requestedBy: request.requestedBy } : {}),
+    links: links(state.id),
+  };
 }
 
 /** Cancels a push: its waiting jobs are removed and its unfinished layers marked cancelled. */
@@ -83,6 +87,7 @@ export function pushRoutes(route: AddRoute, deps: PushRouteDeps): void {
       { config, store, queues, inspector, logger },
       req.body as PushBody,
       key,
+      req.principal,
     );
     reply.code(202).header('location', links(r.id).self);
     if (r.replayed) reply.header('idempotent-replayed', 'true');

@@ -104,7 +104,11 @@ export const ListQuerySchema = {
   additionalProperties: false,
   properties: {
     status: { type: 'string', enum: ['queued', 'running', 'succeeded', 'failed', 'cancelled'] },
-    limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$', description: '1-1000, default 50' },
+    limit: {
+      type: 'string',
+      pattern: '^(?:[1-9][0-9]{0,2}|1000)$',
+      description: '1-1000, default 50',
+    },
   },
 } as const;
 
@@ -132,6 +136,7 @@ export const PushStateSchema = {
   properties: {
     id: { type: 'string' },
     status: { type: 'string', enum: ['queued', 'running', 'succeeded', 'failed', 'cancelled'] },
+    requestedBy: { type: 'string', description: 'Name of the token that started the push' },
     source: { type: 'string' },
     target: { type: 'string' },
     tags: { type: 'array', items: { type: 'string' } },
