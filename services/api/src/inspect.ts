@@ -6,7 +6,7 @@ import {
   SourceErrorCodes,
 } from '@ferry/image-source';
 import type { DirOptions, PushLayout, SourcePin } from '@ferry/queue';
-import { isAllowed, parseReference } from '@ferry/registry-client';
+import { isAllowed, normalizeHost, parseReference } from '@ferry/registry-client';
 import { ApiError } from './errors';
 
 /*
@@ -106,9 +106,9 @@ export const defaultInspector: Inspector = {
         'target',
       );
     }
-    return {
-      target: `${ref.registry}/${ref.repository}:${ref.tag ?? 'latest'}`,
-      registry: ref.registry,
-    };
+    // Stored as the allowlist sees it (0x7f.1:5000 → 127.0.0.1:5000): the push state, the jobs
+    // and the token's patterns all name the host the workers will connect to.
+    const registry = normalizeHost(ref.registry);
+    return { target: `${registry}/${ref.repository}:${ref.tag ?? 'latest'}`, registry };
   },
 };
