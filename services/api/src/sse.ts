@@ -18,6 +18,13 @@ export interface SseDeps {
   streams: Set<() => void>;
 }
 
+const MAX_ID_PART = (1n << 64n) - 1n;
+
+/** A stream id Redis accepts: `ms[-seq]`, each part an unsigned 64-bit integer. */
+export function isRedisEventId(s: string): boolean {
+  return isEventId(s) && s.split('-').every((p) => BigInt(p) <= MAX_ID_PART);
+}
+
 /** The event id to resume after: the Last-Event-ID header, else ?lastEventId=. */
 export function lastEventIdOf(
   header: string | string[] | undefined,
@@ -25,10 +32,10 @@ export function lastEventIdOf(
 ): string | undefined {
   const last =
     (typeof header === 'string' && header !== '' ? header : undefined) ?? query.lastEventId;
-  if (last !== undefined && !isEventId(last)) {
+  if (last !== undefined && !isRedisEventId(last)) {
     throw new ApiError(
       'FERRY_BAD_EVENT_ID',
-      `Last-Event-ID ${JSON.stringify(last)} is not an event id`,
+      `Last-Event-ID ${JSON.stringify(last.slice(0, 64))} is not an event id (MS[-SEQ], each at most 2^64-1)`,
       'Last-Event-ID',
     );
   }
@@ -80,14 +87,23 @@ export async function streamEvents(
   req.on('close', stop);
   res.on('close', stop);
   let after = last;
+  // A finished push gets no new events: read what is left without waiting, then end
+  // (an id past its end ends the stream at once instead of holding it open).
   try {
     await write(res, 'retry: 2000\n\n', isOpen);
+    const first = await store.status(id);
+    let finished = !first || isFinalStatus(first);
     while (open) {
-      const events = await reader.read(after, keepAliveMs);
+      const events = await reader.read(after, finished ? 0 : keepAliveMs);
       if (!open) break;
       if (events.length === 0) {
+        if (finished) break; // everything was delivered before
+        // it may have finished during the wait: look once more without waiting
         const s = await store.status(id);
-        if (!s || isFinalStatus(s)) break; // everything was delivered before
+        if (!s || isFinalStatus(s)) {
+          finished = true;
+          continue;
+        }
         if (!(await write(res, ': keep-alive\n\n', isOpen))) break;
         continue;
       }
