@@ -21,3 +21,4 @@ export * from './proxy';
 export * from './skopeo';
 export * from './sse';
 export * from './source-env';
+export * from './durable-redis';

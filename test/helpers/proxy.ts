@@ -43,7 +43,33 @@ export interface ProxyHandle {
   /** Requests held by holdNext so far. */
   readonly holds: number;
   resetCounters(): void;
+  /**
+   * Random faults on every new request (a chunk starting with `METHOD /`), drawn
+   * from `rng` (seed it so a failure replays): with probability `reset` the
+   * connection is reset after a random 0..resetWithin further client bytes
+   * (mid-body for an upload); with `error500` / `error429` the proxy answers the
+   * request itself (`Connection: close`, 429 with `Retry-After: 1`) and forwards
+   * none of it. `methods` limits which requests are faulted. Pass undefined to stop.
+   */
+  chaos(opts: ChaosOptions | undefined): void;
+  /** Faults injected by chaos() so far, by kind. */
+  readonly injected: { reset: number; error500: number; error429: number; refused: number };
+  /**
+   * While on, every connection (new or open) is reset at once: the target looks
+   * unreachable. Off lets connections through again.
+   */
+  refuse(on: boolean): void;
   stop(): Promise<void>;
+}
+
+export interface ChaosOptions {
+  rng: () => number;
+  reset?: number;
+  error500?: number;
+  error429?: number;
+  /** Bytes after the request start within which a reset happens; default 256 KiB. */
+  resetWithin?: number;
+  methods?: string[];
 }
 
 /**
@@ -68,9 +94,19 @@ export async function startProxy(target: { host: string; port: number }): Promis
   let dropHeldNow: (() => void) | undefined;
   let holds = 0;
   const sockets = new Set<Socket>();
+  let chaos: ChaosOptions | undefined;
+  let refusing = false;
+  const injected = { reset: 0, error500: 0, error429: 0, refused: 0 };
 
   const server = createServer((client) => {
     connections++;
+    if (refusing) {
+      injected.refused++;
+      client.on('error', () => undefined);
+      client.resetAndDestroy();
+      return;
+    }
+    let localCut: number | undefined; // a chaos reset armed on this connection: cut once up passes it
     let up = 0; // client → target bytes of this connection since the last arming
     let seenArm = armed;
     const upstream = connect({ host: target.host, port: target.port });
@@ -97,6 +133,43 @@ export async function startProxy(target: { host: string; port: number }): Promis
       }
       const start = /^([A-Z]+) \//.exec(chunk.subarray(0, 16).toString('latin1'));
       if (start) seen.set(start[1], (seen.get(start[1]) ?? 0) + 1);
+      if (start && chaos && (!chaos.methods || chaos.methods.includes(start[1]))) {
+        const roll = chaos.rng();
+        const pReset = chaos.reset ?? 0;
+        const p500 = chaos.error500 ?? 0;
+        const p429 = chaos.error429 ?? 0;
+        if (roll < pReset) {
+          injected.reset++;
+          localCut = up + Math.floor(chaos.rng() * (chaos.resetWithin ?? 256 * 1024));
+        } else if (roll < pReset + p500 + p429) {
+          const is500 = roll < pReset + p500;
+          if (is500) injected.error500++;
+          else injected.error429++;
+          const status = is500 ? '500 Internal Server Error' : '429 Too Many Requests';
+          const body = '{"errors":[{"code":"UNAVAILABLE","message":"fault proxy"}]}';
+          client.pause();
+          client.end(
+            `HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n` +
+              (is500 ? '' : 'retry-after: 1\r\n') +
+              `connection: close\r\n\r\n${body}`,
+          );
+          upstream.destroy();
+          return;
+        }
+      }
+      if (localCut !== undefined && up + chunk.length > localCut) {
+        const keep = localCut - up;
+        localCut = undefined;
+        if (keep > 0) {
+          up += keep;
+          bytesUp += keep;
+          upstream.write(chunk.subarray(0, keep), () => cut());
+          client.pause();
+        } else {
+          cut();
+        }
+        return;
+      }
       if (
         holdMethod &&
         chunk.subarray(0, holdMethod.length).equals(holdMethod) &&
@@ -221,6 +294,19 @@ export async function startProxy(target: { host: string; port: number }): Promis
     },
     requests(method: string) {
       return seen.get(method) ?? 0;
+    },
+    chaos(opts: ChaosOptions | undefined) {
+      chaos = opts;
+    },
+    get injected() {
+      return { ...injected };
+    },
+    refuse(on: boolean) {
+      refusing = on;
+      if (on) {
+        for (const s of sockets) s.resetAndDestroy();
+        sockets.clear();
+      }
     },
     resetCounters() {
       bytesUp = 0;
