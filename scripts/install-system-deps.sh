@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages Ferry's tests and local stack use, only when missing:
 # redis-server, docker-registry (CNCF distribution 2.8), skopeo, gpg, and htpasswd
-# (apache2-utils: the bcrypt htpasswd file of the basic-auth test registry).
+# (apache2-utils: the bcrypt htpasswd file of the basic-auth test registry),
+# setcap/getcap (libcap2-bin: the file-capability tests), and what npm needs to
+# build image-source's native xattr addon (python3, make, g++).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -9,6 +11,10 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
