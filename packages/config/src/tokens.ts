@@ -4,7 +4,7 @@
  * the targets the token may push to (`*` wildcards; host normalised as the
  * registry allowlist does, so `127.1` is `127.0.0.1`). An entry without `@` is
  * a bare token (it may contain `=`, as base64 does); an entry with `@` must be
- * the named form. Problems name the variable and the entry's position or name,
+ * the named form; `NAME=TOKEN@*` names a token without limiting it. Problems name the variable and the entry's position or name,
  * never the token value.
  */
 
@@ -52,8 +52,9 @@ export function normalizePatternHost(host: string): string | undefined {
   }
 }
 
-/** `HOST[:PORT]/REPO` with the host normalised; undefined when it is not such a pattern. */
+/** `HOST[:PORT]/REPO` with the host normalised (or `*`: any target); undefined when it is not such a pattern. */
 export function normalizePattern(pattern: string): string | undefined {
+  if (pattern === '*') return '*'; // any allowed target
   const slash = pattern.indexOf('/');
   if (slash <= 0) return undefined;
   const host = normalizePatternHost(pattern.slice(0, slash));
@@ -75,6 +76,14 @@ export function parseTokenEntries(
     const where = `entry ${i + 1}`;
     const at = entry.indexOf('@');
     if (at < 0) {
+      if (/=[^=]/.test(entry)) {
+        // "name=token" would silently become a token with that whole value
+        problems.push({
+          variable,
+          message: `${where}: looks like NAME=TOKEN without @PATTERN; write NAME=TOKEN@* to name a token without limiting its targets`,
+        });
+        return;
+      }
       if (!TOKEN_RE.test(entry)) {
         problems.push({
           variable,

@@ -55,7 +55,7 @@ describe('config: token entries (FERRY_API_TOKENS, FERRY_ADMIN_TOKENS)', () => {
       {
         FERRY_API_TOKENS:
           'plain-token-1, ci=s3cr3t-ci@Registry.Example.com/team/*;0x7f.1:5000/x/app',
-        FERRY_ADMIN_TOKENS: 'YWRtaW4tdG9rZW4=',
+        FERRY_ADMIN_TOKENS: 'YWRtaW4tdG9rZW4=,ops=hunter-2-ops@*',
       },
       '/srv',
     );
@@ -71,6 +71,7 @@ describe('config: token entries (FERRY_API_TOKENS, FERRY_ADMIN_TOKENS)', () => {
         },
         // a bare token may hold "=" (base64 padding)
         { name: 'admin#1', token: 'YWRtaW4tdG9rZW4=', scope: 'admin', patterns: [] },
+        { name: 'ops', token: 'hunter-2-ops', scope: 'admin', patterns: ['*'] },
       ],
     );
   });
@@ -85,6 +86,7 @@ describe('config: token entries (FERRY_API_TOKENS, FERRY_ADMIN_TOKENS)', () => {
     ],
     ['a bad host', { FERRY_API_TOKENS: 'a=hush-hush@bad host/x' }, /FERRY_API_TOKENS/],
     ['a tag in a pattern', { FERRY_API_TOKENS: 'a=hush-hush@r.example/x:1' }, /FERRY_API_TOKENS/],
+    ['NAME=TOKEN without a pattern', { FERRY_ADMIN_TOKENS: 'ops=hush-hush' }, /NAME=TOKEN@\*/],
     ['an empty token', { FERRY_API_TOKENS: 'a=@r.example/x' }, /FERRY_API_TOKENS/],
     [
       'a token in both lists',

@@ -45,6 +45,7 @@ export function patternCovers(
   target: string,
   hostAllowed: (host: string, entry: string) => boolean,
 ): boolean {
+  if (pattern === '*') return true;
   const ps = pattern.indexOf('/');
   const ts = target.indexOf('/');
   if (ps <= 0 || ts <= 0) return false;
