@@ -87,11 +87,18 @@ export class Requester {
           what: spec.what,
         });
         if (spec.ok.includes(res.status)) return res;
-        if (res.status === 401 && !refreshed && t.sameOrigin(reg, url)) {
-          refreshed = true;
-          await dump(res);
+        if (res.status === 401 && t.sameOrigin(reg, url)) {
+          // The challenge is re-read from every 401 (the next call starts from it too);
+          // the request itself is refreshed once.
+          if (!refreshed) {
+            refreshed = true;
+            await dump(res);
+            this.auth.onUnauthorized(reg, res, spec.scope);
+            continue;
+          }
+          const err = await this.auth.errorOf(reg, res, spec.what, spec.notFound);
           this.auth.onUnauthorized(reg, res, spec.scope);
-          continue;
+          throw err;
         }
         if (REDIRECTS.includes(res.status)) {
           await dump(res);

@@ -70,9 +70,22 @@ function parseToken(reg: string, what: string, text: string): Token {
   return { token, expiresAt: start + ttlMs - margin };
 }
 
+/** How long a registry's challenge is trusted before GET /v2/ is asked again. */
+export const CHALLENGE_TTL_MS = 5 * 60_000;
+
+/**
+ * Credentials for registry H go to H, and to the token realm of H's 401
+ * challenge when that realm's host is itself allowed (docker's rule: the
+ * token service is often its own host) — nowhere else. A realm carrying
+ * userinfo is refused, never stripped. A challenge is re-read after a 401 and
+ * at the latest CHALLENGE_TTL_MS after it was read.
+ */
 export class Authenticator {
-  /** The challenge of GET /v2/ per registry (undefined value: no auth needed). */
-  private readonly challenges = new Map<string, Promise<Challenge | undefined>>();
+  /** The challenge of GET /v2/ per registry (undefined value: no auth needed), and when it was read. */
+  private readonly challenges = new Map<
+    string,
+    { at: number; challenge: Promise<Challenge | undefined> }
+  >();
   private readonly tokens = new Map<string, Token>();
   /** Token requests in flight, so concurrent callers share one. */
   private readonly tokenFetches = new Map<string, Promise<Token>>();
@@ -81,6 +94,7 @@ export class Authenticator {
   constructor(
     private readonly transport: Transport,
     readonly dockerConfigPath: string,
+    private readonly challengeTtlMs = CHALLENGE_TTL_MS,
   ) {
     this.creds = new CredentialStore(dockerConfigPath);
   }
@@ -96,16 +110,15 @@ export class Authenticator {
 
   /** The registry's challenge, from one shared ping; the caller's signal only stops its wait. */
   challenge(reg: string, signal?: AbortSignal): Promise<Challenge | undefined> {
-    let p = this.challenges.get(reg);
-    if (!p) {
-      const probe = this.probe(reg);
-      p = probe;
-      this.challenges.set(reg, probe);
-      probe.catch(() => {
-        if (this.challenges.get(reg) === probe) this.challenges.delete(reg);
-      });
-    }
-    return waitFor(p, signal);
+    const hit = this.challenges.get(reg);
+    if (hit && Date.now() - hit.at < this.challengeTtlMs) return waitFor(hit.challenge, signal);
+    const probe = this.probe(reg);
+    const entry = { at: Date.now(), challenge: probe };
+    this.challenges.set(reg, entry);
+    probe.catch(() => {
+      if (this.challenges.get(reg) === entry) this.challenges.delete(reg);
+    });
+    return waitFor(probe, signal);
   }
 
   /** GET /v2/ without credentials: no challenge (200) or the registry's challenge (401). One attempt. */
@@ -147,7 +160,11 @@ export class Authenticator {
     return ch;
   }
 
-  /** A 401 on the registry's own host: take its challenge and drop cached tokens for the scope. */
+  /**
+   * A 401 on the registry's own host: its challenge replaces the one we had
+   * (none in it: the next request pings again), and cached tokens for the
+   * scope are dropped.
+   */
   onUnauthorized(reg: string, res: Res, scope: string[]): void {
     let ch: Challenge | undefined;
     try {
@@ -157,7 +174,10 @@ export class Authenticator {
     }
     if (ch) {
       const { scope: _s, error: _e, ...params } = ch.params;
-      this.challenges.set(reg, Promise.resolve({ scheme: ch.scheme, params }));
+      const challenge = Promise.resolve({ scheme: ch.scheme, params });
+      this.challenges.set(reg, { at: Date.now(), challenge });
+    } else {
+      this.forget(reg);
     }
     this.tokens.delete(tokenKey(reg, scope));
     this.tokens.delete(tokenKey(reg, widen(scope)));
@@ -216,6 +236,15 @@ export class Authenticator {
       throw new RegistryError(
         ErrorCodes.REGISTRY_PROTOCOL,
         `${reg}: token realm "${realmRaw}" is not a URL`,
+        { registry: reg },
+      );
+    }
+    if (realm.username || realm.password) {
+      // Refused, not stripped: a realm with user:password@ is a registry trying to
+      // make us send (or leak) credentials somewhere; say so.
+      throw new RegistryError(
+        ErrorCodes.REDIRECT_REFUSED,
+        `${reg}: token realm ${realm.protocol}//…@${realm.host}${realm.pathname} carries credentials (user:password@); refused`,
         { registry: reg },
       );
     }
