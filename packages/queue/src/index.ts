@@ -19,6 +19,9 @@ export {
   uploadJobId,
   assertPushId,
   DEFAULT_JOB_POLICY,
+  FERRY_BACKOFF_TYPE,
+  UNLIMITED_ATTEMPTS,
+  ferryBackoffMs,
   type FerryQueues,
   type CreateQueuesOptions,
   type EnqueuePushOptions,
@@ -33,6 +36,7 @@ export {
   type CreatePushOptions,
   type IdempotencyResult,
   type TransitionResult,
+  type BudgetReading,
 } from './push-store';
 export {
   Semaphore,

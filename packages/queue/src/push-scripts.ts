@@ -4,7 +4,9 @@ import { Script } from './script';
  * Layout of one push in Redis (all under the queue prefix P):
  *   P:push:<id>          hash: id, status, source, target, tags, request, createdAt,
  *                        createdMs, startedAt, finishedAt, manifest, manifests,
- *                        signatures, error, layout — JSON values except the plain strings —
+ *                        signatures, error, layout, progressMs (last progress, Redis clock,
+ *                        ms: the retry budget counts from it), lastCause (JSON {code, message}
+ *                        of the last transient failure) — JSON values except the plain strings —
  *                        and one field per layer attribute: layer:<img>:<n>:<attr>
  *                        (state, digest, size, bytesSent, mountedFrom), so two workers
  *                        updating two layers (or two attributes) never overwrite each other.
@@ -21,6 +23,8 @@ export const CREATE = new Script(
   `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'progressMs', tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[4])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', ARGV[3])
@@ -61,12 +65,19 @@ return {1, cur, eid}
 );
 
 // KEYS: hash, events. ARGV: ttl, field prefix, imageIndex, index, emit ('1'/'0'), at, attr/value pairs
+// (an attr written '+name' adds the integer value to the attribute: bytesSent across attempts)
 export const LAYER_UPDATE = new Script(
   'ferryPushLayerUpdate',
   `
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local p = ARGV[2]
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], p .. ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 1) == '+' then
+    redis.call('HINCRBY', KEYS[1], p .. string.sub(ARGV[i], 2), ARGV[i + 1])
+  else
+    redis.call('HSET', KEYS[1], p .. ARGV[i], ARGV[i + 1])
+  end
+end
 local eid = ''
 if ARGV[5] == '1' then
   local names = {${LAYER_ATTRS.map((a) => `'${a}'`).join(', ')}}
@@ -96,5 +107,36 @@ local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e'
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return eid
+`,
+);
+
+/** Now on Redis' clock, in ms (every worker measures the budget on the same clock). */
+const NOW_MS = `local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)`;
+
+// KEYS: hash. Records progress (bytes accepted, a job finished): the retry budget starts again.
+// Returns 1, or 0 for an unknown push.
+export const PROGRESS = new Script(
+  'ferryPushProgress',
+  `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+${NOW_MS}
+redis.call('HSET', KEYS[1], 'progressMs', tostring(now))
+return 1
+`,
+);
+
+// KEYS: hash. ARGV: cause JSON ('' = only read). Records the last transient cause (if given) and
+// returns {exists (0/1), ms since the last progress, last cause JSON or ''}. A push created before
+// progressMs existed counts from its startedAt/createdMs.
+export const BUDGET = new Script(
+  'ferryPushBudget',
+  `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, ''} end
+${NOW_MS}
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'lastCause', ARGV[1]) end
+local since = tonumber(redis.call('HGET', KEYS[1], 'progressMs') or '')
+  or tonumber(redis.call('HGET', KEYS[1], 'createdMs') or '') or now
+return {1, math.max(0, now - since), redis.call('HGET', KEYS[1], 'lastCause') or ''}
 `,
 );

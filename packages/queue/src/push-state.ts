@@ -70,6 +70,12 @@ export function parseState(raw: Record<string, string>): PushState {
   for (const f of ['startedAt', 'finishedAt'] as const) {
     if (raw[f]) state[f] = raw[f];
   }
+  const progressMs = Number(raw.progressMs);
+  if (raw.progressMs && Number.isFinite(progressMs)) {
+    state.progressAt = new Date(progressMs).toISOString();
+  }
+  const lastCause = parseJson<PushState['lastCause']>(raw.lastCause);
+  if (lastCause) state.lastCause = lastCause;
   return state;
 }
 

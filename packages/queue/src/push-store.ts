@@ -4,7 +4,15 @@ import { claimIdempotencyKey, type IdempotencyResult } from './idempotency';
 import { Keys } from './keys';
 import { Metrics } from './metrics';
 import { listPushes } from './push-list';
-import { APPEND, CREATE, LAYER_ATTRS, LAYER_UPDATE, TRANSITION } from './push-scripts';
+import {
+  APPEND,
+  BUDGET,
+  CREATE,
+  LAYER_ATTRS,
+  LAYER_UPDATE,
+  PROGRESS,
+  TRANSITION,
+} from './push-scripts';
 import { createFields, layerFields, layerPrefix, layoutToLayers, parseState } from './push-state';
 import { assertPushId } from './queues';
 import {
@@ -42,6 +50,14 @@ export interface PushStoreOptions {
 export interface CreatePushOptions {
   /** Initialises every layer as pending. */
   layout?: PushLayout;
+}
+
+/** Where a push stands with its retry budget (measured on Redis' clock). */
+export interface BudgetReading {
+  /** ms since the push's last progress (bytes accepted, a job finished). */
+  idleMs: number;
+  /** The last transient failure recorded, if any. */
+  lastCause?: PushError;
 }
 
 export interface TransitionResult {
@@ -249,18 +265,26 @@ export class PushStore {
    * no read-modify-write) and appends a `layer` event carrying the layer's
    * whole state after the update (unless opts.event is false). Returns the
    * event id, '' without an event, or undefined when the push is unknown.
-   * Throttle bytesSent updates (e.g. every few MB or 500 ms).
+   * Throttle bytesSent updates (e.g. every few MB or 500 ms). `addBytesSent`
+   * adds to the layer's bytesSent instead (every attempt's bytes, on any worker).
    */
   async updateLayer(
     id: string,
     key: LayerKey,
     patch: LayerPatch,
-    opts: { event?: boolean } = {},
+    opts: { event?: boolean; addBytesSent?: number } = {},
   ): Promise<string | undefined> {
     assertPushId(id);
     const pairs: string[] = [];
     for (const a of LAYER_ATTRS) {
       if (patch[a] !== undefined) pairs.push(a, JSON.stringify(patch[a]));
+    }
+    if (opts.addBytesSent !== undefined) {
+      if (!Number.isSafeInteger(opts.addBytesSent) || opts.addBytesSent < 0) {
+        throw new Error(`addBytesSent must be a non-negative integer, got ${opts.addBytesSent}`);
+      }
+      if (patch.bytesSent !== undefined) throw new Error('bytesSent and addBytesSent together');
+      pairs.push('+bytesSent', String(opts.addBytesSent));
     }
     const r = await LAYER_UPDATE.run(
       this.redis,
@@ -276,6 +300,39 @@ export class PushStore {
       ],
     );
     return r === null ? undefined : (r as string);
+  }
+
+  /**
+   * Records progress of the push (bytes the registry accepted, a job
+   * finished): its retry budget counts again from now (Redis' clock).
+   * False for an unknown push.
+   */
+  async touchProgress(id: string): Promise<boolean> {
+    assertPushId(id);
+    return (await PROGRESS.run(this.redis, [this.keys.push(id)], [])) === 1;
+  }
+
+  /**
+   * How long the push has gone without progress, and its last transient
+   * cause; records `cause` as the new last cause first when given.
+   * Undefined for an unknown (or expired) push.
+   */
+  async budget(id: string, cause?: PushError): Promise<BudgetReading | undefined> {
+    assertPushId(id);
+    const arg = cause ? JSON.stringify({ code: cause.code, message: cause.message }) : '';
+    const [exists, idleMs, last] = (await BUDGET.run(this.redis, [this.keys.push(id)], [arg])) as [
+      number,
+      number,
+      string,
+    ];
+    if (exists !== 1) return undefined;
+    let lastCause: PushError | undefined;
+    try {
+      lastCause = last ? (JSON.parse(last) as PushError) : undefined;
+    } catch {
+      lastCause = undefined;
+    }
+    return { idleMs: Number(idleMs), ...(lastCause ? { lastCause } : {}) };
   }
 
   /** Appends an event (a worker's manifest/tag/signature/log). Returns its stream id, or undefined for an unknown push. */

@@ -11,10 +11,17 @@ import {
   type UploadJob,
 } from './types';
 
-/** Attempts, backoff and retention of every Ferry job. */
+/**
+ * Attempts, backoff and retention of every Ferry job. A push fails on its
+ * retry budget (FERRY_RETRY_BUDGET seconds without progress) or a permanent
+ * error, never on a count: attempts are effectively unlimited. The worker
+ * wrapper delays a transiently failed job itself (FERRY_BACKOFF_TYPE, growing
+ * waits up to 30 s); BullMQ's own retry, with the same strategy, is only the
+ * fallback when that fails (Redis unreachable).
+ */
 export interface JobPolicy {
   attempts: number;
-  /** First retry delay; doubles each attempt (exponential). */
+  /** First retry delay of BullMQ's fallback retry ('ferry' backoff: doubles, capped, jittered). */
   backoffMs: number;
   /** Completed jobs kept (Bull Board shows recent pushes). */
   keepCompleted: { count: number; age: number };
@@ -22,8 +29,24 @@ export interface JobPolicy {
   keepFailed: { count: number; age: number };
 }
 
+/** The custom backoff type of Ferry's jobs; every Ferry worker registers its strategy (runtime). */
+export const FERRY_BACKOFF_TYPE = 'ferry';
+
+/** "Unlimited" attempts: the retry budget, not a count, ends a push. */
+export const UNLIMITED_ATTEMPTS = 1_000_000_000;
+
+/**
+ * The wait before try `attempt + 1` after `attempt` transient failures in a
+ * row: 1 s, 2 s, 4 s … capped at 30 s, ±20 % jitter so retries spread out.
+ */
+export function ferryBackoffMs(attempt: number, baseMs = 1_000, maxMs = 30_000): number {
+  const n = Math.max(1, Math.floor(attempt));
+  const exp = Math.min(maxMs, baseMs * 2 ** Math.min(n - 1, 30));
+  return Math.round(exp * (0.8 + Math.random() * 0.4));
+}
+
 export const DEFAULT_JOB_POLICY: JobPolicy = {
-  attempts: 5,
+  attempts: UNLIMITED_ATTEMPTS,
   backoffMs: 1_000,
   keepCompleted: { count: 1_000, age: 24 * 3600 },
   keepFailed: { count: 5_000, age: 7 * 24 * 3600 },
@@ -104,7 +127,7 @@ function childOptions(policy: JobPolicy, jobId: string): JobsOptions {
   return {
     jobId,
     attempts: policy.attempts,
-    backoff: { type: 'exponential', delay: policy.backoffMs },
+    backoff: { type: FERRY_BACKOFF_TYPE, delay: policy.backoffMs },
     removeOnComplete: policy.keepCompleted,
     removeOnFail: policy.keepFailed,
     failParentOnFailure: true,
@@ -163,7 +186,7 @@ export async function enqueuePush(
     opts: {
       jobId: assembleJobId(pushId),
       attempts: queues.policy.attempts,
-      backoff: { type: 'exponential', delay: queues.policy.backoffMs },
+      backoff: { type: FERRY_BACKOFF_TYPE, delay: queues.policy.backoffMs },
       removeOnComplete: queues.policy.keepCompleted,
       removeOnFail: queues.policy.keepFailed,
     },
@@ -204,6 +227,8 @@ export async function addUploadChild(
 /**
  * Best-effort removal of a push's jobs that no worker holds yet (cancel).
  * Jobs a worker is running stay; their worker sees PushStore.isCancelled and stops.
+ * A delayed upload job is promoted instead (its worker cancels the registry
+ * session it kept for its retry), and then the parent stays until it fails.
  * Returns how many jobs were removed.
  */
 export async function removePushJobs(
@@ -213,6 +238,7 @@ export async function removePushJobs(
 ): Promise<number> {
   assertPushId(pushId);
   let removed = 0;
+  let promoted = 0;
   const tryRemove = async (
     queue: Queue<never> | Queue<LookupJob> | Queue<UploadJob>,
     id: string,
@@ -222,6 +248,13 @@ export async function removePushJobs(
       if (!job) return;
       const state = await job.getState();
       if (state === 'active' || state === 'completed' || state === 'failed') return;
+      if (state === 'delayed' && queue === queues.upload) {
+        // A waiting upload may have kept its registry session for the retry: run it now, so
+        // its worker sees the cancel and cancels the session (removing it would orphan it).
+        await job.promote();
+        promoted++;
+        return;
+      }
       await job.remove();
       removed++;
     } catch {
@@ -250,6 +283,9 @@ export async function removePushJobs(
       await tryRemove(queues.upload, key.slice(queues.upload.qualifiedName.length + 1));
     }
   }
-  if (parent) await tryRemove(queues.assemble as unknown as Queue<never>, parent.id as string);
+  // Removing the parent would remove a promoted upload with it; it fails when that upload stops.
+  if (parent && promoted === 0) {
+    await tryRemove(queues.assemble as unknown as Queue<never>, parent.id as string);
+  }
   return removed;
 }

@@ -85,6 +85,8 @@ export function jobVersion(data: unknown): number {
 
 /** What every layer job (lookup and upload) carries. */
 export interface LayerJob {
+  /** Transient failures in a row (set by the worker wrapper; decides the next wait). */
+  tries?: number;
   v: typeof JOB_VERSION;
   pushId: string;
   /** Which image of the source (0 for a single image; the platform's position in an index). */
@@ -116,6 +118,8 @@ export interface UploadJob extends LayerJob {
 /** The parent of the flow: runs once every lookup (and upload) child has completed. */
 export interface AssembleJob {
   v: typeof JOB_VERSION;
+  /** Transient failures in a row (set by the worker wrapper; decides the next wait). */
+  tries?: number;
   pushId: string;
   /** Carries the pin (request.pin). */
   request: PushRequest;
@@ -196,6 +200,10 @@ export interface PushState {
   error?: PushError;
   /** ISO-8601 times. */
   createdAt: string;
+  /** Last progress (bytes the registry accepted, a job finished): the retry budget counts from here. */
+  progressAt?: string;
+  /** The last transient failure of any of the push's jobs (named when the retry budget is spent). */
+  lastCause?: PushError;
   startedAt?: string;
   finishedAt?: string;
 }
@@ -245,7 +253,31 @@ export type PushEvent =
     }
   | { type: 'tag'; tag: string; digest: string; at?: string }
   | { type: 'signature'; kind: 'cosign' | 'pgp' | 'schema1'; digest: string; at?: string }
-  | { type: 'log'; level?: 'info' | 'warn'; message: string; at?: string };
+  | { type: 'log'; level?: 'info' | 'warn'; message: string; at?: string }
+  | WaitingEvent;
+
+/**
+ * A job of the push failed transiently (registry unreachable, 5xx, 429, a
+ * stall, no permit) and waits — delayed, holding no worker slot — until
+ * nextTryAt. The push fails FERRY_RETRY_BUDGET_SPENT once it has gone
+ * FERRY_RETRY_BUDGET seconds without progress.
+ */
+export interface WaitingEvent {
+  type: 'waiting';
+  /** host[:port] the job was talking to. */
+  registry: string;
+  /** How many times this job has failed transiently in a row (1 on the first wait). */
+  attempt: number;
+  /** ISO-8601 time of the next try. */
+  nextTryAt: string;
+  /** Seconds of the retry budget left (FERRY_RETRY_BUDGET minus the time since the push's last progress). */
+  budgetLeftSeconds: number;
+  /** What the job failed with. */
+  cause: PushError;
+  /** The job that waits. */
+  jobId?: string;
+  at?: string;
+}
 
 export type PushEventType = PushEvent['type'];
 
