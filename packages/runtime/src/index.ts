@@ -10,3 +10,4 @@ export * from './errors';
 export * from './worker';
 export * from './finish';
 export * from './layers';
+export * from './budget';

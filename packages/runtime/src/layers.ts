@@ -144,7 +144,7 @@ export async function markPresent(
     state: found.state,
     digest: found.digest,
     ...(found.size !== undefined ? { size: found.size } : {}),
-    bytesSent: 0,
+    // bytesSent stays: what earlier attempts sent went on the wire (it counts every attempt).
     ...(found.mountedFrom ? { mountedFrom: found.mountedFrom } : {}),
   });
   await ctx.blobs.recordBlob(repo.registry, repo.repository, found.digest);

@@ -1,14 +1,17 @@
 import { hostname } from 'node:os';
-import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { DelayedError, Job, UnrecoverableError, Worker, type Queue } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import {
   createConnection,
+  ferryBackoffMs,
   jobVersion,
   JOB_VERSIONS_KNOWN,
   openQueueContext,
+  type PushError,
   type QueueContext,
 } from '@ferry/queue';
+import { JOB_STALLED, registryOfJob, RetryBudget, type RetryDecision } from './budget';
 import { CancelledError, errorInfo, isPermanent, PermanentError } from './errors';
 import { finishPush } from './finish';
 import { startHealthServer } from './health';
@@ -21,6 +24,15 @@ export interface RoleHandle {
 
 export type Processor<T, R> = (job: Job<T>, token: string | undefined) => Promise<R>;
 
+/** What a role's processor gets besides the queue context. */
+export interface ProcessorTools {
+  /** The push's retry budget (FERRY_RETRY_BUDGET): ask it before cleaning up after a failure. */
+  budget: RetryBudget;
+}
+
+/** Stalls never fail a job first: the retry budget does (BullMQ fails a job past maxStalledCount). */
+export const UNLIMITED_STALLS = 1_000_000_000;
+
 export interface StartWorkerOptions<T extends { pushId: string }, R> {
   role: string;
   queueName: string;
@@ -28,7 +40,9 @@ export interface StartWorkerOptions<T extends { pushId: string }, R> {
   config: FerryConfig;
   logger: Logger;
   /** Builds the processor once the queue context is open. */
-  processor: (ctx: QueueContext) => Processor<T, R>;
+  processor: (ctx: QueueContext, tools: ProcessorTools) => Processor<T, R>;
+  /** Wait before the next try after n transient failures in a row (default: 1 s doubling to 30 s, jittered). */
+  backoffMs?: (attempt: number) => number;
   /** More things to close on shutdown (after the worker, before Redis). */
   closables?: Closable[];
   /** Lock duration; jobs renew it while they run. */
@@ -90,30 +104,26 @@ export async function startWorker<T extends { pushId: string }, R>(
     name: `ferry-${opts.role}-worker`,
   });
   const lockMs = opts.lockDurationMs ?? config.jobLockTimeout * 1000;
-  const worker = new Worker<T, R>(opts.queueName, wrapProcessor(opts, ctx), {
+  const backoffMs = opts.backoffMs ?? ((n: number) => ferryBackoffMs(n));
+  const budget = new RetryBudget(ctx.store, config.retryBudget * 1000, { backoffMs });
+  const worker = new Worker<T, R>(opts.queueName, wrapProcessor(opts, ctx, budget), {
     connection: workerConnection,
     prefix: config.queuePrefix,
     concurrency: opts.concurrency,
     // A dead worker's job is taken over once its lock lapses (FERRY_JOB_LOCK_TIMEOUT).
     lockDuration: lockMs,
     stalledInterval: Math.max(1000, Math.floor(lockMs / 2)),
-    maxStalledCount: 3,
+    // Stalls spend the push's retry budget; they are not counted against a limit of their own.
+    maxStalledCount: UNLIMITED_STALLS,
+    // BullMQ's own retry (used only when the wrapper could not delay the job itself).
+    settings: {
+      backoffStrategy: (attemptsMade: number) => backoffMs(attemptsMade),
+    },
     name: `${hostname()}-${process.pid}-${opts.role}`,
   });
   worker.on('error', (e) => logger.warn(`${opts.role}: worker error: ${e.message}`));
-  // Backstop: BullMQ can fail a job without running the processor (stalled too often, a
-  // lock lost at completion). Whatever the path, a job failed for good ends its push.
-  worker.on('failed', (job, err) => {
-    if (!job || err instanceof DelayedError) return;
-    const attempts = job.opts.attempts ?? 1;
-    const final =
-      err?.name === 'UnrecoverableError' ||
-      err instanceof UnrecoverableError ||
-      job.attemptsMade >= attempts ||
-      Boolean(job.finishedOn);
-    if (!final) return;
-    void finishPush(ctx, job.data.pushId, { error: errorInfo(err) }, logger);
-  });
+  worker.on('failed', (job, err) => onFailed(opts, ctx, job, err));
+  worker.on('stalled', (jobId) => void noteStall(opts, ctx, jobId));
   await worker.waitUntilReady();
   const parts = await closableParts(opts, ctx, worker, workerConnection);
   logger.info(`${opts.role}: worker started (concurrency ${opts.concurrency})`);
@@ -126,50 +136,205 @@ export async function startWorker<T extends { pushId: string }, R>(
   };
 }
 
+/** Errors the wrapper has logged and ended the push with (the 'failed' backstop skips them). */
+const handled = new WeakSet<object>();
+
 /**
- * The processor BullMQ runs: the payload version checked, errors classified
- * (permanent → UnrecoverableError, transient → thrown as is so BullMQ retries
- * with backoff), and the push marked failed when its job fails for good.
+ * Backstop: BullMQ can fail a job without running the processor (a lock lost
+ * at completion, a deferred failure). Whatever the path, a job failed for
+ * good is logged with its push, job and cause, and ends its push.
  */
-function wrapProcessor<T extends { pushId: string }, R>(
+function onFailed<T extends { pushId: string }, R>(
   opts: StartWorkerOptions<T, R>,
   ctx: QueueContext,
+  job: Job<T> | undefined,
+  err: Error,
+): void {
+  if (!job || err instanceof DelayedError || err?.name === 'DelayedError') return;
+  const attempts = job.opts.attempts ?? 1;
+  const final =
+    err?.name === 'UnrecoverableError' ||
+    err instanceof UnrecoverableError ||
+    job.attemptsMade >= attempts ||
+    Boolean(job.finishedOn);
+  const info = errorInfo(err);
+  if (!final) {
+    if (!handled.has(err)) {
+      opts.logger.warn(
+        `${opts.role}: job ${job.id} failed, BullMQ retries it: ${info.code}: ${info.message}`,
+        {
+          pushId: job.data.pushId,
+          jobId: job.id,
+        },
+      );
+    }
+    return;
+  }
+  if (!handled.has(err) && !(err instanceof CancelledError)) {
+    opts.logger.error(
+      `${opts.role}: job ${job.id} failed for good: ${info.code}: ${info.message}`,
+      {
+        pushId: job.data.pushId,
+        jobId: job.id,
+        code: info.code,
+      },
+    );
+  }
+  void finishPush(ctx, job.data.pushId, { error: info }, opts.logger);
+}
+
+/** A stalled job (its worker died or lost its lock) is the push's last transient cause. */
+async function noteStall<T extends { pushId: string }, R>(
+  opts: StartWorkerOptions<T, R>,
+  ctx: QueueContext,
+  jobId: string,
+): Promise<void> {
+  try {
+    const queue = (ctx.queues as unknown as Record<string, Queue | undefined>)[opts.queueName];
+    const job = queue ? await Job.fromId<T>(queue, jobId) : undefined;
+    if (!job?.data?.pushId) return;
+    const cause: PushError = {
+      code: JOB_STALLED,
+      message: `job ${jobId} stalled (its worker died or could not renew its lock; stall ${job.stalledCounter})`,
+    };
+    await ctx.store.budget(job.data.pushId, cause);
+    opts.logger.warn(`${opts.role}: ${cause.message}; it runs again`, {
+      pushId: job.data.pushId,
+      jobId,
+    });
+  } catch (e) {
+    opts.logger.warn(
+      `${opts.role}: could not record the stall of job ${jobId}: ${(e as Error).message}`,
+    );
+  }
+}
+
+/**
+ * The processor BullMQ runs: the payload version and the retry budget
+ * checked, errors classified — permanent → the push fails at once
+ * (UnrecoverableError); transient → the job waits, delayed without holding a
+ * slot, with growing waits and a `waiting` event, until the push's retry
+ * budget is spent (FERRY_RETRY_BUDGET_SPENT) — and progress recorded when a
+ * job finishes.
+ */
+export function wrapProcessor<T extends { pushId: string }, R>(
+  opts: StartWorkerOptions<T, R>,
+  ctx: QueueContext,
+  budget: RetryBudget,
 ): Processor<T, R> {
   const { logger } = opts;
-  const processor = opts.processor(ctx);
+  const processor = opts.processor(ctx, { budget });
   const versions = opts.versions ?? JOB_VERSIONS_KNOWN;
   const graceMs = opts.unknownVersionGraceMs ?? 10 * 60_000;
   return async (job: Job<T>, token?: string): Promise<R> => {
     const started = Date.now();
+    let result: R;
     try {
       await checkVersion(job, token, versions, graceMs);
-      return await processor(job, token);
+      await budget.atStart(job);
+      result = await processor(job, token);
     } catch (err) {
       if (err instanceof DelayedError) throw err;
-      const permanent = isPermanent(err);
-      const attempts = job.opts.attempts ?? 1;
-      const final = permanent || job.attemptsMade + 1 >= attempts;
-      const info = errorInfo(err);
       if (err instanceof CancelledError) {
-        logger.info(`${opts.role}: job ${job.id} stopped: ${info.message}`);
-      } else if (final) {
-        logger.error(`${opts.role}: job ${job.id} failed for good: ${info.code}: ${info.message}`, {
+        logger.info(`${opts.role}: job ${job.id} stopped: ${errorInfo(err).message}`, {
           pushId: job.data.pushId,
+          jobId: job.id,
         });
-        await finishPush(ctx, job.data.pushId, { error: info }, logger);
-      } else {
-        logger.warn(
-          `${opts.role}: job ${job.id} attempt ${job.attemptsMade + 1}/${attempts} failed, will retry: ${info.code}: ${info.message}`,
-          { pushId: job.data.pushId, ms: Date.now() - started },
-        );
+        throw err;
       }
-      // BullMQ keeps only the message as failedReason (what Bull Board shows): lead it with the code.
-      if (permanent && !(err instanceof CancelledError)) {
-        throw new UnrecoverableError(`${info.code}: ${info.message}`);
-      }
-      throw err;
+      if (isPermanent(err)) return failForGood(opts, ctx, job, err);
+      return retryLater(opts, ctx, budget, job, token, err, Date.now() - started);
     }
+    // A job finished: progress. Best effort — the push goes on either way.
+    await budget.progress(job.data.pushId).catch(() => undefined);
+    return result;
   };
+}
+
+/** Logs a job's final failure with push, job and cause, ends the push, and fails the job in BullMQ. */
+async function failForGood<T extends { pushId: string }, R>(
+  opts: StartWorkerOptions<T, R>,
+  ctx: QueueContext,
+  job: Job<T>,
+  err: unknown,
+): Promise<never> {
+  const info = errorInfo(err);
+  opts.logger.error(`${opts.role}: job ${job.id} failed for good: ${info.code}: ${info.message}`, {
+    pushId: job.data.pushId,
+    jobId: job.id,
+    code: info.code,
+  });
+  await finishPush(ctx, job.data.pushId, { error: info }, opts.logger);
+  // BullMQ keeps only the message as failedReason (what Bull Board shows): lead it with the code.
+  const out = new UnrecoverableError(`${info.code}: ${info.message}`);
+  handled.add(out);
+  throw out;
+}
+
+/**
+ * A transient failure: the job waits (delayed, no slot held) and the push
+ * gets a `waiting` event — or, with the budget spent, the push fails. When
+ * Redis cannot be reached to decide, the error goes to BullMQ, which retries
+ * the job with the same backoff (attempts are unlimited).
+ */
+async function retryLater<T extends { pushId: string; tries?: number }, R>(
+  opts: StartWorkerOptions<T, R>,
+  ctx: QueueContext,
+  budget: RetryBudget,
+  job: Job<T>,
+  token: string | undefined,
+  err: unknown,
+  ms: number,
+): Promise<never> {
+  const { logger } = opts;
+  let decision: RetryDecision;
+  try {
+    decision = await budget.decide(job, err);
+  } catch (e) {
+    logger.warn(
+      `${opts.role}: job ${job.id} failed (${errorInfo(err).message}) and its budget could not be read (${(e as Error).message}); BullMQ retries it`,
+      { pushId: job.data.pushId, jobId: job.id },
+    );
+    throw err;
+  }
+  if (!decision.retry) {
+    if ('gone' in decision) throw new CancelledError(job.data.pushId, 'expired');
+    return failForGood(opts, ctx, job, decision.error);
+  }
+  const { attempt, nextTryAt, cause } = decision;
+  const registry = registryOfJob(job.data, err);
+  const budgetLeftSeconds = Math.max(0, Math.floor(decision.budgetLeftMs / 1000));
+  logger.warn(
+    `${opts.role}: job ${job.id} failed (${cause.code}: ${cause.message}); try ${attempt + 1} in ${decision.delayMs} ms, ${budgetLeftSeconds} s of the retry budget left`,
+    { pushId: job.data.pushId, jobId: job.id, registry, ms },
+  );
+  try {
+    await job.updateData({ ...job.data, tries: attempt });
+    await job.moveToDelayed(nextTryAt, token);
+  } catch (e) {
+    logger.warn(
+      `${opts.role}: job ${job.id} could not be delayed (${(e as Error).message}); BullMQ retries it`,
+      {
+        pushId: job.data.pushId,
+        jobId: job.id,
+      },
+    );
+    throw err;
+  }
+  await ctx.store
+    .appendEvent(job.data.pushId, {
+      type: 'waiting',
+      registry,
+      attempt,
+      nextTryAt: new Date(nextTryAt).toISOString(),
+      budgetLeftSeconds,
+      cause,
+      ...(job.id ? { jobId: job.id } : {}),
+    })
+    .catch(() => undefined);
+  throw new DelayedError(
+    `${cause.code}: ${cause.message} (waiting until ${new Date(nextTryAt).toISOString()})`,
+  );
 }
 
 /** What a role closes on shutdown, in order: the worker, its health server, extras, Redis. */
