@@ -24,6 +24,7 @@ import { QUEUE_NAMES, type LeaseRef, type QueueContext, type UploadJob } from '@
 import type { BlobSource, RegistryClient, RepoRef, UploadResult } from '@ferry/registry-client';
 import {
   assertActive,
+  isPermanent,
   blobLeaseKey,
   CancelledError,
   createRegistryClient,
@@ -33,6 +34,7 @@ import {
   LeaseLostError,
   markPresent,
   PushRequests,
+  type RetryBudget,
   SourceCache,
   startWorker,
   targetRepo,
@@ -54,9 +56,16 @@ export interface UploadDeps {
   waitMs?: number;
   /** How often a running upload asks whether its push was cancelled. Default 2 s. */
   cancelCheckMs?: number;
+  /**
+   * The push's retry budget (the worker wrapper's): asked on a transient
+   * failure whether the job will be retried, so a session is kept only then.
+   */
+  budget?: RetryBudget;
 }
 
 const PROGRESS_EVERY_MS = 500;
+/** Upload progress renews the push's retry budget at most this often. */
+const BUDGET_PROGRESS_EVERY_MS = 5_000;
 
 /** One upload job's blob, as every step below sees it. */
 interface BlobJob {
@@ -79,8 +88,16 @@ export function uploadProcessor(deps: UploadDeps) {
 
   return async (job: Job<UploadJob>, token?: string): Promise<LayerOutcome> => {
     const d = await currentLayerJob<UploadJob>(job.data, requests);
-    await assertActive(ctx, d.pushId);
     const repo = targetRepo(d.target);
+    const active = await assertActive(ctx, d.pushId).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    if (active !== undefined) {
+      // The push ended (failed elsewhere, cancelled) while this job waited: close its session.
+      await dropSessionOfEnded(deps, d, repo);
+      throw active;
+    }
     const layer = await layerOf(sources, d);
     const diffId = layer.diffId ?? d.diffId;
     const leaseKey = blobLeaseKey(
@@ -122,6 +139,32 @@ export function uploadProcessor(deps: UploadDeps) {
       await ctx.uploadLease.release(leaseKey, lease.owner, fence).catch(() => undefined);
     }
   };
+}
+
+/** The session key of a job's blob (its lease key + repository), as upload() keeps it. */
+function sessionKeyOf(ctx: QueueContext, d: UploadJob, repo: RepoRef, layer: Layer): string {
+  const leaseKey = blobLeaseKey(
+    repo.registry,
+    layer.digest,
+    layer.diffId ?? d.diffId,
+    d.gzipLevel,
+    zlibIdentity(d.gzipLevel),
+  );
+  return ctx.uploadLease.keys.uploadSession(leaseKey, repo.repository);
+}
+
+/** Best effort: cancels the session an earlier attempt of this job kept, once its push has ended. */
+async function dropSessionOfEnded(deps: UploadDeps, d: UploadJob, repo: RepoRef): Promise<void> {
+  try {
+    const layer = await layerOf(deps.sources, d);
+    const sessionKey = sessionKeyOf(deps.ctx, d, repo, layer);
+    const earlier = await deps.ctx.connection.get(sessionKey);
+    if (!earlier) return;
+    await deps.client.cancelUpload(repo, earlier).catch(() => undefined);
+    await deps.ctx.connection.del(sessionKey);
+  } catch {
+    // the source is gone or changed: the registry purges abandoned sessions in the end
+  }
 }
 
 /** A session left open by an earlier attempt is cancelled once the blob needs no upload. */
@@ -185,20 +228,46 @@ function blobSourceOf(layer: Layer, onDiffId: (diffId: string) => void): BlobSou
   };
 }
 
-/** Progress into the push state at most every PROGRESS_EVERY_MS, and a cancel check every cancelCheckMs. */
+/**
+ * Progress into the push state at most every PROGRESS_EVERY_MS — bytesSent
+ * added to the layer's (every attempt's bytes count, on any worker) — the
+ * push's retry budget renewed when the upload gets further into the blob than
+ * before (at most every BUDGET_PROGRESS_EVERY_MS), and a cancel check every
+ * cancelCheckMs. flush() writes what is not written yet.
+ */
 function progressReporter(deps: UploadDeps, b: BlobJob, cancel: AbortController) {
   const { ctx } = deps;
   let lastReport = 0;
   let lastCheck = 0;
+  let lastBudget = 0;
+  let sent = 0;
+  let written = 0;
+  let furthest = 0;
+  let advanced = false;
   const checkEvery = deps.cancelCheckMs ?? 2_000;
-  return (bytesSent: number) => {
+  const write = (patch: { state?: 'uploading' }): Promise<unknown> => {
+    const delta = sent - written;
+    written = sent;
+    if (delta === 0 && !patch.state) return Promise.resolve();
+    void ctx.metrics.inc('ferry_bytes_uploaded_total', {}, delta).catch(() => undefined);
+    return ctx.store.updateLayer(b.d.pushId, b.key, patch, { addBytesSent: delta });
+  };
+  const report = (bytesSent: number, position = 0) => {
+    sent = bytesSent;
+    if (position > furthest) {
+      furthest = position;
+      advanced = true;
+    }
     const now = Date.now();
     if (cancel.signal.aborted || now - lastReport < PROGRESS_EVERY_MS) return;
     lastReport = now;
-    void ctx.store
-      .updateLayer(b.d.pushId, b.key, { state: 'uploading', bytesSent })
-      .catch(() => undefined);
+    void write({ state: 'uploading' }).catch(() => undefined);
     void b.job.updateProgress({ bytesSent }).catch(() => undefined);
+    if (advanced && now - lastBudget >= BUDGET_PROGRESS_EVERY_MS) {
+      lastBudget = now;
+      advanced = false;
+      void ctx.store.touchProgress(b.d.pushId).catch(() => undefined);
+    }
     if (now - lastCheck < checkEvery) return;
     lastCheck = now;
     void ctx.store
@@ -207,6 +276,11 @@ function progressReporter(deps: UploadDeps, b: BlobJob, cancel: AbortController)
         if (c) cancel.abort();
       })
       .catch(() => undefined);
+  };
+  return {
+    report,
+    /** Writes the bytes sent since the last report (the upload ended, either way). */
+    flush: () => write({}).catch(() => undefined),
   };
 }
 
@@ -218,7 +292,7 @@ async function upload(
   leaseLost: AbortSignal,
 ): Promise<LayerOutcome> {
   const { ctx, client } = deps;
-  const { d, job, layer } = b;
+  const { d, layer } = b;
   const earlier = (await ctx.connection.get(b.sessionKey)) ?? undefined;
   const rememberSession = (location: string | undefined) => {
     const op = location
@@ -227,14 +301,15 @@ async function upload(
     void op.catch(() => undefined);
   };
   const started = Date.now();
+  // bytesSent is not reset: it adds up every attempt's bytes (what went on the wire).
   await ctx.store.updateLayer(d.pushId, b.key, {
     state: 'uploading',
-    bytesSent: 0,
     ...(layer.digest ? { digest: layer.digest } : {}),
     ...(layer.size !== undefined ? { size: layer.size } : {}),
   });
   let diffId = b.diffId;
   const cancel = new AbortController();
+  const progress = progressReporter(deps, b, cancel);
   let result: UploadResult;
   try {
     result = await client.uploadBlob(
@@ -246,20 +321,23 @@ async function upload(
         signal: AbortSignal.any([cancel.signal, leaseLost]),
         resumeSession: earlier,
         onSession: rememberSession,
-        // A retry (maybe on another worker) resumes the session from the registry's offset;
-        // an abort (cancel, lost lease) cancels it.
-        keepSessionOnFailure: job.attemptsMade + 1 < (job.opts.attempts ?? 1),
+        // A transient failure keeps the session: the retry (maybe on another worker) resumes it
+        // from the registry's offset; uploadFailure cancels it when the push's budget is spent.
+        // An abort (cancel, lost lease) cancels it.
+        keepSessionOnFailure: true,
         beforeCommit: async () => {
           if (!(await ctx.uploadLease.check(lease.key, lease.owner, lease.token))) {
             throw new LeaseLostError(lease.key);
           }
         },
-        onProgress: progressReporter(deps, b, cancel),
+        onProgress: progress.report,
       },
     );
   } catch (err) {
+    await progress.flush();
     throw await uploadFailure(deps, b, err, cancel.signal, leaseLost);
   }
+  await progress.flush();
   // Published only while the lease is still ours (checked inside the Lua script that writes).
   const published = await ctx.blobs.recordUpload({
     lease,
@@ -298,7 +376,20 @@ async function uploadFailure(
   }
   // The blob lease was lost (this worker stalled, Redis lost it): a retry looks again.
   if (leaseLost.aborted) return new LeaseLostError(b.leaseKey);
+  await dropSessionIfFinal(deps, b, err);
   return err;
+}
+
+/**
+ * The client kept the session on a transient failure for the retry; when
+ * there will be none — the push's retry budget is spent (the wrapper gets the
+ * same decision) — it is cancelled here.
+ */
+async function dropSessionIfFinal(deps: UploadDeps, b: BlobJob, err: unknown): Promise<void> {
+  if (!deps.budget || isPermanent(err)) return;
+  const decision = await deps.budget.decide(b.job, err).catch(() => undefined);
+  if (!decision || decision.retry) return;
+  await dropEarlierSession(deps, b).catch(() => undefined);
 }
 
 /** Records a finished upload in the push state and the metrics. */
@@ -311,15 +402,14 @@ async function finishUpload(
 ): Promise<LayerOutcome> {
   const { ctx, logger } = deps;
   const state = result.mountedFrom ? 'mounted' : 'uploaded';
+  // bytesSent was added up as the bytes went out (progressReporter), every attempt included.
   await ctx.store.updateLayer(b.d.pushId, b.key, {
     state,
     digest: result.digest,
     size: result.size,
-    bytesSent: result.bytesSent,
     ...(result.mountedFrom ? { mountedFrom: result.mountedFrom } : {}),
   });
   await ctx.metrics.inc('ferry_blobs_total', { result: state }).catch(() => undefined);
-  await ctx.metrics.inc('ferry_bytes_uploaded_total', {}, result.bytesSent).catch(() => undefined);
   await ctx.metrics
     .observe('ferry_blob_upload_duration_seconds', (Date.now() - started) / 1000)
     .catch(() => undefined);
@@ -347,9 +437,10 @@ export async function start(config: FerryConfig, logger: Logger): Promise<RoleHa
     concurrency: config.uploadConcurrency,
     config,
     logger: log,
-    processor: (ctx) =>
+    processor: (ctx, { budget }) =>
       uploadProcessor({
         ctx,
+        budget,
         client,
         sources,
         logger: log,
