@@ -9,7 +9,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { skopeo, skopeoInspect, startRegistry, tmpDir, removeTmpDir, type RegistryHandle } from '../helpers';
+import {
+  skopeo,
+  skopeoInspect,
+  startRegistry,
+  tmpDir,
+  removeTmpDir,
+  type RegistryHandle,
+} from '../helpers';
 import { startDurableRedis, type DurableRedisHandle } from '../helpers/durable-redis';
 import {
   FULL,
@@ -72,10 +79,22 @@ describe(`faults ${S}: upload and lookup workers SIGKILLed at random while pushe
     for (let i = 0; i < pushes; i++) {
       const layers = [smallBytes(), ...(i % bigEvery === 0 ? [bigBytes()] : [smallBytes()])];
       const src = writeImage(root, `img${i}`, layers);
-      images.push({ src, target: `${registry.host}/kills/app${i}:1`, bytes: layers.reduce((a, b) => a + b, 0) });
+      images.push({
+        src,
+        target: `${registry.host}/kills/app${i}:1`,
+        bytes: layers.reduce((a, b) => a + b, 0),
+      });
     }
-    figure(S, 'pushes', `${pushes} (${images.filter((_, i) => i % bigEvery === 0).length} with a layer of ${FULL ? '200–400' : '50–100'} MiB)`);
-    figure(S, 'layer bytes to push', `${(images.reduce((a, b) => a + b.bytes, 0) / MiB).toFixed(0)} MiB`);
+    figure(
+      S,
+      'pushes',
+      `${pushes} (${images.filter((_, i) => i % bigEvery === 0).length} with a layer of ${FULL ? '200–400' : '50–100'} MiB)`,
+    );
+    figure(
+      S,
+      'layer bytes to push',
+      `${(images.reduce((a, b) => a + b.bytes, 0) / MiB).toFixed(0)} MiB`,
+    );
 
     ferry = await startFerryProcs(
       {
@@ -92,7 +111,10 @@ describe(`faults ${S}: upload and lookup workers SIGKILLed at random while pushe
     const f = ferry;
     const ids: string[] = [];
     for (const img of images) {
-      const r = await apiCall(f.url, TOKEN, 'POST', '/v1/pushes', { source: `dir:${img.src}`, target: img.target });
+      const r = await apiCall(f.url, TOKEN, 'POST', '/v1/pushes', {
+        source: `dir:${img.src}`,
+        target: img.target,
+      });
       assert.equal(r.status, 202, r.text);
       ids.push(r.body.id);
     }
@@ -116,7 +138,8 @@ describe(`faults ${S}: upload and lookup workers SIGKILLed at random while pushe
 
     const finals = [];
     try {
-      for (const id of ids) finals.push(await waitFinal(f.url, TOKEN, id, FULL ? 3_000_000 : 300_000));
+      for (const id of ids)
+        finals.push(await waitFinal(f.url, TOKEN, id, FULL ? 3_000_000 : 300_000));
     } finally {
       done = true;
       await killer;
@@ -126,17 +149,28 @@ describe(`faults ${S}: upload and lookup workers SIGKILLed at random while pushe
     figure(S, 'pushes finished', `${ok}/${pushes} succeeded`);
     const sent = finals.reduce((n, s) => n + bytesSentOf(s), 0);
     figure(S, 'bytes sent (Ferry, layers bytesSent)', sent);
-    for (const s of finals) assert.equal(s.status, 'succeeded', `push ${s.id}: ${JSON.stringify(s.error)}`);
+    for (const s of finals)
+      assert.equal(s.status, 'succeeded', `push ${s.id}: ${JSON.stringify(s.error)}`);
 
     // skopeo reads every image back: copy to an OCI layout (skopeo checks each blob's digest).
     const out = tmpDir('faults-kills-copy');
     try {
       for (let i = 0; i < pushes; i++) {
         const info = await skopeoInspect(`docker://${images[i].target}`);
-        assert.equal(info.Digest, finals[i].manifest.digest);
-        // eslint-disable-next-line @typescript-eslint/no-explicit-any
-        assert.deepEqual(info.Layers, finals[i].layers.map((l: any) => l.digest));
-        await skopeo(['copy', '--src-tls-verify=false', `docker://${images[i].target}`, `oci:${join(out, 'o')}:img${i}`], { timeoutMs: 300_000 });
+        assert.equal(info.Digest, finals[i].manifest?.digest);
+        assert.deepEqual(
+          info.Layers,
+          finals[i].layers.map((l) => l.digest),
+        );
+        await skopeo(
+          [
+            'copy',
+            '--src-tls-verify=false',
+            `docker://${images[i].target}`,
+            `oci:${join(out, 'o')}:img${i}`,
+          ],
+          { timeoutMs: 300_000 },
+        );
       }
     } finally {
       removeTmpDir(out);
@@ -162,7 +196,11 @@ describe(`faults ${S}: upload and lookup workers SIGKILLed at random while pushe
     } finally {
       r.disconnect();
     }
-    figure(S, 'upload sessions stored in Redis afterwards', `${stored} (${open.length} still open)`);
+    figure(
+      S,
+      'upload sessions stored in Redis afterwards',
+      `${stored} (${open.length} still open)`,
+    );
     figure(S, 'upload dirs left in registry storage (informational)', registryUploadDirs(registry));
     assert.deepEqual(open, [], 'upload sessions left open at the registry');
   });

@@ -10,7 +10,14 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
-import { startProxy, startRegistry, tmpDir, removeTmpDir, type ProxyHandle, type RegistryHandle } from '../helpers';
+import {
+  startProxy,
+  startRegistry,
+  tmpDir,
+  removeTmpDir,
+  type ProxyHandle,
+  type RegistryHandle,
+} from '../helpers';
 import { startDurableRedis, type DurableRedisHandle } from '../helpers/durable-redis';
 import {
   FULL,
@@ -81,11 +88,17 @@ describe(`faults ${S}: SSE followers from a separate process`, function () {
     const apiPid = f.api().service.pid;
     // The push stays mid-upload (its first PATCH held at the proxy) until every follower is in.
     const held = proxy.holdNext('PATCH');
-    const r = await apiCall(f.url, TOKEN, 'POST', '/v1/pushes', { source: `dir:${img}`, target: `${proxy.host}/sse/app:1` });
+    const r = await apiCall(f.url, TOKEN, 'POST', '/v1/pushes', {
+      source: `dir:${img}`,
+      target: `${proxy.host}/sse/app:1`,
+    });
     assert.equal(r.status, 202, r.text);
     const id = r.body.id as string;
     figure(S, 'pushes started', 1);
-    await Promise.race([held, sleep(60_000).then(() => Promise.reject(new Error('no PATCH within 60 s')))]);
+    await Promise.race([
+      held,
+      sleep(60_000).then(() => Promise.reject(new Error('no PATCH within 60 s'))),
+    ]);
 
     const apiConnsBefore = tcpConnectionsTo(apiPid, redis.port);
     const clientsBefore = await clientCount(redis.url);
@@ -107,7 +120,10 @@ describe(`faults ${S}: SSE followers from a separate process`, function () {
     const lines = createInterface({ input: child.stdout });
     const next = () =>
       new Promise<Record<string, unknown>>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('sse-followers said nothing in time')), FULL ? 620_000 : 170_000);
+        const timer = setTimeout(
+          () => reject(new Error('sse-followers said nothing in time')),
+          FULL ? 620_000 : 170_000,
+        );
         lines.once('line', (l) => {
           clearTimeout(timer);
           resolve(JSON.parse(l));
@@ -115,7 +131,11 @@ describe(`faults ${S}: SSE followers from a separate process`, function () {
       });
     try {
       const open = await next();
-      figure(S, 'followers connected', `${open.connected}/${followers} (${open.failedToConnect} failed)`);
+      figure(
+        S,
+        'followers connected',
+        `${open.connected}/${followers} (${open.failedToConnect} failed)`,
+      );
       const apiConnsDuring = tcpConnectionsTo(apiPid, redis.port);
       const clientsDuring = await clientCount(redis.url);
       const memDuring = memoryOf(apiPid);
@@ -134,17 +154,35 @@ describe(`faults ${S}: SSE followers from a separate process`, function () {
       const memAfter = memoryOf(apiPid);
       const apiConnsAfter = tcpConnectionsTo(apiPid, redis.port);
       figure(S, 'pushes finished', `${state.status === 'succeeded' ? 1 : 0}/1 succeeded`);
-      figure(S, 'followers that got the final event', `${result.finals}/${followers} (ended without it: ${result.endedWithoutFinal}; HTTP ${JSON.stringify(result.statuses)}; errors ${JSON.stringify(result.errors)})`);
-      figure(S, "API's Redis connections before / with followers / after", `${apiConnsBefore} / ${apiConnsDuring} / ${apiConnsAfter} (allowed: +${EXTRA_API_CONNECTIONS})`);
+      figure(
+        S,
+        'followers that got the final event',
+        `${result.finals}/${followers} (ended without it: ${result.endedWithoutFinal}; HTTP ${JSON.stringify(result.statuses)}; errors ${JSON.stringify(result.errors)})`,
+      );
+      figure(
+        S,
+        "API's Redis connections before / with followers / after",
+        `${apiConnsBefore} / ${apiConnsDuring} / ${apiConnsAfter} (allowed: +${EXTRA_API_CONNECTIONS})`,
+      );
       figure(S, 'Redis CLIENT LIST before / with followers', `${clientsBefore} / ${clientsDuring}`);
       const bound = memBefore.rssMb + rssBoundMb(followers);
-      figure(S, 'API RSS before / with followers / VmHWM after (MiB)', `${memBefore.rssMb.toFixed(0)} / ${memDuring.rssMb.toFixed(0)} / ${memAfter.hwmMb.toFixed(0)} (bound: ${bound.toFixed(0)} = before + 100 MiB + 32 KiB per follower)`);
+      figure(
+        S,
+        'API RSS before / with followers / VmHWM after (MiB)',
+        `${memBefore.rssMb.toFixed(0)} / ${memDuring.rssMb.toFixed(0)} / ${memAfter.hwmMb.toFixed(0)} (bound: ${bound.toFixed(0)} = before + 100 MiB + 32 KiB per follower)`,
+      );
 
       assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
       assert.equal(result.finals, followers, JSON.stringify(result));
-      assert.ok(apiConnsDuring <= apiConnsBefore + EXTRA_API_CONNECTIONS, `the API opened ${apiConnsDuring - apiConnsBefore} Redis connections for ${followers} followers`);
+      assert.ok(
+        apiConnsDuring <= apiConnsBefore + EXTRA_API_CONNECTIONS,
+        `the API opened ${apiConnsDuring - apiConnsBefore} Redis connections for ${followers} followers`,
+      );
       assert.equal(newWorker, 'ready');
-      assert.ok(memAfter.hwmMb <= bound, `API VmHWM ${memAfter.hwmMb.toFixed(0)} MiB > ${bound.toFixed(0)} MiB`);
+      assert.ok(
+        memAfter.hwmMb <= bound,
+        `API VmHWM ${memAfter.hwmMb.toFixed(0)} MiB > ${bound.toFixed(0)} MiB`,
+      );
     } finally {
       if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
     }

@@ -6,12 +6,7 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  freePort,
-  spawnService,
-  waitForPidExit,
-  type ServiceHandle,
-} from '../helpers';
+import { freePort, spawnService, waitForPidExit, type ServiceHandle } from '../helpers';
 
 export const repoRoot = join(__dirname, '..', '..');
 export const ferryBin = join(repoRoot, 'bin', 'ferry.js');
@@ -23,7 +18,8 @@ function pickSeed(): number {
   const env = process.env.FERRY_FAULTS_SEED;
   if (env !== undefined && env !== '') {
     const n = Number(env);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`FERRY_FAULTS_SEED must be a non-negative integer, got ${env}`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new Error(`FERRY_FAULTS_SEED must be a non-negative integer, got ${env}`);
     return n;
   }
   return randomBytes(4).readUInt32BE(0);
@@ -51,7 +47,9 @@ export function figure(scenario: string, name: string, value: string | number): 
   console.log(`      [faults] ${scenario}: ${name} = ${value}`);
 }
 export function printFigures(): void {
-  const lines = [`\n  Fault suite figures (FERRY_FAULTS_SEED=${SEED}${FULL ? ', FERRY_FAULTS_FULL=1' : ', CI sizes'}):`];
+  const lines = [
+    `\n  Fault suite figures (FERRY_FAULTS_SEED=${SEED}${FULL ? ', FERRY_FAULTS_FULL=1' : ', CI sizes'}):`,
+  ];
   let last = '';
   for (const f of figures) {
     if (f.scenario !== last) lines.push(`    ${f.scenario}`);
@@ -129,7 +127,10 @@ async function httpOk(url: string): Promise<boolean> {
 }
 
 /** Starts each role as its own `node bin/ferry.js serve --role X` process on free loopback ports. */
-export async function startFerryProcs(base: Record<string, string>, roles: Role[]): Promise<FerryProcs> {
+export async function startFerryProcs(
+  base: Record<string, string>,
+  roles: Role[],
+): Promise<FerryProcs> {
   const port = await freePort();
   const env: Record<string, string> = {
     FERRY_QUEUE_PREFIX: `{f${randomBytes(3).toString('hex')}}`,
@@ -235,15 +236,28 @@ export async function apiCall(
 
 export const FINAL = ['succeeded', 'failed', 'cancelled'];
 
+/** The parts of GET /v1/pushes/{id} the suite reads (DESIGN's REST contract). */
+export interface PushView {
+  id: string;
+  status: string;
+  requestedBy?: string;
+  layers: { index: number; digest?: string; size?: number; state: string; bytesSent: number }[];
+  manifest?: { digest: string; mediaType: string; size: number };
+  error?: { code: string; message: string };
+}
+
 /**
  * Polls GET /v1/pushes/{id} until final; errors (the API or Redis down a while) count as "not yet".
  * Bounded by timeoutMs.
  */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export async function waitFinal(url: string, token: string, id: string, timeoutMs: number): Promise<any> {
+export async function waitFinal(
+  url: string,
+  token: string,
+  id: string,
+  timeoutMs: number,
+): Promise<PushView> {
   const deadline = Date.now() + timeoutMs;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  let last: any;
+  let last: unknown;
   for (;;) {
     try {
       const r = await apiCall(url, token, 'GET', `/v1/pushes/${id}`);
@@ -252,7 +266,10 @@ export async function waitFinal(url: string, token: string, id: string, timeoutM
     } catch {
       // not answering right now
     }
-    if (Date.now() > deadline) throw new Error(`push ${id} not final after ${timeoutMs} ms: ${JSON.stringify(last)?.slice(0, 2000)}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `push ${id} not final after ${timeoutMs} ms: ${JSON.stringify(last)?.slice(0, 2000)}`,
+      );
     await sleep(250);
   }
 }
@@ -262,10 +279,8 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Sum of layers' bytesSent in a push state. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export function bytesSentOf(state: any): number {
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  return (state?.layers ?? []).reduce((n: number, l: any) => n + (Number(l.bytesSent) || 0), 0);
+export function bytesSentOf(state: PushView): number {
+  return (state?.layers ?? []).reduce((n, l) => n + (Number(l.bytesSent) || 0), 0);
 }
 
 // ---- /proc ----------------------------------------------------------------------
@@ -302,4 +317,6 @@ export function tcpConnectionsTo(pid: number, port: number): number {
 
 // Printed once, after every scenario of the run (a root-level hook: this module loads once).
 after(() => printFigures());
-console.log(`  [faults] FERRY_FAULTS_SEED=${SEED} (set it to replay this run), ${FULL ? 'full sizes (FERRY_FAULTS_FULL=1)' : 'CI sizes'}`);
+console.log(
+  `  [faults] FERRY_FAULTS_SEED=${SEED} (set it to replay this run), ${FULL ? 'full sizes (FERRY_FAULTS_FULL=1)' : 'CI sizes'}`,
+);

@@ -34,7 +34,16 @@ function report() {
   if (reported) return;
   reported = true;
   process.stdout.write(
-    JSON.stringify({ done: true, count, connected, failedToConnect, finals, endedWithoutFinal, statuses, errors }) + '\n',
+    JSON.stringify({
+      done: true,
+      count,
+      connected,
+      failedToConnect,
+      finals,
+      endedWithoutFinal,
+      statuses,
+      errors,
+    }) + '\n',
   );
   for (const r of requests) r.destroy();
   setTimeout(() => process.exit(0), 50);
@@ -43,7 +52,8 @@ const timer = setTimeout(report, timeoutMs);
 
 function opened() {
   settledOpen++;
-  if (settledOpen === count) process.stdout.write(JSON.stringify({ connected, failedToConnect }) + '\n');
+  if (settledOpen === count)
+    process.stdout.write(JSON.stringify({ connected, failedToConnect }) + '\n');
 }
 function finished() {
   if (finals + endedWithoutFinal + failedToConnect >= count) {
@@ -56,39 +66,43 @@ function follow() {
   return new Promise((resolve) => {
     let sawFinal = false;
     let counted = false;
-    const req = http.request(url, { agent, headers: { accept: 'text/event-stream', authorization: `Bearer ${token}` } }, (res) => {
-      statuses[res.statusCode] = (statuses[res.statusCode] || 0) + 1;
-      if (res.statusCode === 200) connected++;
-      else failedToConnect++;
-      opened();
-      resolve();
-      const parser = createParser({
-        onEvent: (e) => {
-          if (sawFinal) return;
-          try {
-            const d = JSON.parse(e.data);
-            if (d.type === 'status' && FINAL.includes(d.status)) {
-              sawFinal = true;
-              finals++;
-              req.destroy();
-              finished();
+    const req = http.request(
+      url,
+      { agent, headers: { accept: 'text/event-stream', authorization: `Bearer ${token}` } },
+      (res) => {
+        statuses[res.statusCode] = (statuses[res.statusCode] || 0) + 1;
+        if (res.statusCode === 200) connected++;
+        else failedToConnect++;
+        opened();
+        resolve();
+        const parser = createParser({
+          onEvent: (e) => {
+            if (sawFinal) return;
+            try {
+              const d = JSON.parse(e.data);
+              if (d.type === 'status' && FINAL.includes(d.status)) {
+                sawFinal = true;
+                finals++;
+                req.destroy();
+                finished();
+              }
+            } catch {
+              // not JSON: not ours
             }
-          } catch {
-            // not JSON: not ours
-          }
-        },
-      });
-      res.setEncoding('utf8');
-      res.on('data', (c) => parser.feed(c));
-      res.on('end', () => {
-        if (!sawFinal && res.statusCode === 200 && !counted) {
-          counted = true;
-          endedWithoutFinal++;
-          finished();
-        } else if (res.statusCode !== 200) finished();
-      });
-      res.on('error', () => undefined);
-    });
+          },
+        });
+        res.setEncoding('utf8');
+        res.on('data', (c) => parser.feed(c));
+        res.on('end', () => {
+          if (!sawFinal && res.statusCode === 200 && !counted) {
+            counted = true;
+            endedWithoutFinal++;
+            finished();
+          } else if (res.statusCode !== 200) finished();
+        });
+        res.on('error', () => undefined);
+      },
+    );
     req.on('error', (err) => {
       if (sawFinal) return;
       errors[err.code || err.message] = (errors[err.code || err.message] || 0) + 1;

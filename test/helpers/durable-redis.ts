@@ -23,7 +23,9 @@ export interface DurableRedisHandle {
  * loopback, a free port and its own temp dir, `maxmemory-policy noeviction`.
  * kill() and restart() keep the port and the directory.
  */
-export async function startDurableRedis(opts: { maxclients?: number } = {}): Promise<DurableRedisHandle> {
+export async function startDurableRedis(
+  opts: { maxclients?: number } = {},
+): Promise<DurableRedisHandle> {
   const bin = findBinary('redis-server');
   if (!bin) throw new Error(`redis-server not found — ${INSTALL_HINT}`);
   const dir = tmpDir('redis-aof');
@@ -33,17 +35,28 @@ export async function startDurableRedis(opts: { maxclients?: number } = {}): Pro
       name: 'redis-server (aof)',
       cmd: bin,
       args: [
-        '--port', String(port),
-        '--bind', '127.0.0.1',
-        '--dir', dir,
-        '--save', '',
-        '--appendonly', 'yes',
-        '--appendfsync', 'always',
-        '--maxmemory-policy', 'noeviction',
-        '--maxclients', String(opts.maxclients ?? 10_000),
-        '--protected-mode', 'yes',
-        '--daemonize', 'no',
-        '--logfile', '',
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--dir',
+        dir,
+        '--save',
+        '',
+        '--appendonly',
+        'yes',
+        '--appendfsync',
+        'always',
+        '--maxmemory-policy',
+        'noeviction',
+        '--maxclients',
+        String(opts.maxclients ?? 10_000),
+        '--protected-mode',
+        'yes',
+        '--daemonize',
+        'no',
+        '--logfile',
+        '',
       ],
       cwd: dir,
       timeoutMs: 30_000,
