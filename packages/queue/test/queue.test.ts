@@ -109,7 +109,7 @@ describe('@ferry/queue against a real redis-server', function () {
         gzipLevel: 6,
       } satisfies LookupJob);
       assert.equal(job.opts.failParentOnFailure, true);
-      assert.deepEqual(job.opts.backoff, { type: 'exponential', delay: 10 });
+      assert.deepEqual(job.opts.backoff, { type: 'ferry', delay: 10 });
       const deps = await (await q.assemble.getJob(parent.id as string))!.getDependenciesCount();
       assert.equal(deps.unprocessed, 5);
       await q.close();
