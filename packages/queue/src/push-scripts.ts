@@ -71,8 +71,12 @@ export const LAYER_UPDATE = new Script(
   `
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local p = ARGV[2]
+-- 'cancelled' is final: a worker's late progress report never turns it back into 'uploading'.
+local sticky = redis.call('HGET', KEYS[1], p .. 'state') == '"cancelled"'
 for i = 7, #ARGV, 2 do
-  if string.sub(ARGV[i], 1, 1) == '+' then
+  if sticky and ARGV[i] == 'state' then
+    -- keep the cancelled state
+  elseif string.sub(ARGV[i], 1, 1) == '+' then
     redis.call('HINCRBY', KEYS[1], p .. string.sub(ARGV[i], 2), ARGV[i + 1])
   else
     redis.call('HSET', KEYS[1], p .. ARGV[i], ARGV[i + 1])
