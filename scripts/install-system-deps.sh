@@ -3,7 +3,8 @@
 # redis-server, docker-registry (CNCF distribution 2.8), skopeo, gpg, and htpasswd
 # (apache2-utils: the bcrypt htpasswd file of the basic-auth test registry),
 # setcap/getcap (libcap2-bin: the file-capability tests), and what npm needs to
-# build image-source's native xattr addon (python3, make, g++).
+# build image-source's native xattr addon (python3, make, g++), and tmux (the
+# CLI's terminal tests drive `ferry push` in a real terminal).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -13,6 +14,7 @@ command -v gpg >/dev/null 2>&1 || need+=(gnupg)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
