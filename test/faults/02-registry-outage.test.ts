@@ -21,6 +21,7 @@ import {
   MiB,
   apiCall,
   bytesSentOf,
+  resentOf,
   figure,
   sleep,
   startFerryProcs,
@@ -117,6 +118,7 @@ describe(`faults ${S}: the registry unreachable mid-push, then back`, function (
         return false;
       }
     });
+    figure(S, 'bytes re-sent (bytesSent − uploaded layer sizes)', resentOf(state));
     figure(S, 'waiting events', waiting.length);
     assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
     assert.ok(

@@ -26,6 +26,7 @@ import {
   MiB,
   apiCall,
   bytesSentOf,
+  resentOf,
   figure,
   rngFor,
   startFerryProcs,
@@ -123,6 +124,11 @@ describe(`faults ${S}: seeded resets, 500s and 429s in front of the registry`, f
       S,
       'real registry: bytes on the wire, proxy (up, all requests) / Ferry (layers bytesSent)',
       `${proxy.bytesUp} / ${ferryBytes} (informational: 500/429 answered by the proxy are not forwarded)`,
+    );
+    figure(
+      S,
+      'real registry: bytes re-sent (bytesSent − uploaded layer sizes)',
+      finals.reduce((n, s) => n + resentOf(s), 0),
     );
     for (const s of finals)
       assert.equal(s.status, 'succeeded', `push ${s.id}: ${JSON.stringify(s.error)}`);

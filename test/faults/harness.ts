@@ -278,6 +278,17 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/**
+ * Bytes re-sent by a push: what Ferry sent (bytesSent counts every attempt) beyond the sizes
+ * of the layers it uploaded.
+ */
+export function resentOf(state: PushView): number {
+  const uploaded = (state?.layers ?? [])
+    .filter((l) => l.state === 'uploaded')
+    .reduce((n, l) => n + (Number(l.size) || 0), 0);
+  return bytesSentOf(state) - uploaded;
+}
+
 /** Sum of layers' bytesSent in a push state. */
 export function bytesSentOf(state: PushView): number {
   return (state?.layers ?? []).reduce((n, l) => n + (Number(l.bytesSent) || 0), 0);
