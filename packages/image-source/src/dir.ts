@@ -15,8 +15,9 @@ import {
   validateConfigFields,
   formatPlatform,
 } from '@ferry/manifest';
-import { DEFAULT_DIR_OPTIONS, tarSource } from './dir-tar';
+import { DEFAULT_DIR_OPTIONS, headerFields, tarSource } from './dir-tar';
 import { walkLayer, type LayerWalk, type WarnFn } from './dir-walk';
+import { END_OF_ARCHIVE, encodeHeaders, padding } from './tar-header';
 import { SourceError, SourceErrorCodes } from './errors';
 import { hashOnly, runPipeline, type ByteSource } from './pipeline';
 import { openInsideRoot, realRootOf, resolveInsideRoot } from './root';
@@ -189,6 +190,7 @@ function makeLayer(
   ctx: LayerContext,
 ): Layer {
   const description = `layers/${name}`;
+  let total: number | undefined;
   /** Walks the layer, checks its listing, and returns a tar source that checks it again at the end. */
   const source = async (): Promise<ByteSource> => {
     const walk: LayerWalk = await walkLayer(
@@ -198,6 +200,7 @@ function makeLayer(
     );
     if (walk.digest !== listing)
       throw sourceChanged(`${description} changed ${ctx.since}`, description);
+    total ??= tarSizeOf(walk, ctx.dirOptions);
     return tarSource(dir, walk, description, {
       maxReadSize: ctx.opts.tarReadSize,
       realRoot: ctx.realRoot,
@@ -215,15 +218,56 @@ function makeLayer(
     mediaType: MediaTypes.ociLayerGzip,
     description,
     async open(offset = 0) {
-      return runPipeline({
-        source: await source(),
-        mode: { kind: 'gzip', level: ctx.level },
-        offset,
-        description,
-      });
+      const counted = countingSource(await source());
+      return {
+        ...runPipeline({
+          source: counted.source,
+          mode: { kind: 'gzip', level: ctx.level },
+          offset,
+          description,
+        }),
+        uncompressedRead: counted.read,
+        uncompressedTotal: total,
+      };
     },
     async diffIdOnly() {
       return hashOnly(await source(), false, description);
+    },
+  };
+}
+
+/**
+ * The size of a layer's tar from its listing: header blocks (PAX included) + contents padded
+ * to whole blocks + the end-of-archive blocks. Capability xattrs (read only while the tar is
+ * written) are not counted: such a file makes the tar a few hundred bytes longer.
+ */
+export function tarSizeOf(walk: LayerWalk, dirOptions: DirOptions): number {
+  let n = END_OF_ARCHIVE.length;
+  for (const e of walk.entries) {
+    n += encodeHeaders(headerFields(e, dirOptions)).length;
+    if (e.type === 'file') n += e.size + padding(e.size).length;
+  }
+  return n;
+}
+
+/** Counts the bytes a source produces (one addition per chunk). */
+function countingSource(inner: ByteSource): { source: ByteSource; read: () => number } {
+  let read = 0;
+  return {
+    read: () => read,
+    source: {
+      start: (onData, onEnd, onError) =>
+        inner.start(
+          (chunk) => {
+            read += chunk.length;
+            onData(chunk);
+          },
+          onEnd,
+          onError,
+        ),
+      pause: () => inner.pause(),
+      resume: () => inner.resume(),
+      cancel: () => inner.cancel(),
     },
   };
 }

@@ -16,11 +16,27 @@ export interface Layer {
    * before it are produced and hashed but not emitted. `done` reports the
    * digests of all bytes once the stream has ended.
    */
-  open(offset?: number): Promise<LayerStream>;
+  open(offset?: number): Promise<LayerStream & LayerReadProgress>;
   /** The diffID without compressing: hashes the uncompressed tar (dir:, tar layers) or gunzips a blob. */
   diffIdOnly(): Promise<{ diffId: string; uncompressedSize: number }>;
   /** e.g. "layers/01-base" or "blobs/sha256/ab12… (layer 2/3)", for logs and progress. */
   description: string;
+}
+
+/**
+ * How far a layer stream has read its uncompressed tar (dir: layers; other
+ * sources leave both out). For progress display only: cheap, not verified.
+ */
+export interface LayerReadProgress {
+  /** Bytes of the uncompressed tar produced so far by this stream (from 0, offset or not). */
+  uncompressedRead?(): number;
+  /**
+   * The uncompressed tar's size, computed from the layer's listing: every entry's header
+   * blocks (PAX included) + file sizes padded to 512 + the two end blocks. Exact, except
+   * that a file with a capability (security.capability) adds a few hundred bytes of PAX
+   * record not counted here; the stream's `done` reports the exact size.
+   */
+  uncompressedTotal?: number;
 }
 
 export interface ImagePlatform {
