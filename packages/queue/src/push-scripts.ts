@@ -8,14 +8,22 @@ import { Script } from './script';
  *                        ms: the retry budget counts from it), lastCause (JSON {code, message}
  *                        of the last transient failure) — JSON values except the plain strings —
  *                        and one field per layer attribute: layer:<img>:<n>:<attr>
- *                        (state, digest, size, bytesSent, mountedFrom), so two workers
+ *                        (state, digest, size, bytesSent, mountedFrom, total, bytesRead), so two workers
  *                        updating two layers (or two attributes) never overwrite each other.
  *   P:push:<id>:events   stream of progress events, field "e" = JSON; the entry id is the SSE id.
  *   P:pushes:<status>    sorted sets (score = createdMs) for listing; P:pushes:all too.
  * Every write refreshes the TTL of the hash and the stream.
  */
 
-export const LAYER_ATTRS = ['state', 'digest', 'size', 'bytesSent', 'mountedFrom'] as const;
+export const LAYER_ATTRS = [
+  'state',
+  'digest',
+  'size',
+  'bytesSent',
+  'mountedFrom',
+  'total',
+  'bytesRead',
+] as const;
 export const EVENT_MAXLEN = 10_000;
 
 export const CREATE = new Script(

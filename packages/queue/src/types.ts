@@ -161,6 +161,13 @@ export interface LayerState extends LayerKey {
   bytesSent: number;
   /** Repository a cross-repo mount came from (state 'mounted'). */
   mountedFrom?: string;
+  /**
+   * Layers Ferry compresses (dir:): bytes of the uncompressed tar, when known (from the
+   * lookup's hash of it, or the layer's listing). The compressed `size` is known only at the end.
+   */
+  total?: number;
+  /** Bytes of that uncompressed tar the current upload attempt has read (with `total`: a bar). */
+  bytesRead?: number;
 }
 
 /** A patch a worker applies to one layer; every field optional. */

@@ -60,9 +60,12 @@ export function lookupProcessor(deps: LookupDeps) {
     let digest = layer.digest;
     let size = layer.size;
     let diffId = layer.diffId;
+    // The uncompressed tar's size of a layer Ferry compresses: the upload shows progress over it.
+    let total: number | undefined;
     if (!digest) {
       const r = await layer.diffIdOnly();
       diffId = r.diffId;
+      if (r.uncompressedSize >= 0) total = r.uncompressedSize;
       const cached = await ctx.blobs.lookupCompressed(
         diffId,
         d.gzipLevel,
@@ -114,6 +117,7 @@ export function lookupProcessor(deps: LookupDeps) {
         state: 'pending',
         ...(layer.digest ? { digest: layer.digest } : {}),
         ...(layer.size !== undefined ? { size: layer.size } : {}),
+        ...(total !== undefined ? { total } : {}),
       },
       { event: false },
     );

@@ -68,6 +68,12 @@ const PROGRESS_EVERY_MS = 500;
 const BUDGET_PROGRESS_EVERY_MS = 5_000;
 
 /** One upload job's blob, as every step below sees it. */
+/** A layer stream's read counter and total (dir: layers; absent for blobs passed through). */
+type LayerReadProgress = Pick<
+  Awaited<ReturnType<Layer['open']>>,
+  'uncompressedRead' | 'uncompressedTotal'
+>;
+
 interface BlobJob {
   d: UploadJob;
   job: Job<UploadJob>;
@@ -211,12 +217,17 @@ async function waitForOtherUpload(
 }
 
 /** The layer as the registry client reads it: every (re)open regenerates and hashes the bytes. */
-function blobSourceOf(layer: Layer, onDiffId: (diffId: string) => void): BlobSource {
+function blobSourceOf(
+  layer: Layer,
+  onDiffId: (diffId: string) => void,
+  onOpen: (s: LayerReadProgress) => void = () => undefined,
+): BlobSource {
   return {
     size: layer.size,
     digest: layer.digest,
     open: async (offset: number) => {
       const s = await layer.open(offset);
+      onOpen(s);
       const done = s.done.then((r) => {
         onDiffId(r.diffId);
         return { digest: r.digest, size: r.size };
@@ -244,13 +255,29 @@ function progressReporter(deps: UploadDeps, b: BlobJob, cancel: AbortController)
   let written = 0;
   let furthest = 0;
   let advanced = false;
+  /** The open stream's read counter (dir: layers): bytesRead goes with each report. */
+  let stream: LayerReadProgress | undefined;
+  let totalWritten = false;
   const checkEvery = deps.cancelCheckMs ?? 2_000;
   const write = (patch: { state?: 'uploading' }): Promise<unknown> => {
     const delta = sent - written;
     written = sent;
     if (delta === 0 && !patch.state) return Promise.resolve();
     void ctx.metrics.inc('ferry_bytes_uploaded_total', {}, delta).catch(() => undefined);
-    return ctx.store.updateLayer(b.d.pushId, b.key, patch, { addBytesSent: delta });
+    const read = stream?.uncompressedRead?.();
+    const total = totalWritten ? undefined : stream?.uncompressedTotal;
+    if (total !== undefined) totalWritten = true;
+    return ctx.store.updateLayer(
+      b.d.pushId,
+      b.key,
+      {
+        ...patch,
+        ...(read !== undefined ? { bytesRead: read } : {}),
+        // The lookup records the total when it hashed the tar (diffId); else the listing's here.
+        ...(total !== undefined && b.diffId === undefined ? { total } : {}),
+      },
+      { addBytesSent: delta },
+    );
   };
   const report = (bytesSent: number, position = 0) => {
     sent = bytesSent;
@@ -279,6 +306,10 @@ function progressReporter(deps: UploadDeps, b: BlobJob, cancel: AbortController)
   };
   return {
     report,
+    /** A (re)opened layer stream: its read counter from now on. */
+    opened: (s: LayerReadProgress) => {
+      stream = s;
+    },
     /** Writes the bytes sent since the last report (the upload ended, either way). */
     flush: () => write({}).catch(() => undefined),
   };
@@ -314,7 +345,7 @@ async function upload(
   try {
     result = await client.uploadBlob(
       b.repo,
-      blobSourceOf(layer, (x) => (diffId = x)),
+      blobSourceOf(layer, (x) => (diffId = x), progress.opened),
       {
         chunkSize: deps.chunkSize,
         // Stops on a cancel, and on a lost lease — also in the middle of a back-off.
