@@ -4,9 +4,11 @@
  * Every variable Ferry reads is listed in VARIABLES (and in the README). A bad
  * value fails at start with a ConfigError that names every bad variable at once.
  */
+import { accessSync, constants, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { parseTokens, type TokenEntry } from './tokens';
+import { normalizePatternHost, parseTokens, type TokenEntry } from './tokens';
 
 export {
   normalizePattern,
@@ -166,6 +168,70 @@ class Reader {
   }
 }
 
+/**
+ * Why one FERRY_REGISTRY_ALLOW / FERRY_INSECURE_REGISTRIES host entry is not
+ * `host[:port]` (`*` wildcards, IPv6 in brackets or bare), or undefined when it is.
+ */
+export function hostEntryProblem(entry: string): string | undefined {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(entry))
+    return 'write the host[:port] alone, without a scheme';
+  if (/[/\s@?#\\]/.test(entry)) return 'a host[:port] holds no "/", "@", "?", "#" or spaces';
+  if (isIP(entry) === 6) return undefined; // a bare IPv6 literal
+  if (normalizePatternHost(entry) === undefined) {
+    return 'not a host name, IP address or host:port (port 1-65535; `*` wildcards)';
+  }
+  return undefined;
+}
+
+/** Why one FERRY_INSECURE_REGISTRIES CIDR entry (`10.0.0.0/8`, `fd00::/8`) is invalid, or undefined. */
+export function cidrProblem(entry: string): string | undefined {
+  const slash = entry.indexOf('/');
+  const base = entry.slice(0, slash).replace(/^\[(.*)\]$/, '$1');
+  const bits = entry.slice(slash + 1);
+  const family = isIP(base);
+  if (family === 0) return `${JSON.stringify(base)} is not an IPv4 or IPv6 address`;
+  const max = family === 4 ? 32 : 128;
+  if (!/^[0-9]{1,3}$/.test(bits) || Number(bits) > max)
+    return `the prefix length must be 0-${max}, got ${JSON.stringify(bits)}`;
+  return undefined;
+}
+
+function checkEntries(
+  r: Reader,
+  variable: string,
+  entries: readonly string[],
+  cidrs: boolean,
+): void {
+  for (const entry of entries) {
+    const problem =
+      cidrs && entry.includes('/') && !/^[a-z][a-z0-9+.-]*:\/\//i.test(entry)
+        ? cidrProblem(entry)
+        : hostEntryProblem(entry);
+    if (problem) r.problems.push({ variable, message: `${JSON.stringify(entry)}: ${problem}` });
+  }
+}
+
+/**
+ * FERRY_SOURCE_ROOT must be a readable directory. Checked at start by the
+ * roles that read sources (api, lookup, upload, coordinator) — not by
+ * loadConfig, so client commands (`ferry status`) do not need it.
+ */
+export function checkSourceRoot(config: Pick<FerryConfig, 'sourceRoot'>): void {
+  const root = config.sourceRoot;
+  let message: string | undefined;
+  try {
+    if (!statSync(root).isDirectory()) message = `${root} is not a directory`;
+    else accessSync(root, constants.R_OK | constants.X_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    message =
+      code === 'ENOENT' || code === 'ENOTDIR'
+        ? `${root} does not exist`
+        : `${root} cannot be read (${code ?? (err as Error).message})`;
+  }
+  if (message) throw new ConfigError([{ variable: 'FERRY_SOURCE_ROOT', message }]);
+}
+
 /** Reads and validates the environment; throws ConfigError naming every bad variable. */
 export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): FerryConfig {
   const r = new Reader(env);
@@ -192,13 +258,17 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   const apiTokens = r.list('FERRY_API_TOKENS', []);
   const adminTokens = r.list('FERRY_ADMIN_TOKENS', []);
   const tokens = parseTokens(apiTokens, adminTokens, r.problems);
+  const registryAllow = r.list('FERRY_REGISTRY_ALLOW', ['localhost', '127.0.0.1']);
+  checkEntries(r, 'FERRY_REGISTRY_ALLOW', registryAllow, false);
+  const insecureRegistries = r.list('FERRY_INSECURE_REGISTRIES', ['localhost', '127.0.0.0/8']);
+  checkEntries(r, 'FERRY_INSECURE_REGISTRIES', insecureRegistries, true);
   const config: FerryConfig = {
     redisUrl: r.url('FERRY_REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
     host: r.string('FERRY_HOST', '127.0.0.1'),
     port: r.int('FERRY_PORT', 8080, 0, 65535),
     sourceRoot: resolve(cwd, r.string('FERRY_SOURCE_ROOT', cwd)),
-    registryAllow: r.list('FERRY_REGISTRY_ALLOW', ['localhost', '127.0.0.1']),
-    insecureRegistries: r.list('FERRY_INSECURE_REGISTRIES', ['localhost', '127.0.0.0/8']),
+    registryAllow,
+    insecureRegistries,
     caFile: r.optional('FERRY_CA_FILE'),
     apiTokens,
     adminTokens,

@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
-import { ConfigError, loadConfig, MAX_UPLOAD_CHUNK_SIZE } from '../src';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { checkSourceRoot, ConfigError, loadConfig, MAX_UPLOAD_CHUNK_SIZE } from '../src';
 
 describe('config', () => {
   it('applies the documented defaults', () => {
@@ -112,4 +115,93 @@ describe('config: token entries (FERRY_API_TOKENS, FERRY_ADMIN_TOKENS)', () => {
       );
     });
   }
+});
+
+describe('config: registry host lists (FERRY_REGISTRY_ALLOW, FERRY_INSECURE_REGISTRIES)', () => {
+  it('accepts host names, IPs, host:port, wildcards, bracketed and bare IPv6, and CIDRs', () => {
+    const c = loadConfig(
+      {
+        FERRY_REGISTRY_ALLOW: 'a.example,*.corp:5000,127.1,[::1]:5000,::1,reg:*,*',
+        FERRY_INSECURE_REGISTRIES: '10.0.0.0/8,fd00::/8,[fd00::]/8,localhost:5000,*.corp,0.0.0.0/0',
+      },
+      '/srv',
+    );
+    assert.equal(c.registryAllow.length, 7);
+    assert.equal(c.insecureRegistries.length, 6);
+  });
+
+  const bad: [string, Record<string, string>, RegExp][] = [
+    ['300.1.1.1/99', { FERRY_INSECURE_REGISTRIES: '300.1.1.1/99' }, /FERRY_INSECURE_REGISTRIES/],
+    [
+      'a prefix longer than the address',
+      { FERRY_INSECURE_REGISTRIES: 'localhost,10.0.0.0/33' },
+      /FERRY_INSECURE_REGISTRIES: "10\.0\.0\.0\/33": the prefix length must be 0-32/,
+    ],
+    [
+      'an IPv6 prefix over 128',
+      { FERRY_INSECURE_REGISTRIES: 'fd00::/129' },
+      /FERRY_INSECURE_REGISTRIES: "fd00::\/129"/,
+    ],
+    ['a CIDR of a name', { FERRY_INSECURE_REGISTRIES: 'corp/8' }, /"corp" is not an IPv4/],
+    ['an insecure host with a bad port', { FERRY_INSECURE_REGISTRIES: 'reg:0' }, /"reg:0"/],
+    ['an allow entry with a scheme', { FERRY_REGISTRY_ALLOW: 'https://reg.example' }, /scheme/],
+    ['an allow entry with a path', { FERRY_REGISTRY_ALLOW: 'reg.example/team' }, /"\/"/],
+    ['an allow entry with userinfo', { FERRY_REGISTRY_ALLOW: 'user@reg.example' }, /"@"/],
+    ['an allow entry with a bad port', { FERRY_REGISTRY_ALLOW: 'reg.example:99999' }, /99999/],
+    ['an allow entry with a port of letters', { FERRY_REGISTRY_ALLOW: 'reg:http' }, /"reg:http"/],
+    ['an allow entry no IP can be', { FERRY_REGISTRY_ALLOW: '300.1.1.1' }, /"300\.1\.1\.1"/],
+    ['an allow entry with spaces', { FERRY_REGISTRY_ALLOW: 'reg example' }, /spaces/],
+  ];
+  for (const [what, env, msg] of bad) {
+    it(`stops at start on ${what}, naming the variable`, () => {
+      assert.throws(
+        () => loadConfig(env, '/srv'),
+        (e: Error) => {
+          assert.ok(e instanceof ConfigError, String(e));
+          const variable = Object.keys(env)[0];
+          assert.deepEqual(
+            e.problems.map((p) => p.variable),
+            [variable],
+          );
+          assert.match(e.message, msg);
+          return true;
+        },
+      );
+    });
+  }
+});
+
+describe('config: checkSourceRoot (the roles that read sources call it at start)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-config-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('accepts a directory', () => {
+    checkSourceRoot(loadConfig({ FERRY_SOURCE_ROOT: dir }, '/srv'));
+  });
+
+  it('refuses a root that does not exist or is a file, naming FERRY_SOURCE_ROOT', () => {
+    const file = join(dir, 'file');
+    writeFileSync(file, 'x');
+    for (const [root, msg] of [
+      [join(dir, 'missing'), /does not exist/],
+      [file, /is not a directory/],
+      [join(file, 'below'), /does not exist/],
+    ] as const) {
+      // loadConfig itself does not look at the filesystem (the CLI's client commands need no root)
+      const config = loadConfig({ FERRY_SOURCE_ROOT: root }, '/srv');
+      assert.throws(
+        () => checkSourceRoot(config),
+        (e: Error) => {
+          assert.ok(e instanceof ConfigError, String(e));
+          assert.deepEqual(
+            e.problems.map((p) => p.variable),
+            ['FERRY_SOURCE_ROOT'],
+          );
+          assert.match(e.message, /^invalid configuration: FERRY_SOURCE_ROOT: /);
+          assert.match(e.message, msg);
+          return true;
+        },
+      );
+    }
+  });
 });

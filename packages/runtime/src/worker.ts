@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { DelayedError, Job, UnrecoverableError, Worker, type Queue } from 'bullmq';
-import type { FerryConfig } from '@ferry/config';
+import { checkSourceRoot, type FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import {
   createConnection,
@@ -95,6 +95,8 @@ export async function startWorker<T extends { pushId: string }, R>(
   opts: StartWorkerOptions<T, R>,
 ): Promise<RoleHandle & { worker: Worker<T, R>; ctx: QueueContext }> {
   const { config, logger } = opts;
+  // Every worker role (lookup, upload, coordinator) reads sources: a bad root stops the start.
+  checkSourceRoot(config);
   const ctx = await openQueueContext(config, {
     role: 'producer',
     name: `ferry-${opts.role}`,

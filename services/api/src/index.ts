@@ -3,7 +3,7 @@
  * `start(config, logger)` is the role entry point `ferry serve` calls.
  */
 import type { FastifyInstance } from 'fastify';
-import type { FerryConfig } from '@ferry/config';
+import { checkSourceRoot, type FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import { openQueueContext } from '@ferry/queue';
 import { closeWithDeadline } from '@ferry/runtime';
@@ -31,6 +31,8 @@ export interface RunningApi {
 
 /** Builds the API on a Redis connection (made in the background) and listens on FERRY_HOST:FERRY_PORT. */
 export async function startApi(config: FerryConfig, logger: Logger): Promise<RunningApi> {
+  // Pushes name paths below the source root: a root that is not a directory stops the start.
+  checkSourceRoot(config);
   // Not waiting for Redis: the API comes up either way and /readyz tells when Redis answers.
   const ctx = await openQueueContext(config, {
     role: 'producer',
