@@ -4,7 +4,9 @@
 # (apache2-utils: the bcrypt htpasswd file of the basic-auth test registry),
 # setcap/getcap (libcap2-bin: the file-capability tests), and what npm needs to
 # build image-source's native xattr addon (python3, make, g++), and tmux (the
-# CLI's terminal tests drive `ferry push` in a real terminal).
+# CLI's terminal tests drive `ferry push` in a real terminal), and promtool
+# (Debian's `prometheus` package: the metrics tests pipe /metrics into
+# `promtool check metrics`).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -15,6 +17,7 @@ command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
@@ -33,5 +36,7 @@ echo "ferry: installing ${need[*]} (apt-get)" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# The Debian packages start their own services on the default ports; Ferry never
-# uses those, it starts its own on free ports. Leave them as the system set them.
+# The Debian packages start their own services on the default ports (prometheus
+# on :9090 where systemd runs); Ferry never uses those, it starts its own on free
+# ports and needs only promtool from the prometheus package. Leave them as the
+# system set them.
