@@ -1,0 +1,295 @@
+/**
+ * Issue 14, benchmarks 1 and 2: an 8-layer OCI layout (400 MB raw, ~200 MB
+ * gzip) pushed into a FRESH docker-registry per measurement by
+ *   - ferry, REST submit → succeeded (all roles in one compiled `ferry serve`,
+ *     started once);
+ *   - ferry, the CLI end to end (`node bin/ferry.js push oci:… …`);
+ *   - `skopeo copy oci:… docker://…`;
+ *   - 8 parallel `curl` PUTs of the same blobs (the registry's ingest limit);
+ * interleaved A B C D, A B C D, …; medians with min–max. Then a re-push with
+ * every blob present (through a counting proxy): REST submit → succeeded vs
+ * skopeo copy, blob bytes sent, and the CLI end to end beside `node -e 0`.
+ *
+ * Env: BENCH_OCI_MB (raw total, default 400), BENCH_OCI_LAYERS (8),
+ * BENCH_RUNS (3), BENCH_REPUSH_RUNS (5); see ferry-serve.ts for
+ * BENCH_PROFILE_DIR and BENCH_FERRY_ENV.
+ */
+import { join } from 'node:path';
+import type { BenchRow } from './common';
+import { report } from './common';
+import {
+  build,
+  cliPush,
+  commandStats,
+  cpuSeconds,
+  diffStats,
+  fmt,
+  helpers,
+  restPush,
+  skopeoCopy,
+  startServe,
+  stats,
+  timedRun,
+  type Serve,
+} from './ferry-serve';
+import { makeOciLayout, type OciFixture } from './oci-fixture';
+
+const MB = 1e6;
+const TOTAL_MB = Number(process.env.BENCH_OCI_MB ?? 400);
+const LAYERS = Number(process.env.BENCH_OCI_LAYERS ?? 8);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const REPUSH_RUNS = Number(process.env.BENCH_REPUSH_RUNS ?? 5);
+
+/** 8 parallel monolithic uploads (POST a session, then curl PUT ?digest= with the file). */
+async function parallelPuts(fx: OciFixture, host: string): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    fx.layers.map(async (l) => {
+      const r = await fetch(`http://${host}/v2/limit/blobs/uploads/`, { method: 'POST' });
+      await r.arrayBuffer();
+      const loc = new URL(r.headers.get('location')!, `http://${host}`);
+      loc.searchParams.set('digest', l.desc.digest);
+      await timedRun('curl', [
+        '-sf',
+        '-X',
+        'PUT',
+        '-H',
+        'content-type: application/octet-stream',
+        '--data-binary',
+        `@${l.path}`,
+        loc.toString(),
+      ]);
+    }),
+  );
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+async function main(): Promise<void> {
+  const { startRedis, startRegistry, startProxy, tmpDir } = helpers();
+  build();
+  const root = tmpDir('bench-oci');
+  const layerBytes = Math.floor((TOTAL_MB * MB) / LAYERS);
+  process.stderr.write(`making a ${LAYERS}-layer OCI layout, ${TOTAL_MB} MB raw …\n`);
+  const fx = await makeOciLayout(join(root, 'oci8'), LAYERS, layerBytes);
+  const source = `oci:${fx.layout}:latest`;
+  process.stderr.write(`  ${(fx.gzipBytes / MB).toFixed(1)} MB gzip\n`);
+
+  const redis = await startRedis();
+  let serve: Serve | undefined;
+  const rows: BenchRow[] = [];
+  try {
+    serve = await startServe(redis, root, 'oci-push');
+    // Warm-up: one push into a throw-away registry (JIT, connections, scripts loaded).
+    {
+      const reg = await startRegistry();
+      await restPush(serve, source, `${reg.host}/warm:1`);
+      await reg.stop();
+    }
+
+    // ---- 1. first push into a fresh registry, interleaved ----
+    const t = {
+      rest: [] as number[],
+      cli: [] as number[],
+      skopeo: [] as number[],
+      puts: [] as number[],
+    };
+    const serveCpu: number[] = [];
+    const regCpu = { rest: [] as number[], skopeo: [] as number[] };
+    const cmds: Record<string, number>[] = [];
+    const elds: { p99: number; max: number; mean: number }[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      {
+        const reg = await startRegistry();
+        const c0 = cpuSeconds(serve.pid);
+        const r0 = cpuSeconds(reg.pid!);
+        const s0 = commandStats(redis);
+        await serve.eld();
+        t.rest.push((await restPush(serve, source, `${reg.host}/app:r${i}`)).s);
+        const e = await serve.eld();
+        if (e) elds.push(e);
+        cmds.push(diffStats(s0, commandStats(redis)));
+        serveCpu.push(cpuSeconds(serve.pid) - c0);
+        regCpu.rest.push(cpuSeconds(reg.pid!) - r0);
+        await reg.stop();
+      }
+      {
+        const reg = await startRegistry();
+        const r0 = cpuSeconds(reg.pid!);
+        t.skopeo.push((await skopeoCopy(source, `${reg.host}/app:s${i}`)).s);
+        regCpu.skopeo.push(cpuSeconds(reg.pid!) - r0);
+        await reg.stop();
+      }
+      {
+        const reg = await startRegistry();
+        t.cli.push((await cliPush(serve, source, `${reg.host}/app:c${i}`)).s);
+        await reg.stop();
+      }
+      {
+        const reg = await startRegistry();
+        t.puts.push(await parallelPuts(fx, reg.host));
+        await reg.stop();
+      }
+      process.stderr.write(
+        `run ${i}: rest ${t.rest[i]!.toFixed(3)} skopeo ${t.skopeo[i]!.toFixed(3)} cli ${t.cli[i]!.toFixed(3)} puts ${t.puts[i]!.toFixed(3)}\n`,
+      );
+    }
+    const med = (xs: number[]) => stats(xs).median;
+    const ratio = med(t.rest) / med(t.skopeo);
+    rows.push(
+      {
+        metric: `layout: ${LAYERS} layers, raw / gzip`,
+        value: `${(fx.rawBytes / MB).toFixed(0)} / ${(fx.gzipBytes / MB).toFixed(0)}`,
+        unit: 'MB',
+      },
+      {
+        metric: `first push, ferry REST submit → succeeded, median (min–max) of ${RUNS}`,
+        value: fmt(t.rest),
+        unit: 's',
+      },
+      { metric: 'first push, ferry CLI end to end', value: fmt(t.cli), unit: 's' },
+      { metric: 'first push, skopeo copy', value: fmt(t.skopeo), unit: 's' },
+      {
+        metric: `first push, ${LAYERS} parallel curl PUTs (registry ingest limit)`,
+        value: fmt(t.puts),
+        unit: 's',
+      },
+      {
+        metric: 'first push, ferry REST ÷ skopeo',
+        value: ratio,
+        unit: '×',
+        target: '≤ 0.8×',
+        pass: ratio <= 0.8,
+      },
+      {
+        metric: 'first push, ferry CLI ÷ skopeo (info)',
+        value: med(t.cli) / med(t.skopeo),
+        unit: '×',
+      },
+      {
+        metric:
+          'first push, ferry REST ÷ parallel PUTs (info; ≤ 1.25 is "within 25 % of the limit")',
+        value: med(t.rest) / med(t.puts),
+        unit: '×',
+      },
+      {
+        metric: 'first push, skopeo ÷ parallel PUTs (info)',
+        value: med(t.skopeo) / med(t.puts),
+        unit: '×',
+      },
+      {
+        metric: 'first push, ferry serve CPU (main + threads) per push (info)',
+        value: fmt(serveCpu),
+        unit: 's',
+      },
+      {
+        metric: 'first push, registry CPU per push: ferry / skopeo (info)',
+        value: `${med(regCpu.rest).toFixed(3)} / ${med(regCpu.skopeo).toFixed(3)}`,
+        unit: 's',
+      },
+    );
+    const lastCmds = cmds[cmds.length - 1]!;
+    const totalCmds = Object.values(lastCmds).reduce((a, b) => a + b, 0);
+    rows.push({
+      metric:
+        'first push, Redis commands (info; top: ' +
+        Object.entries(lastCmds)
+          .sort((a, b) => b[1] - a[1])
+          .slice(0, 6)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ') +
+        ')',
+      value: totalCmds,
+    });
+    if (elds.length)
+      rows.push({
+        metric: 'first push, serve event-loop delay p99 / max (info, profiled run)',
+        value: `${med(elds.map((e) => e.p99)).toFixed(1)} / ${Math.max(...elds.map((e) => e.max)).toFixed(1)}`,
+        unit: 'ms',
+      });
+
+    // ---- 2. re-push, every blob present, through a counting proxy ----
+    const reg = await startRegistry();
+    const proxy = await startProxy({ host: '127.0.0.1', port: reg.port });
+    try {
+      await skopeoCopy(source, `${proxy.host}/app:seed`);
+      const re = {
+        rest: [] as number[],
+        skopeo: [] as number[],
+        cli: [] as number[],
+        node: [] as number[],
+      };
+      let restBytes = 0;
+      let restPatches = 0;
+      let restBlobPuts = 0;
+      let bytesSent = 0;
+      let skopeoBytes = 0;
+      let reCmds: Record<string, number> = {};
+      for (let i = 0; i < REPUSH_RUNS; i++) {
+        proxy.resetCounters();
+        const s0 = commandStats(redis);
+        const r = await restPush(serve, source, `${proxy.host}/app:re${i}`);
+        reCmds = diffStats(s0, commandStats(redis));
+        re.rest.push(r.s);
+        restBytes = proxy.bytesUp;
+        restPatches = proxy.requests('PATCH');
+        restBlobPuts = proxy.requests('PUT');
+        bytesSent = (r.view.layers ?? []).reduce((a, l) => a + (l.bytesSent ?? 0), 0);
+        proxy.resetCounters();
+        re.skopeo.push((await skopeoCopy(source, `${proxy.host}/app:rs${i}`)).s);
+        skopeoBytes = proxy.bytesUp;
+        re.cli.push((await cliPush(serve, source, `${proxy.host}/app:rc${i}`)).s);
+        re.node.push((await timedRun(process.execPath, ['-e', '0'])).s);
+      }
+      const reRatio = med(re.rest) / med(re.skopeo);
+      const noBlobs = restPatches === 0 && bytesSent === 0 && restBytes < 64 * 1024;
+      const totalRe = Object.values(reCmds).reduce((a, b) => a + b, 0);
+      rows.push(
+        {
+          metric: `re-push (all blobs present), ferry REST submit → succeeded, median (min–max) of ${REPUSH_RUNS}`,
+          value: fmt(re.rest),
+          unit: 's',
+        },
+        { metric: 're-push, skopeo copy', value: fmt(re.skopeo), unit: 's' },
+        {
+          metric: 're-push, ferry REST ÷ skopeo',
+          value: reRatio,
+          unit: '×',
+          target: '≤ 0.5×',
+          pass: reRatio <= 0.5,
+        },
+        {
+          metric: `re-push, ferry: blob bytes (layers' bytesSent; PATCH ${restPatches}, PUT ${restBlobPuts}, bytes up ${restBytes} vs skopeo ${skopeoBytes})`,
+          value: bytesSent,
+          unit: 'B',
+          target: '0',
+          pass: noBlobs,
+        },
+        { metric: 're-push, ferry CLI end to end (info)', value: fmt(re.cli), unit: 's' },
+        { metric: 're-push, `node -e 0` (Node start-up, info)', value: fmt(re.node), unit: 's' },
+        {
+          metric:
+            're-push, Redis commands (info; top: ' +
+            Object.entries(reCmds)
+              .sort((a, b) => b[1] - a[1])
+              .slice(0, 6)
+              .map(([k, v]) => `${k} ${v}`)
+              .join(', ') +
+            ')',
+          value: totalRe,
+        },
+      );
+    } finally {
+      await proxy.stop();
+      await reg.stop();
+    }
+  } finally {
+    await serve?.stop();
+    await redis.stop();
+  }
+  report('oci-push', rows);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
