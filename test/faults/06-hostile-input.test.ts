@@ -81,9 +81,11 @@ function send(base: string, c: Case): Promise<number> {
       finish(new Error(`closed without a status line (${got.length} bytes)`)),
     );
     socket.write(Buffer.from(head, 'latin1'));
-    // A big body goes out after a pause: a server that refuses it by its Content-Length answers
-    // first, and its answer is read before the kernel could reset the connection over unread bytes.
-    if (body && body.length > MiB) setTimeout(() => socket.writable && socket.write(body), 300);
+    // A body over 64 KiB goes out after a pause (as curl waits for 100-continue): a server that
+    // refuses it by its Content-Length answers first, and that answer is read before the kernel
+    // resets the connection over bytes the server never read (the RST would discard it).
+    if (body && body.length > 64 * 1024)
+      setTimeout(() => socket.writable && socket.write(body), 300);
     else if (body) socket.write(body);
   });
 }
