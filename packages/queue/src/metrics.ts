@@ -1,5 +1,23 @@
 import type { Redis } from 'ioredis';
 import { Keys } from './keys';
+import { PUSH_STATUSES } from './types';
+
+/** The queues whose job counts are shown (FerryQueues' lookup, upload and assemble). */
+interface CountedQueue {
+  readonly name: string;
+  getJobCounts(...states: string[]): Promise<Record<string, number>>;
+}
+
+/** Job states shown per queue in ferry_queue_jobs. */
+const QUEUE_STATES = [
+  'waiting',
+  'active',
+  'delayed',
+  'waiting-children',
+  'failed',
+  'completed',
+  'prioritized',
+];
 
 /**
  * Cluster-wide metrics: every role adds to one Redis hash, and the API's
@@ -44,7 +62,7 @@ export type Labels = Record<string, string>;
 export interface MetricSnapshot {
   name: string;
   help: string;
-  type: 'counter' | 'histogram';
+  type: 'counter' | 'histogram' | 'gauge';
   aggregator: 'sum';
   values: { value: number; labels: Labels; metricName?: string }[];
 }
@@ -55,11 +73,13 @@ function sortLabels(labels: Labels): Labels {
 
 export class Metrics {
   private readonly key: string;
+  private readonly keys: Keys;
   constructor(
     private readonly redis: Redis,
     prefix: string,
   ) {
-    this.key = new Keys(prefix).metrics();
+    this.keys = new Keys(prefix);
+    this.key = this.keys.metrics();
   }
 
   /** Adds `by` to a counter. */
@@ -103,6 +123,7 @@ export class Metrics {
       const snap = out.get(name);
       if (!snap) continue;
       const value = Number(v);
+      if (!Number.isFinite(value)) continue; // never NaN or ±Inf in the exposition
       if (part === 'v') {
         snap.values.push({ value, labels });
         continue;
@@ -132,5 +153,52 @@ export class Metrics {
       snap.values.push({ value: h.count, labels: h.labels, metricName: `${name}_count` });
     }
     return [...out.values()];
+  }
+
+  /**
+   * Everything a role can read about the cluster, in one go: the counters and
+   * histograms above, pushes by current status, and (given the queues) jobs
+   * per queue and state. Rejects when Redis does not answer; the caller leaves
+   * these metrics out of that scrape.
+   */
+  async clusterSnapshot(queues?: readonly CountedQueue[]): Promise<MetricSnapshot[]> {
+    const [counters, pushes, jobs] = await Promise.all([
+      this.snapshot(),
+      Promise.all(
+        PUSH_STATUSES.map(async (status) => ({
+          value: await this.redis.zcard(this.keys.index(status)),
+          labels: { status } as Labels,
+        })),
+      ),
+      Promise.all(
+        (queues ?? []).map(async (q) => {
+          const counts = await q.getJobCounts(...QUEUE_STATES);
+          return Object.entries(counts).map(([state, n]) => ({
+            value: Number(n) || 0,
+            labels: { queue: q.name, state } as Labels,
+          }));
+        }),
+      ),
+    ]);
+    const out: MetricSnapshot[] = [
+      ...counters,
+      {
+        name: 'ferry_pushes',
+        help: 'Pushes in Redis (within FERRY_STATE_TTL) by status',
+        type: 'gauge',
+        aggregator: 'sum',
+        values: pushes,
+      },
+    ];
+    if (queues) {
+      out.push({
+        name: 'ferry_queue_jobs',
+        help: 'Jobs per queue and state',
+        type: 'gauge',
+        aggregator: 'sum',
+        values: jobs.flat(),
+      });
+    }
+    return out;
   }
 }

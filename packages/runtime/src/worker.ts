@@ -14,7 +14,8 @@ import {
 import { JOB_STALLED, registryOfJob, RetryBudget, type RetryDecision } from './budget';
 import { CancelledError, errorInfo, isPermanent, PermanentError } from './errors';
 import { finishPush } from './finish';
-import { startHealthServer } from './health';
+import { createMetricsEndpoint, startHealthServer, type HealthServer } from './health';
+import type { MetricSnapshot } from '@ferry/queue';
 import { closeWithDeadline, type Closable } from './shutdown';
 
 /** What every role's start() returns. */
@@ -349,13 +350,14 @@ async function closableParts<T, R>(
   const { config, logger } = opts;
   const parts: Closable[] = [{ name: `${opts.role} worker`, close: () => worker.close() }];
   if (config.healthPort !== undefined) {
-    const health = await startHealthServer({
-      port: config.healthPort,
-      host: config.host,
+    const health = await joinHealthServer(config, {
+      role: opts.role,
       ready: async () => (await ctx.connection.ping()) === 'PONG' && worker.isRunning(),
+      cluster: () =>
+        ctx.metrics.clusterSnapshot([ctx.queues.lookup, ctx.queues.upload, ctx.queues.assemble]),
     });
-    logger.info(`${opts.role}: health on port ${health.port}`);
-    parts.push({ name: 'health server', close: health.close });
+    logger.info(`${opts.role}: health and metrics on port ${health.port}`);
+    parts.push({ name: 'health server', close: health.leave });
   }
   parts.push(...(opts.closables ?? []));
   parts.push({ name: 'queue context', close: () => ctx.close() });
@@ -366,4 +368,74 @@ async function closableParts<T, R>(
     },
   });
   return parts;
+}
+
+/** One role's part of its process' health server. */
+interface HealthMember {
+  role: string;
+  ready: () => Promise<boolean>;
+  cluster: () => Promise<MetricSnapshot[]>;
+}
+
+interface SharedHealth {
+  started: Promise<HealthServer>;
+  members: Set<HealthMember>;
+}
+
+/** Health servers of this process by host:port: roles run together (`ferry serve`) share one. */
+const healthServers = new Map<string, SharedHealth>();
+
+/**
+ * Joins (or starts) this process' health server on FERRY_HEALTH_PORT:
+ * /readyz is ready when every role in the process is, /metrics serves the
+ * process' default metrics, ferry_redis_up and the cluster metrics read
+ * through a role still running. The server closes when its last role leaves.
+ */
+async function joinHealthServer(
+  config: FerryConfig,
+  member: HealthMember,
+): Promise<{ port: number; leave(): Promise<void> }> {
+  const port = config.healthPort ?? 0;
+  // Port 0 (any free port) is never shared: each caller asked for a server of its own.
+  const key = port === 0 ? undefined : `${config.host}:${port}`;
+  let shared = key ? healthServers.get(key) : undefined;
+  if (!shared) {
+    const members = new Set<HealthMember>();
+    const endpoint = createMetricsEndpoint({
+      prefix: 'ferry_worker_',
+      cluster: () => {
+        const first = members.values().next();
+        return first.done ? Promise.reject(new Error('no role running')) : first.value.cluster();
+      },
+    });
+    const started = startHealthServer({
+      port,
+      host: config.host,
+      ready: async () => {
+        if (members.size === 0) return false;
+        const all = await Promise.all([...members].map((m) => m.ready().catch(() => false)));
+        return all.every(Boolean);
+      },
+      metrics: () => endpoint.metrics(),
+      metricsContentType: endpoint.contentType,
+    });
+    const created: SharedHealth = { started, members };
+    shared = created;
+    if (key) {
+      healthServers.set(key, created);
+      started.catch(() => healthServers.delete(key));
+    }
+  }
+  const server = await shared.started;
+  shared.members.add(member);
+  const { members } = shared;
+  return {
+    port: server.port,
+    async leave() {
+      if (!members.delete(member)) return;
+      if (members.size > 0) return;
+      if (key && healthServers.get(key)?.members === members) healthServers.delete(key);
+      await server.close();
+    },
+  };
 }

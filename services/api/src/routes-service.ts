@@ -1,6 +1,6 @@
 /** Health, readiness, metrics, the OpenAPI document, and the signing routes (until signing lands). */
 import { buildOpenApi } from './openapi';
-import { createMetricsRegistry } from './metrics';
+import { createApiMetrics } from './metrics';
 import { ApiError } from './errors';
 import type { AddRoute, ApiDeps } from './app';
 import type { Auth } from './auth';
@@ -33,7 +33,7 @@ export function serviceRoutes(route: AddRoute, deps: ApiDeps, auth: Auth): void 
         .send({ status: 'not ready', reason: `redis: ${(err as Error).message}` });
     }
   });
-  const metrics = createMetricsRegistry(store, queues);
+  const metrics = createApiMetrics(store, queues);
   route('GET', '/metrics', async (_req, reply) => {
     const text = await metrics.metrics();
     return reply.header('content-type', metrics.contentType).send(text);
