@@ -243,6 +243,20 @@ export function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
+/** CPU seconds of a process's main thread (tid = pid) and of all its other threads (libuv pool, V8 helpers). */
+export function threadCpu(pid: number): { main: number; other: number } {
+  const total = cpuSeconds(pid);
+  let main: number;
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    main = (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    main = total;
+  }
+  return { main, other: total - main };
+}
+
 /** INFO commandstats as { cmd: calls }. */
 export function commandStats(redis: RedisHandle): Record<string, number> {
   const out = execFileSync('redis-cli', ['-p', String(redis.port), 'INFO', 'commandstats'], {

@@ -29,6 +29,7 @@ import {
   skopeoCopy,
   startServe,
   stats,
+  threadCpu,
   timedRun,
   type Serve,
 } from './ferry-serve';
@@ -94,6 +95,7 @@ async function main(): Promise<void> {
       puts: [] as number[],
     };
     const serveCpu: number[] = [];
+    const serveThreads = { main: [] as number[], other: [] as number[] };
     const regCpu = { rest: [] as number[], skopeo: [] as number[] };
     const cmds: Record<string, number>[] = [];
     const elds: { p99: number; max: number; mean: number }[] = [];
@@ -101,6 +103,7 @@ async function main(): Promise<void> {
       {
         const reg = await startRegistry();
         const c0 = cpuSeconds(serve.pid);
+        const th0 = threadCpu(serve.pid);
         const r0 = cpuSeconds(reg.pid!);
         const s0 = commandStats(redis);
         await serve.eld();
@@ -109,6 +112,9 @@ async function main(): Promise<void> {
         if (e) elds.push(e);
         cmds.push(diffStats(s0, commandStats(redis)));
         serveCpu.push(cpuSeconds(serve.pid) - c0);
+        const th1 = threadCpu(serve.pid);
+        serveThreads.main.push(th1.main - th0.main);
+        serveThreads.other.push(th1.other - th0.other);
         regCpu.rest.push(cpuSeconds(reg.pid!) - r0);
         await reg.stop();
       }
@@ -179,6 +185,12 @@ async function main(): Promise<void> {
       {
         metric: 'first push, ferry serve CPU (main + threads) per push (info)',
         value: fmt(serveCpu),
+        unit: 's',
+      },
+      {
+        metric:
+          'first push, ferry serve CPU: main thread / other threads (libuv pool: gunzip for diffIDs, fs; V8 GC) (info)',
+        value: `${med(serveThreads.main).toFixed(3)} / ${med(serveThreads.other).toFixed(3)}`,
         unit: 's',
       },
       {

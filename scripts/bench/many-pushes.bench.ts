@@ -1,0 +1,216 @@
+/**
+ * Issue 14, benchmark 4: many small pushes. N one-tiny-layer images (one OCI
+ * layout, refs img0…; every layer distinct) queued at once through REST into
+ * one compiled `ferry serve` (all roles): pushes per second from the first
+ * submit to the last push's finishedAt — against `skopeo copy` run 4 at a
+ * time on the same images. Each side gets a fresh registry; the registry's
+ * CPU per push (utime + stime from /proc) is reported for both, with the
+ * serve process's CPU and its Redis commands per push.
+ *
+ * Env: BENCH_SMALL_PUSHES (default 200; the issue's figure is 1000),
+ * BENCH_RUNS (default 2), BENCH_SUBMIT_CONCURRENCY (default 32); see
+ * ferry-serve.ts for BENCH_PROFILE_DIR and BENCH_FERRY_ENV.
+ */
+import { join } from 'node:path';
+import { report, type BenchRow } from './common';
+import {
+  api,
+  build,
+  commandStats,
+  cpuSeconds,
+  diffStats,
+  fmt,
+  helpers,
+  skopeoCopy,
+  startServe,
+  stats,
+  submit,
+  type Serve,
+} from './ferry-serve';
+import { makeManySmall } from './oci-fixture';
+
+const N = Number(process.env.BENCH_SMALL_PUSHES ?? 200);
+const RUNS = Number(process.env.BENCH_RUNS ?? 2);
+const SUBMITS = Number(process.env.BENCH_SUBMIT_CONCURRENCY ?? 32);
+
+async function pool<T>(items: T[], width: number, f: (x: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(width, items.length) }, async () => {
+      while (next < items.length) await f(items[next++]!);
+    }),
+  );
+}
+
+/** Submits every ref at once (SUBMITS requests in flight) and waits for all; seconds. */
+/** Redis commands the harness's own completion polls cause (subtracted from the per-push count). */
+const pollCost = { polls: 0, rows: 0 };
+
+async function ferryMany(
+  serve: Serve,
+  layout: string,
+  refs: string[],
+  host: string,
+  run: number,
+): Promise<number> {
+  const t0 = Date.now();
+  const ids = new Set<string>();
+  await pool(refs, SUBMITS, async (ref) => {
+    ids.add(await submit(serve, `oci:${layout}:${ref}`, `${host}/small:${ref}-${run}`));
+  });
+  const submitted = Date.now();
+  // Completion from the status index (one request per poll, however many pushes).
+  let last = 0;
+  for (;;) {
+    const done = await api<{ pushes: { id: string; finishedAt?: string }[] }>(
+      serve,
+      'GET',
+      `/v1/pushes?status=succeeded&limit=1000`,
+    );
+    pollCost.polls += 1;
+    pollCost.rows += done.body.pushes.length;
+    const mine = done.body.pushes.filter((p) => ids.has(p.id));
+    if (mine.length === ids.size) {
+      for (const p of mine) last = Math.max(last, Date.parse(p.finishedAt!));
+      break;
+    }
+    const failed = await api<{ pushes: { id: string }[] }>(
+      serve,
+      'GET',
+      `/v1/pushes?status=failed&limit=1000`,
+    );
+    pollCost.polls += 1;
+    pollCost.rows += failed.body.pushes.length;
+    const bad = failed.body.pushes.filter((p) => ids.has(p.id));
+    if (bad.length) throw new Error(`${bad.length} pushes failed, e.g. ${bad[0]!.id}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  process.stderr.write(`  submitted ${refs.length} in ${((submitted - t0) / 1000).toFixed(2)} s\n`);
+  return (last - t0) / 1000;
+}
+
+async function skopeoMany(
+  layout: string,
+  refs: string[],
+  host: string,
+  run: number,
+): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await pool(refs, 4, async (ref) => {
+    await skopeoCopy(`oci:${layout}:${ref}`, `${host}/small:${ref}-s${run}`);
+  });
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+async function main(): Promise<void> {
+  const { startRedis, startRegistry, tmpDir } = helpers();
+  build();
+  const root = tmpDir('bench-many');
+  const layout = join(root, 'many');
+  process.stderr.write(`making ${N} one-layer images …\n`);
+  const refs = await makeManySmall(layout, N);
+  const redis = await startRedis();
+  let serve: Serve | undefined;
+  const rows: BenchRow[] = [];
+  try {
+    serve = await startServe(redis, root, 'many-pushes');
+    {
+      const reg = await startRegistry();
+      await ferryMany(serve, layout, refs.slice(0, Math.min(20, N)), reg.host, -1);
+      await reg.stop();
+    }
+    const rate = { ferry: [] as number[], skopeo: [] as number[] };
+    const regCpu = { ferry: [] as number[], skopeo: [] as number[] };
+    const serveCpu: number[] = [];
+    let cmds: Record<string, number> = {};
+    const elds: { p99: number; max: number; mean: number }[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      {
+        const reg = await startRegistry();
+        const r0 = cpuSeconds(reg.pid!);
+        const c0 = cpuSeconds(serve.pid);
+        const s0 = commandStats(redis);
+        await serve.eld();
+        pollCost.polls = 0;
+        pollCost.rows = 0;
+        const s = await ferryMany(serve, layout, refs, reg.host, i);
+        const e = await serve.eld();
+        if (e) elds.push(e);
+        cmds = diffStats(s0, commandStats(redis));
+        // GET /v1/pushes?status=…: ZREMRANGEBYSCORE + ZREVRANGE + one HMGET a row.
+        for (const [k, v] of [
+          ['hmget', pollCost.rows],
+          ['zrevrange', pollCost.polls],
+          ['zremrangebyscore', pollCost.polls],
+        ] as const)
+          if (cmds[k] !== undefined) cmds[k] = Math.max(0, cmds[k]! - v);
+        serveCpu.push((cpuSeconds(serve.pid) - c0) / N);
+        regCpu.ferry.push((cpuSeconds(reg.pid!) - r0) / N);
+        rate.ferry.push(N / s);
+        await reg.stop();
+      }
+      {
+        const reg = await startRegistry();
+        const r0 = cpuSeconds(reg.pid!);
+        const s = await skopeoMany(layout, refs, reg.host, i);
+        regCpu.skopeo.push((cpuSeconds(reg.pid!) - r0) / N);
+        rate.skopeo.push(N / s);
+        await reg.stop();
+      }
+      process.stderr.write(
+        `run ${i}: ferry ${rate.ferry[i]!.toFixed(1)}/s, skopeo×4 ${rate.skopeo[i]!.toFixed(1)}/s\n`,
+      );
+    }
+    const med = (xs: number[]) => stats(xs).median;
+    const ratio = med(rate.ferry) / med(rate.skopeo);
+    const total = Object.values(cmds).reduce((a, b) => a + b, 0);
+    rows.push(
+      {
+        metric: `${N} one-tiny-layer pushes queued at once, ferry REST, median (min–max) of ${RUNS}`,
+        value: fmt(rate.ferry, 1),
+        unit: 'pushes/s',
+      },
+      {
+        metric: 'the same images, skopeo copy 4 at a time',
+        value: fmt(rate.skopeo, 1),
+        unit: 'pushes/s',
+      },
+      {
+        metric: 'ferry ÷ skopeo (pushes/s)',
+        value: ratio,
+        unit: '×',
+        target: '≥ 1.5×',
+        pass: ratio >= 1.5,
+      },
+      { metric: 'registry CPU per push, ferry', value: med(regCpu.ferry) * 1000, unit: 'ms' },
+      { metric: 'registry CPU per push, skopeo', value: med(regCpu.skopeo) * 1000, unit: 'ms' },
+      { metric: 'ferry serve CPU per push (info)', value: med(serveCpu) * 1000, unit: 'ms' },
+      {
+        metric:
+          'Redis commands per push, the harness polls excluded (info; top: ' +
+          Object.entries(cmds)
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, 8)
+            .map(([k, v]) => `${k} ${(v / N).toFixed(1)}`)
+            .join(', ') +
+          ')',
+        value: total / N,
+      },
+    );
+    if (elds.length)
+      rows.push({
+        metric: 'serve event-loop delay mean / p99 / max (info, profiled run)',
+        value: `${med(elds.map((e) => e.mean)).toFixed(1)} / ${med(elds.map((e) => e.p99)).toFixed(1)} / ${Math.max(...elds.map((e) => e.max)).toFixed(1)}`,
+        unit: 'ms',
+      });
+  } finally {
+    await serve?.stop();
+    await redis.stop();
+  }
+  report('many-pushes', rows);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
