@@ -53,7 +53,32 @@ export function buildOpenApi(opts: {
         content: { 'application/json': { schema: r.schema.body } },
       };
     }
-    op.security = r.auth && opts.tokensRequired ? [{ bearer: [] }] : [];
+    const guarded = r.auth && opts.tokensRequired;
+    // Where tokens are enforced: the bearer scheme (Bull Board also takes its session cookie),
+    // 401 without a valid one, and 403 where the token's scope decides.
+    op.security = guarded ? [{ bearer: [] }, ...(r.session ? [{ session: [] }] : [])] : [];
+    if (guarded) {
+      const responses: Record<string, unknown> = { ...r.responses };
+      responses['401'] = {
+        description: r.session
+          ? 'No valid bearer token or session cookie (an API client; a browser asking for HTML is redirected instead where 303 is listed)'
+          : 'Missing or wrong bearer token',
+        headers: {
+          'WWW-Authenticate': { schema: { type: 'string', const: 'Bearer realm="ferry"' } },
+        },
+        content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
+      };
+      if (r.adminOnly) {
+        responses['403'] = {
+          description:
+            'A push token (FERRY_API_TOKENS): Bull Board is read-only for it; pausing, cleaning and retrying need a token from FERRY_ADMIN_TOKENS',
+          content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
+        };
+      }
+      op.responses = Object.fromEntries(
+        Object.entries(responses).sort(([a], [b]) => a.localeCompare(b)),
+      );
+    }
     (paths[path] ??= {})[r.method.toLowerCase()] = op;
   }
   const { $id: _id, ...errorSchema } = ErrorSchema;
@@ -67,7 +92,21 @@ export function buildOpenApi(opts: {
     paths,
     components: {
       schemas: { Error: errorSchema },
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          description:
+            'A token from FERRY_API_TOKENS (push) or FERRY_ADMIN_TOKENS (admin: also Bull Board’s writes). Enforced when either is set; with none set every route is open.',
+        },
+        session: {
+          type: 'apiKey',
+          in: 'cookie',
+          name: 'ferry_session',
+          description:
+            'Bull Board only: the session POST /admin/login sets, with its token’s scope',
+        },
+      },
     },
   };
 }

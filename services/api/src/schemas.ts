@@ -187,17 +187,36 @@ export const PushAcceptedSchema = {
 
 type Json = unknown;
 
+export const QueueNameParamsSchema = {
+  type: 'object',
+  required: ['queueName'],
+  properties: { queueName: { type: 'string', enum: ['lookup', 'upload', 'assemble'] } },
+} as const;
+
 export interface RouteDoc {
-  method: 'GET' | 'POST' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   /** fastify syntax (:id); openapi.ts converts to {id}. */
   url: string;
   summary: string;
-  /** false: no bearer token needed. */
+  /**
+   * false: no bearer token needed. true: a bearer token from FERRY_API_TOKENS
+   * or FERRY_ADMIN_TOKENS when any is set — /openapi.json then applies the
+   * bearer scheme and documents 401 (openapi.ts adds it).
+   */
   auth: boolean;
+  /** Bull Board: the session cookie of the login form is taken as well as a bearer token. */
+  session?: boolean;
+  /** Only admin tokens (FERRY_ADMIN_TOKENS) may: a push token gets 403 (documented when tokens are set). */
+  adminOnly?: boolean;
+  /** Registered by Bull Board or the login scope, not by routeAdder (documentation only here). */
+  external?: boolean;
   /** Fed to fastify as the route's validation schema, and to the OpenAPI document. */
   schema?: { body?: Json; params?: Json; querystring?: Json; headers?: Json };
   /** Documentation only (fastify does not serialise with them). */
-  responses: Record<string, { description: string; content?: Record<string, Json> }>;
+  responses: Record<
+    string,
+    { description: string; content?: Record<string, Json>; headers?: Record<string, Json> }
+  >;
   /** A non-JSON request body, documentation only (the login form). */
   form?: Json;
 }
@@ -220,7 +239,9 @@ export const ROUTES: RouteDoc[] = [
       '202': { description: 'Accepted and queued', content: json(PushAcceptedSchema) },
       '400': err('Malformed field'),
       '401': err('Missing or wrong token'),
-      '403': err('Source outside the root, or registry not allowed'),
+      '403': err(
+        "Source outside the root, registry not allowed, or a target outside the token's patterns (NAME=TOKEN@PATTERN)",
+      ),
       '413': err('Body too large'),
       '422': err('Source or platform not found; Idempotency-Key reused with another body'),
     },
@@ -284,16 +305,18 @@ export const ROUTES: RouteDoc[] = [
   {
     method: 'GET',
     url: '/v1/signing/public-key',
-    summary: 'PEM of the cosign verification key',
+    summary:
+      'PEM of the cosign verification key (signing is not in this version yet: 404 FERRY_NOT_CONFIGURED)',
     auth: true,
-    responses: { '200': { description: 'PEM' }, '404': err('No signing key configured') },
+    responses: { '404': err('No signing key configured (FERRY_NOT_CONFIGURED)') },
   },
   {
     method: 'GET',
     url: '/v1/signing/pgp-key',
-    summary: 'Armored OpenPGP public key',
+    summary:
+      'Armored OpenPGP public key (signing is not in this version yet: 404 FERRY_NOT_CONFIGURED)',
     auth: true,
-    responses: { '200': { description: 'Armored key' }, '404': err('No OpenPGP key configured') },
+    responses: { '404': err('No OpenPGP key configured (FERRY_NOT_CONFIGURED)') },
   },
   {
     method: 'GET',
@@ -319,46 +342,123 @@ export const ROUTES: RouteDoc[] = [
   {
     method: 'GET',
     url: '/metrics',
-    summary: 'Prometheus metrics (cluster-wide counters, queue depths)',
+    summary:
+      'Prometheus metrics: this process’ own, ferry_redis_up, and while Redis answers the cluster-wide counters, pushes by status and queue depths',
     auth: true,
-    responses: { '200': { description: 'text/plain; version=0.0.4' } },
+    responses: {
+      '200': {
+        description: 'Prometheus text format 0.0.4 (also while Redis is down: ferry_redis_up 0)',
+        content: { 'text/plain': { schema: { type: 'string' } } },
+      },
+    },
   },
   {
     method: 'GET',
     url: '/admin/login',
     summary: 'Bull Board sign-in form',
     auth: false,
-    responses: { '200': { description: 'HTML form' } },
+    external: true,
+    responses: {
+      '200': { description: 'HTML form', content: { 'text/html': { schema: { type: 'string' } } } },
+      '303': {
+        description: 'No tokens are configured: straight to /admin/queues',
+        headers: { Location: { schema: { type: 'string', const: '/admin/queues' } } },
+      },
+    },
   },
   {
     method: 'POST',
     url: '/admin/login',
     summary:
-      'Sign in to Bull Board with an API token: sets an HttpOnly, SameSite=Strict session cookie',
+      'Sign in to Bull Board with an API token: sets an HttpOnly, SameSite=Strict session cookie (ferry_session, 12 h) that carries the token’s scope',
     auth: false,
+    external: true,
     form: {
       type: 'object',
       required: ['token'],
       properties: { token: { type: 'string' } },
     },
     responses: {
-      '303': { description: 'Signed in; redirects to /admin/queues' },
-      '401': { description: 'Wrong token; the form again' },
+      '303': {
+        description: 'Signed in; the session cookie is set and the browser goes to /admin/queues',
+        headers: {
+          Location: { schema: { type: 'string', const: '/admin/queues' } },
+          'Set-Cookie': { schema: { type: 'string' } },
+        },
+      },
+      '401': {
+        description: 'Wrong token; the form again',
+        content: { 'text/html': { schema: { type: 'string' } } },
+      },
+      '429': err('Too many sign-in attempts from this address (Retry-After says when to try)'),
     },
   },
   {
     method: 'GET',
     url: '/admin/queues',
-    summary: 'Bull Board (lookup, upload and assemble queues): bearer token or session cookie',
+    summary:
+      'Bull Board (lookup, upload and assemble queues): a bearer token, or the session cookie of /admin/login',
     auth: true,
-    responses: { '200': { description: 'HTML' }, '303': { description: 'To /admin/login' } },
+    session: true,
+    external: true,
+    responses: {
+      '200': {
+        description: 'The Bull Board page',
+        content: { 'text/html': { schema: { type: 'string' } } },
+      },
+      '303': {
+        description:
+          'A browser (GET with Accept: text/html) without a valid token or session: to the sign-in form',
+        headers: { Location: { schema: { type: 'string', const: '/admin/login' } } },
+      },
+    },
+  },
+  {
+    method: 'GET',
+    url: '/admin/queues/api/queues',
+    summary:
+      'Bull Board’s queue list (JSON); a push token’s view is read-only (readOnlyMode: true)',
+    auth: true,
+    session: true,
+    external: true,
+    responses: {
+      '200': {
+        description: 'The queues',
+        content: json({
+          type: 'object',
+          properties: { queues: { type: 'array', items: { type: 'object' } } },
+        }),
+      },
+    },
+  },
+  {
+    method: 'PUT',
+    url: '/admin/queues/api/queues/:queueName/pause',
+    summary: 'Pause a queue in Bull Board (admin tokens only)',
+    auth: true,
+    session: true,
+    adminOnly: true,
+    external: true,
+    schema: { params: QueueNameParamsSchema },
+    responses: { '200': { description: 'Paused' }, '404': { description: 'No such queue' } },
+  },
+  {
+    method: 'PUT',
+    url: '/admin/queues/api/queues/:queueName/resume',
+    summary: 'Resume a queue in Bull Board (admin tokens only)',
+    auth: true,
+    session: true,
+    adminOnly: true,
+    external: true,
+    schema: { params: QueueNameParamsSchema },
+    responses: { '200': { description: 'Resumed' }, '404': { description: 'No such queue' } },
   },
   {
     method: 'GET',
     url: '/openapi.json',
     summary: 'This document',
     auth: true,
-    responses: { '200': { description: 'OpenAPI 3.1' } },
+    responses: { '200': { description: 'OpenAPI 3.1', content: json({ type: 'object' }) } },
   },
 ];
 
