@@ -1,28 +1,55 @@
 'use strict';
-// Loaded into a benchmarked `ferry serve` with NODE_OPTIONS=--require: measures
-// the event loop's delay (perf_hooks) and, on SIGUSR2, appends a snapshot
-// (ms) to BENCH_ELD_OUT and resets the histogram, so a benchmark can scope it
-// to one measurement. Benchmark tooling only; production never loads it.
+// Loaded into a benchmarked `ferry serve` with NODE_OPTIONS=--require
+// (benchmark tooling only; production never loads it). On every SIGUSR2:
+//  - appends the event loop's delay since the last signal (perf_hooks, ms)
+//    to BENCH_ELD_OUT and resets the histogram;
+//  - with BENCH_PROF_PREFIX, stops the CPU profile running since the last
+//    signal, writes it to PREFIX-<n>.cpuprofile, and starts the next one —
+//    so a benchmark gets one profile per measurement window.
 const { monitorEventLoopDelay } = require('node:perf_hooks');
-const { appendFileSync } = require('node:fs');
+const { appendFileSync, writeFileSync } = require('node:fs');
 
 const out = process.env.BENCH_ELD_OUT;
+const profPrefix = process.env.BENCH_PROF_PREFIX;
 if (out) {
   const h = monitorEventLoopDelay({ resolution: 10 });
   h.enable();
+  let session;
+  let n = 0;
+  const startProfile = () => {
+    if (!profPrefix) return Promise.resolve();
+    if (!session) {
+      const inspector = require('node:inspector');
+      session = new inspector.Session();
+      session.connect();
+    }
+    const post = (m, p) =>
+      new Promise((res, rej) => session.post(m, p || {}, (e, r) => (e ? rej(e) : res(r))));
+    return post('Profiler.enable').then(() => post('Profiler.start'));
+  };
+  const stopProfile = () => {
+    if (!profPrefix || !session) return Promise.resolve();
+    return new Promise((res) =>
+      session.post('Profiler.stop', {}, (e, r) => {
+        if (!e) writeFileSync(`${profPrefix}-${n++}.cpuprofile`, JSON.stringify(r.profile));
+        res();
+      }),
+    );
+  };
   process.on('SIGUSR2', () => {
     const ms = (ns) => Number((ns / 1e6).toFixed(2));
-    appendFileSync(
-      out,
-      JSON.stringify({
-        at: Date.now(),
-        mean: ms(h.mean),
-        p50: ms(h.percentile(50)),
-        p99: ms(h.percentile(99)),
-        max: ms(h.max),
-        count: h.count,
-      }) + '\n',
-    );
+    const snap = {
+      at: Date.now(),
+      mean: ms(h.mean),
+      p50: ms(h.percentile(50)),
+      p99: ms(h.percentile(99)),
+      max: ms(h.max),
+      count: h.count,
+    };
     h.reset();
+    stopProfile()
+      .then(startProfile)
+      .catch(() => undefined)
+      .then(() => appendFileSync(out, JSON.stringify(snap) + '\n'));
   });
 }

@@ -1,12 +1,15 @@
 /**
  * What the push benchmarks share: a compiled `ferry serve` (all roles, plain
  * node on dist/ as production runs it — the bench's own tsx / ferry-source
- * NODE_OPTIONS are not passed on), optionally under `--cpu-prof` and with the
+ * NODE_OPTIONS are not passed on), optionally with the CPU-profile and
  * event-loop-delay preload; the REST calls; the CLI; skopeo; CPU time of a
  * process from /proc; Redis INFO commandstats; median/min/max.
  *
- * Env: BENCH_PROFILE_DIR — write the serve process's .cpuprofile there (and
- * event-loop delay snapshots, eld.jsonl); BENCH_FERRY_ENV — extra FERRY_*
+ * Env: BENCH_PROFILE_DIR — write the serve process's CPU profiles there, one
+ * per window between two eld() calls (TAG-serve-N.cpuprofile, N = 0 from
+ * the first call to the second; the benches call eld() around each ferry
+ * measurement, so the even N are the ferry windows), and the event-loop
+ * delay of each window (TAG-eld.jsonl); BENCH_FERRY_ENV — extra FERRY_*
  * settings for the serve process, `K=V,K=V`; BENCH_LOG_LEVEL (default info).
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -75,17 +78,17 @@ export async function startServe(redis: RedisHandle, root: string, tag: string):
     NODE_ENV: 'production',
     ...extraFerryEnv(),
   };
-  const nodeArgs = profileDir
-    ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${tag}-serve.cpuprofile`]
-    : [];
+  // Profiles come from the preload (inspector), one per window between eld() calls.
   const service = await spawnService({
     name: 'ferry-serve',
     cmd: process.execPath,
-    args: [...nodeArgs, bin, 'serve'],
+    args: [bin, 'serve'],
     env: {
       ...env,
       NODE_OPTIONS: eldOut ? `--require=${join(__dirname, 'eld-preload.js')}` : '',
-      ...(eldOut ? { BENCH_ELD_OUT: eldOut } : {}),
+      ...(eldOut
+        ? { BENCH_ELD_OUT: eldOut, BENCH_PROF_PREFIX: join(profileDir!, `${tag}-serve`) }
+        : {}),
     },
     cwd: repoRoot,
     timeoutMs: 30_000,

@@ -122,6 +122,7 @@ async function main(): Promise<void> {
     const rate = { ferry: [] as number[], skopeo: [] as number[] };
     const regCpu = { ferry: [] as number[], skopeo: [] as number[] };
     const serveCpu: number[] = [];
+    const redisCpu: number[] = [];
     let cmds: Record<string, number> = {};
     const elds: { p99: number; max: number; mean: number }[] = [];
     for (let i = 0; i < RUNS; i++) {
@@ -129,6 +130,7 @@ async function main(): Promise<void> {
         const reg = await startRegistry();
         const r0 = cpuSeconds(reg.pid!);
         const c0 = cpuSeconds(serve.pid);
+        const rc0 = cpuSeconds(redis.pid!);
         const s0 = commandStats(redis);
         await serve.eld();
         pollCost.polls = 0;
@@ -145,6 +147,7 @@ async function main(): Promise<void> {
         ] as const)
           if (cmds[k] !== undefined) cmds[k] = Math.max(0, cmds[k]! - v);
         serveCpu.push((cpuSeconds(serve.pid) - c0) / N);
+        redisCpu.push((cpuSeconds(redis.pid!) - rc0) / N);
         regCpu.ferry.push((cpuSeconds(reg.pid!) - r0) / N);
         rate.ferry.push(N / s);
         await reg.stop();
@@ -185,6 +188,7 @@ async function main(): Promise<void> {
       { metric: 'registry CPU per push, ferry', value: med(regCpu.ferry) * 1000, unit: 'ms' },
       { metric: 'registry CPU per push, skopeo', value: med(regCpu.skopeo) * 1000, unit: 'ms' },
       { metric: 'ferry serve CPU per push (info)', value: med(serveCpu) * 1000, unit: 'ms' },
+      { metric: 'redis-server CPU per push (info)', value: med(redisCpu) * 1000, unit: 'ms' },
       {
         metric:
           'Redis commands per push, the harness polls excluded (info; top: ' +
