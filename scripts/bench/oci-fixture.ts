@@ -41,7 +41,7 @@ function tarHeader(name: string, size: number): Buffer {
 
 let salad: Buffer | undefined;
 /** 4 MiB of random words: compresses about 3–4× at gzip -1, unlike a repeated block. */
-function textSource(): Buffer {
+export function textSource(): Buffer {
   if (salad) return salad;
   const words = Array.from({ length: 4096 }, () =>
     randomBytes(2 + (randomBytes(1)[0]! % 8))
