@@ -150,7 +150,7 @@ async function main(): Promise<void> {
   process.stderr.write(`making a ${LAYERS}-layer dir: image, ${TOTAL_MB} MB …\n`);
   const dirs = await makeDirImage(img, TOTAL_MB * MB);
   const baseLayout = join(root, 'base');
-  const [baseRef] = await makeManySmall(baseLayout, 1);
+  const [baseSource] = await makeManySmall(baseLayout, 1);
   const ociLayout = join(root, 'oci-equivalent');
 
   const redis = await startRedis();
@@ -195,7 +195,7 @@ async function main(): Promise<void> {
       }
       {
         const reg = await startRegistry();
-        await skopeoCopy(`oci:${baseLayout}:${baseRef}`, `${reg.host}/base:1`);
+        await skopeoCopy(baseSource!, `${reg.host}/base:1`);
         const regUrl = `http://${reg.host}/v2/`;
         const args = [
           cfy,

@@ -214,18 +214,24 @@ export async function makeOciLayout(
   };
 }
 
-/** An OCI layout with `count` images (refs img0…), each one distinct tiny layer. */
+/**
+ * `count` one-image OCI layouts (DIR/0, DIR/1, …; ref `latest`), each image
+ * one distinct tiny layer — separate layouts, as separate builds leave them
+ * (one layout holding every image would make each push parse an index of
+ * `count` entries). Returns the sources, `oci:DIR/i:latest`.
+ */
 export async function makeManySmall(
-  layout: string,
+  dir: string,
   count: number,
   layerBytes = 1024,
 ): Promise<string[]> {
-  initLayout(layout);
-  const refs: { desc: Descriptor; ref: string }[] = [];
+  const sources: string[] = [];
   for (let i = 0; i < count; i++) {
+    const layout = join(dir, String(i));
+    initLayout(layout);
     const l = await writeLayer(layout, `small/${i}.bin`, layerBytes, 1);
-    refs.push({ desc: writeImage(layout, [l], `small-${i}`), ref: `img${i}` });
+    writeIndex(layout, [{ desc: writeImage(layout, [l], `small-${i}`), ref: 'latest' }]);
+    sources.push(`oci:${layout}:latest`);
   }
-  writeIndex(layout, refs);
-  return refs.map((r) => r.ref);
+  return sources;
 }

@@ -54,9 +54,9 @@ async function main(): Promise<void> {
   let source: string;
   let warm: string;
   if (which === 'tiny') {
-    const refs = await makeManySmall(join(root, 'many'), 2);
-    warm = `oci:${join(root, 'many')}:${refs[0]}`;
-    source = `oci:${join(root, 'many')}:${refs[1]}`;
+    const sources = await makeManySmall(join(root, 'many'), 2);
+    warm = sources[0]!;
+    source = sources[1]!;
   } else {
     const mb = Number(process.env.BENCH_OCI_MB ?? 8);
     const fx = await makeOciLayout(join(root, 'oci8'), 8, Math.floor((mb * 1e6) / 8));
