@@ -86,6 +86,21 @@ function main(): void {
       console.log(`${(v / 1000).toFixed(1).padStart(9)} ms  ${k}`);
     return;
   }
+  // Inclusive time of Ferry's own functions (each once per sample): where a role spends its time.
+  const ferryIncl = new Map<string, number>();
+  for (const [id, us] of selfUs) {
+    const seen = new Set<string>();
+    for (let x: number | undefined = id; x !== undefined; x = parent.get(x)) {
+      const cf = byId.get(x)!.callFrame;
+      const w = where(cf.url);
+      if (!w.startsWith('@ferry/')) continue;
+      const k = `${cf.functionName || '(anonymous)'} ${w}:${cf.lineNumber + 1}`;
+      if (!seen.has(k)) {
+        seen.add(k);
+        ferryIncl.set(k, (ferryIncl.get(k) ?? 0) + us);
+      }
+    }
+  }
   const ms = (us: number) => (us / 1000).toFixed(1).padStart(9);
   console.log(
     `profile ${file}: ${total.toFixed(0)} ms wall, ${(idle / 1000).toFixed(0)} ms idle, ${((total * 1000 - idle) / 1000).toFixed(0)} ms busy on the main thread`,
@@ -95,6 +110,11 @@ function main(): void {
     console.log(`${ms(v)} ms  ${k}`);
   console.log('\nself time by package:');
   for (const [k, v] of [...pkg].sort((a, b) => b[1] - a[1]).slice(0, 20))
+    console.log(`${ms(v)} ms  ${k}`);
+  console.log(
+    "\ninclusive time of Ferry's functions (async work is attributed to the frame that resumed it):",
+  );
+  for (const [k, v] of [...ferryIncl].sort((a, b) => b[1] - a[1]).slice(0, top))
     console.log(`${ms(v)} ms  ${k}`);
   console.log('\ninclusive time by package (on the stack):');
   for (const [k, v] of [...incl].sort((a, b) => b[1] - a[1]).slice(0, 20))
