@@ -123,16 +123,16 @@ describe(`faults ${S}: upload and lookup workers SIGKILLed at random while pushe
     }
     figure(S, 'pushes started', ids.length);
 
-    // The killer: every 1–3.5 s (seeded) one random live upload or lookup process is SIGKILLed;
-    // its replacement boots in the background (a restart takes a few seconds, so kills do not
-    // wait for it). Bounded by a kill cap and by the pushes' end.
+    // The killer: every 0.75–2.25 s in CI, 1–5 s full (seeded), one random live upload or
+    // lookup process is SIGKILLed; its replacement boots in the background (a restart takes a
+    // few seconds, so kills do not wait for it). Bounded by a kill cap and by the pushes' end.
     let done = false;
     let kills = 0;
     const maxKills = FULL ? 80 : 12;
     const replacements: Promise<RoleProcess>[] = [];
     const killer = (async () => {
       while (!done && kills < maxKills) {
-        await sleep(1_000 + rng() * 2_500);
+        await sleep(FULL ? 1_000 + rng() * 4_000 : 750 + rng() * 1_500);
         if (done) break;
         const victims = f.procs.filter((p) => p.role === 'upload' || p.role === 'lookup');
         if (victims.length === 0) continue;
