@@ -155,7 +155,12 @@ async function main(): Promise<void> {
 
   const redis = await startRedis();
   let serve: Serve | undefined;
-  const rows: BenchRow[] = [];
+  const rows: BenchRow[] = [
+    {
+      metric: 'ferry serve settings (BENCH_FERRY_ENV)',
+      value: process.env.BENCH_FERRY_ENV || 'defaults',
+    },
+  ];
   try {
     serve = await startServe(redis, root, 'dir-push');
     // Warm-up, and the equivalent OCI layout: what ferry pushed, read back by skopeo.

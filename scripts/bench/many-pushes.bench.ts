@@ -8,7 +8,8 @@
  * serve process's CPU and its Redis commands per push.
  *
  * Env: BENCH_SMALL_PUSHES (default 200; the issue's figure is 1000),
- * BENCH_RUNS (default 2), BENCH_SUBMIT_CONCURRENCY (default 32); see
+ * BENCH_RUNS (default 2), BENCH_SUBMIT_CONCURRENCY (default 32),
+ * BENCH_FERRY_ONLY=1 (profiling: skopeo skipped); see
  * ferry-serve.ts for BENCH_PROFILE_DIR and BENCH_FERRY_ENV.
  */
 import { join } from 'node:path';
@@ -33,6 +34,8 @@ import { makeManySmall } from './oci-fixture';
 const N = Number(process.env.BENCH_SMALL_PUSHES ?? 200);
 const RUNS = Number(process.env.BENCH_RUNS ?? 2);
 const SUBMITS = Number(process.env.BENCH_SUBMIT_CONCURRENCY ?? 32);
+/** Profiling runs: ferry only, skopeo skipped and reported as NaN. */
+const FERRY_ONLY = process.env.BENCH_FERRY_ONLY === '1';
 
 async function pool<T>(items: T[], width: number, f: (x: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -107,7 +110,12 @@ async function main(): Promise<void> {
   const sources = await makeManySmall(join(root, 'many'), N);
   const redis = await startRedis();
   let serve: Serve | undefined;
-  const rows: BenchRow[] = [];
+  const rows: BenchRow[] = [
+    {
+      metric: 'ferry serve settings (BENCH_FERRY_ENV)',
+      value: process.env.BENCH_FERRY_ENV || 'defaults',
+    },
+  ];
   try {
     serve = await startServe(redis, root, 'many-pushes');
     {
@@ -151,7 +159,10 @@ async function main(): Promise<void> {
         rate.ferry.push(N / s);
         await reg.stop();
       }
-      {
+      if (FERRY_ONLY) {
+        regCpu.skopeo.push(NaN);
+        rate.skopeo.push(NaN);
+      } else {
         const reg = await startRegistry();
         const r0 = cpuSeconds(reg.pid!);
         const s = await skopeoMany(sources, reg.host, i);

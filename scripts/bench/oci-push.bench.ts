@@ -11,7 +11,8 @@
  * skopeo copy, blob bytes sent, and the CLI end to end beside `node -e 0`.
  *
  * Env: BENCH_OCI_MB (raw total, default 400), BENCH_OCI_LAYERS (8),
- * BENCH_RUNS (3), BENCH_REPUSH_RUNS (5); see ferry-serve.ts for
+ * BENCH_RUNS (3), BENCH_REPUSH_RUNS (5), BENCH_FERRY_ONLY=1 (profiling: skip
+ * the peers); see ferry-serve.ts for
  * BENCH_PROFILE_DIR and BENCH_FERRY_ENV.
  */
 import { join } from 'node:path';
@@ -40,6 +41,8 @@ const TOTAL_MB = Number(process.env.BENCH_OCI_MB ?? 400);
 const LAYERS = Number(process.env.BENCH_OCI_LAYERS ?? 8);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const REPUSH_RUNS = Number(process.env.BENCH_REPUSH_RUNS ?? 5);
+/** Profiling runs: ferry only, the peers (skopeo, CLI, PUTs) skipped and reported as NaN. */
+const FERRY_ONLY = process.env.BENCH_FERRY_ONLY === '1';
 
 /** 8 parallel monolithic uploads (POST a session, then curl PUT ?digest= with the file). */
 async function parallelPuts(fx: OciFixture, host: string): Promise<number> {
@@ -77,7 +80,12 @@ async function main(): Promise<void> {
 
   const redis = await startRedis();
   let serve: Serve | undefined;
-  const rows: BenchRow[] = [];
+  const rows: BenchRow[] = [
+    {
+      metric: 'ferry serve settings (BENCH_FERRY_ENV)',
+      value: process.env.BENCH_FERRY_ENV || 'defaults',
+    },
+  ];
   try {
     serve = await startServe(redis, root, 'oci-push');
     // Warm-up: one push into a throw-away registry (JIT, connections, scripts loaded).
@@ -118,22 +126,29 @@ async function main(): Promise<void> {
         regCpu.rest.push(cpuSeconds(reg.pid!) - r0);
         await reg.stop();
       }
-      {
-        const reg = await startRegistry();
-        const r0 = cpuSeconds(reg.pid!);
-        t.skopeo.push((await skopeoCopy(source, `${reg.host}/app:s${i}`)).s);
-        regCpu.skopeo.push(cpuSeconds(reg.pid!) - r0);
-        await reg.stop();
-      }
-      {
-        const reg = await startRegistry();
-        t.cli.push((await cliPush(serve, source, `${reg.host}/app:c${i}`)).s);
-        await reg.stop();
-      }
-      {
-        const reg = await startRegistry();
-        t.puts.push(await parallelPuts(fx, reg.host));
-        await reg.stop();
+      if (FERRY_ONLY) {
+        t.skopeo.push(NaN);
+        t.cli.push(NaN);
+        t.puts.push(NaN);
+        regCpu.skopeo.push(NaN);
+      } else {
+        {
+          const reg = await startRegistry();
+          const r0 = cpuSeconds(reg.pid!);
+          t.skopeo.push((await skopeoCopy(source, `${reg.host}/app:s${i}`)).s);
+          regCpu.skopeo.push(cpuSeconds(reg.pid!) - r0);
+          await reg.stop();
+        }
+        {
+          const reg = await startRegistry();
+          t.cli.push((await cliPush(serve, source, `${reg.host}/app:c${i}`)).s);
+          await reg.stop();
+        }
+        {
+          const reg = await startRegistry();
+          t.puts.push(await parallelPuts(fx, reg.host));
+          await reg.stop();
+        }
       }
       process.stderr.write(
         `run ${i}: rest ${t.rest[i]!.toFixed(3)} skopeo ${t.skopeo[i]!.toFixed(3)} cli ${t.cli[i]!.toFixed(3)} puts ${t.puts[i]!.toFixed(3)}\n`,
@@ -247,6 +262,12 @@ async function main(): Promise<void> {
         restBlobPuts = proxy.requests('PUT');
         bytesSent = (r.view.layers ?? []).reduce((a, l) => a + (l.bytesSent ?? 0), 0);
         proxy.resetCounters();
+        if (FERRY_ONLY) {
+          re.skopeo.push(NaN);
+          re.cli.push(NaN);
+          re.node.push(NaN);
+          continue;
+        }
         re.skopeo.push((await skopeoCopy(source, `${proxy.host}/app:rs${i}`)).s);
         skopeoBytes = proxy.bytesUp;
         re.cli.push((await cliPush(serve, source, `${proxy.host}/app:rc${i}`)).s);
