@@ -22,6 +22,7 @@ import {
   diffStats,
   fmt,
   helpers,
+  restPush,
   skopeoCopy,
   startServe,
   stats,
@@ -103,7 +104,7 @@ async function skopeoMany(sources: string[], host: string, run: number): Promise
 }
 
 async function main(): Promise<void> {
-  const { startRedis, startRegistry, tmpDir } = helpers();
+  const { startRedis, startRegistry, startProxy, tmpDir } = helpers();
   build();
   const root = tmpDir('bench-many');
   process.stderr.write(`making ${N} one-layer images …\n`);
@@ -221,6 +222,33 @@ async function main(): Promise<void> {
         value: `${med(elds.map((e) => e.mean)).toFixed(1)} / ${med(elds.map((e) => e.p99)).toFixed(1)} / ${Math.max(...elds.map((e) => e.max)).toFixed(1)}`,
         unit: 'ms',
       });
+
+    // Registry requests of one tiny push, by method, through the counting proxy (not timed).
+    {
+      const reg = await startRegistry();
+      const proxy = await startProxy({ host: '127.0.0.1', port: reg.port });
+      const methods = ['GET', 'HEAD', 'POST', 'PATCH', 'PUT', 'DELETE'];
+      const count = () =>
+        methods
+          .map((m) => [m, proxy.requests(m)] as const)
+          .filter(([, n]) => n > 0)
+          .map(([m, n]) => `${m} ${n}`)
+          .join(', ');
+      try {
+        proxy.resetCounters();
+        await restPush(serve, sources[0]!, `${proxy.host}/count:ferry`);
+        const ferry = count();
+        proxy.resetCounters();
+        if (!FERRY_ONLY) await skopeoCopy(sources[1 % N]!, `${proxy.host}/count:skopeo`);
+        rows.push({
+          metric: `registry requests of one tiny push (info): ferry ${ferry}; skopeo ${FERRY_ONLY ? '-' : count()}`,
+          value: '',
+        });
+      } finally {
+        await proxy.stop();
+        await reg.stop();
+      }
+    }
   } finally {
     await serve?.stop();
     await redis.stop();
