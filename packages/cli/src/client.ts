@@ -14,6 +14,8 @@ export class CliError extends Error {
     super(message);
     this.name = 'CliError';
   }
+  /** A 429's Retry-After, in ms. */
+  retryAfterMs?: number;
 }
 
 export interface ClientOptions {
@@ -80,7 +82,7 @@ export class FerryClient {
       );
     }
     const text = await res.text();
-    if (!res.ok) throw errorFromResponse(res.status, text);
+    if (!res.ok) throw errorFromResponse(res.status, text, res.headers);
     try {
       return JSON.parse(text) as T;
     } catch {
@@ -123,24 +125,37 @@ export class FerryClient {
       maxRetries?: number;
       retryDelayMs?: number;
       onReconnect?: (attempt: number, why: string) => void;
+      /** Stops following (a Ctrl-C): rejects with FERRY_INTERRUPTED. */
+      signal?: AbortSignal;
     } = {},
   ): Promise<Extract<PushEvent, { type: 'status' }>> {
     const maxRetries = opts.maxRetries ?? 10;
     let lastId: string | undefined;
     let failures = 0;
+    const interrupted = () =>
+      new CliError('FERRY_INTERRUPTED', `stopped following push ${id}`, 130);
     for (;;) {
       let why: string;
+      let waitMs: number | undefined;
+      if (opts.signal?.aborted) throw interrupted();
       try {
-        const final = await this.readStream(id, lastId, (e) => {
-          lastId = e.id;
-          failures = 0;
-          onEvent(e);
-        });
+        const final = await this.readStream(
+          id,
+          lastId,
+          (e) => {
+            lastId = e.id;
+            failures = 0;
+            onEvent(e);
+          },
+          opts.signal,
+        );
         if (final) return final;
         why = 'the server closed the stream';
       } catch (err) {
+        if (opts.signal?.aborted) throw interrupted();
         if (err instanceof CliError && !retryable(err.code)) throw err;
         why = err instanceof Error ? err.message : String(err);
+        if (err instanceof CliError) waitMs = err.retryAfterMs;
       }
       failures++;
       if (failures > maxRetries) {
@@ -150,9 +165,16 @@ export class FerryClient {
         );
       }
       opts.onReconnect?.(failures, why);
-      await new Promise((r) =>
-        setTimeout(r, Math.min((opts.retryDelayMs ?? 500) * 2 ** (failures - 1), 5_000)),
-      );
+      const delay = waitMs ?? Math.min((opts.retryDelayMs ?? 500) * 2 ** (failures - 1), 5_000);
+      await new Promise<void>((r) => {
+        const t = setTimeout(done, delay);
+        function done() {
+          clearTimeout(t);
+          opts.signal?.removeEventListener('abort', done);
+          r();
+        }
+        opts.signal?.addEventListener('abort', done, { once: true });
+      });
     }
   }
 
@@ -161,6 +183,7 @@ export class FerryClient {
     id: string,
     lastId: string | undefined,
     onEvent: (e: StoredEvent) => void,
+    signal?: AbortSignal,
   ): Promise<Extract<PushEvent, { type: 'status' }> | undefined> {
     let res: Response;
     try {
@@ -170,6 +193,7 @@ export class FerryClient {
           ...(lastId ? { 'last-event-id': lastId } : {}),
         }),
         redirect: 'error',
+        signal,
       });
     } catch (err) {
       throw new CliError(
@@ -177,7 +201,7 @@ export class FerryClient {
         `cannot reach ${this.base.origin}: ${causeOf(err)}`,
       );
     }
-    if (!res.ok) throw errorFromResponse(res.status, await res.text());
+    if (!res.ok) throw errorFromResponse(res.status, await res.text(), res.headers);
     if (!res.body) return undefined;
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
@@ -217,11 +241,25 @@ export class FerryClient {
   }
 }
 
-/** Worth reopening the stream: the server was unreachable, or answered 5xx (restarting, a proxy). */
+/** Worth reopening the stream: the server was unreachable, answered 5xx (restarting, a proxy) or 429. */
 function retryable(code: string): boolean {
   return (
-    code === 'FERRY_SERVER_UNREACHABLE' || code === 'FERRY_UNAVAILABLE' || /^HTTP_5\d\d$/.test(code)
+    code === 'FERRY_SERVER_UNREACHABLE' ||
+    code === 'FERRY_UNAVAILABLE' ||
+    code === 'FERRY_TOO_MANY_REQUESTS' ||
+    /^HTTP_(5\d\d|429)$/.test(code)
   );
+}
+
+/** Seconds from a Retry-After header (seconds or an HTTP date); undefined when absent or bad. */
+export function retryAfterSeconds(
+  value: string | null | undefined,
+  now = Date.now(),
+): number | undefined {
+  if (!value) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim());
+  const t = Date.parse(value);
+  return Number.isNaN(t) ? undefined : Math.max(0, Math.ceil((t - now) / 1000));
 }
 
 function causeOf(err: unknown): string {
@@ -229,7 +267,7 @@ function causeOf(err: unknown): string {
   return e?.cause?.code ?? e?.cause?.message ?? e?.message ?? String(err);
 }
 
-function errorFromResponse(status: number, text: string): CliError {
+export function errorFromResponse(status: number, text: string, headers?: Headers): CliError {
   let body: ErrorBody | undefined;
   try {
     body = JSON.parse(text) as ErrorBody;
@@ -240,6 +278,15 @@ function errorFromResponse(status: number, text: string): CliError {
   let message =
     body?.error?.message ?? (text.trim().slice(0, 200) || `the server answered ${status}`);
   const field = body?.error?.field;
-  if (field && !message.includes(field)) message += ` (field ${field})`;
+  if (code === 'FERRY_FORBIDDEN' || code === 'HTTP_403') {
+    // The token is valid but may not do this (a target outside its patterns): say so first.
+    message = `${field === 'target' ? 'this token may not push there' : 'this token may not do that'}: ${message}`;
+  } else if (status === 429) {
+    const wait = retryAfterSeconds(headers?.get('retry-after'));
+    message = `too many requests (429): ${message}; ${wait !== undefined ? `try again in ${wait} s` : 'try again later'}`;
+    const err = new CliError(code, message, 1, field);
+    if (wait !== undefined) err.retryAfterMs = wait * 1000;
+    return err;
+  } else if (field && !message.includes(field)) message += ` (field ${field})`;
   return new CliError(code, message, 1, field);
 }

@@ -18,6 +18,13 @@ export interface CliIo {
   stderr: NodeJS.WritableStream & { isTTY?: boolean };
   env: Record<string, string | undefined>;
   cwd: string;
+  /** Calls the handler on each Ctrl-C (SIGINT) until the returned function is called. */
+  onInterrupt?: (handler: () => void) => () => void;
+}
+
+function processInterrupts(handler: () => void): () => void {
+  process.on('SIGINT', handler);
+  return () => process.off('SIGINT', handler);
 }
 
 const DEFAULT_URL = 'http://127.0.0.1:8080';
@@ -55,6 +62,7 @@ interface PushOpts extends ServerOpts {
   owners?: 'root' | 'keep';
   mtime?: 'epoch' | 'keep' | number;
   wait: boolean;
+  cancelOnInterrupt?: boolean;
 }
 
 /** The largest mtime a tar header holds (11 octal digits), as the API's schema allows. */
@@ -69,7 +77,37 @@ export function parseMtime(value: string): 'epoch' | 'keep' | number {
   );
 }
 
+/** `--json`: an error becomes the last JSON object on stdout too (the one line still goes to stderr). */
 async function push(source: string, target: string, opts: PushOpts, io: CliIo): Promise<number> {
+  try {
+    return await pushAndFollow(source, target, opts, io);
+  } catch (err) {
+    if (opts.json && !(err instanceof FinalStatusError)) {
+      const e = err as { code?: unknown; message?: string; field?: string };
+      io.stdout.write(
+        JSON.stringify({
+          type: 'error',
+          error: {
+            code: typeof e.code === 'string' ? e.code : 'FERRY_ERROR',
+            message: e.message ?? String(err),
+            ...(e.field ? { field: e.field } : {}),
+          },
+        }) + '\n',
+      );
+    }
+    throw err;
+  }
+}
+
+/** The push ended failed or cancelled: with --json its final status event is already on stdout. */
+class FinalStatusError extends CliError {}
+
+async function pushAndFollow(
+  source: string,
+  target: string,
+  opts: PushOpts,
+  io: CliIo,
+): Promise<number> {
   const api = client(opts, io);
   const body: Record<string, unknown> = { source: absolutizeSource(source, io.cwd), target };
   if (opts.tag.length) body.tags = opts.tag;
@@ -100,9 +138,27 @@ async function push(source: string, target: string, opts: PushOpts, io: CliIo): 
       ? new TtyRenderer(io.stderr)
       : new PlainRenderer(io.stderr);
   renderer.start({ id: accepted.id, source: String(body.source), target });
-  const final = await api.followEvents(accepted.id, (e) => renderer.event(e), {
-    onReconnect: (n, why) => renderer.reconnect(n, why),
+  const id = accepted.id;
+  const stop = new AbortController();
+  let interrupts = 0;
+  const unsubscribe = (io.onInterrupt ?? processInterrupts)(() => {
+    interrupts++;
+    // A second Ctrl-C (a slow cancel) ends at once.
+    if (interrupts > 1) process.exit(130);
+    stop.abort();
   });
+  let final: Awaited<ReturnType<FerryClient['followEvents']>>;
+  try {
+    final = await api.followEvents(id, (e) => renderer.event(e), {
+      onReconnect: (n, why) => renderer.reconnect(n, why),
+      signal: stop.signal,
+    });
+  } catch (err) {
+    if (!stop.signal.aborted) throw err;
+    renderer.end();
+    return await interrupted(api, id, opts, io).finally(unsubscribe);
+  }
+  unsubscribe();
   renderer.end();
   if (final.status === 'succeeded') {
     const digest = final.manifest?.digest ?? (await api.getPush(accepted.id)).manifest?.digest;
@@ -118,7 +174,48 @@ async function push(source: string, target: string, opts: PushOpts, io: CliIo): 
     code: `FERRY_PUSH_${final.status.toUpperCase()}`,
     message: `push ${accepted.id} ${final.status}`,
   };
-  throw new CliError(err.code, err.message);
+  throw new FinalStatusError(err.code, err.message);
+}
+
+/**
+ * The first Ctrl-C while following a push: the push goes on on the server (say so, and how to
+ * follow or stop it), or with --cancel-on-interrupt it is cancelled. Exit status 130 either way.
+ */
+async function interrupted(
+  api: FerryClient,
+  id: string,
+  opts: PushOpts,
+  io: CliIo,
+): Promise<number> {
+  const json = (o: object) => {
+    if (opts.json) io.stdout.write(JSON.stringify({ type: 'interrupted', id, ...o }) + '\n');
+  };
+  if (!opts.cancelOnInterrupt) {
+    io.stderr.write(
+      `\ninterrupted: push ${id} continues on the server; follow it with \`ferry status ${id}\`, stop it with \`ferry cancel ${id}\`\n`,
+    );
+    json({ cancelled: false });
+    return 130;
+  }
+  io.stderr.write(`\ninterrupted: cancelling push ${id} (--cancel-on-interrupt)\n`);
+  let r: { status: string };
+  try {
+    r = await api.cancelPush(id);
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    throw new CliError(
+      e.code ?? 'FERRY_ERROR',
+      `interrupted, but push ${id} could not be cancelled: ${e.message ?? String(err)}; try \`ferry cancel ${id}\``,
+      130,
+    );
+  }
+  io.stderr.write(
+    r.status === 'cancelled'
+      ? `push ${id} cancelled\n`
+      : `push ${id} had already ended: ${r.status}\n`,
+  );
+  json({ cancelled: r.status === 'cancelled', status: r.status });
+  return 130;
 }
 
 async function status(id: string, opts: ServerOpts, io: CliIo): Promise<number> {
@@ -208,7 +305,11 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
         ).argParser(parseMtime),
       )
       .option('--json', 'one JSON object per event on stdout, the last one the final status')
-      .option('--no-wait', 'print the push id and return at once'),
+      .option('--no-wait', 'print the push id and return at once')
+      .option(
+        '--cancel-on-interrupt',
+        'Ctrl-C cancels the push (by default the push goes on on the server)',
+      ),
   ).action(async (source: string, target: string, opts: PushOpts) =>
     setExit(await push(source, target, opts, io)),
   );
@@ -260,6 +361,7 @@ export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<num
     stderr: io.stderr ?? process.stderr,
     env: io.env ?? process.env,
     cwd: io.cwd ?? process.cwd(),
+    onInterrupt: io.onInterrupt,
   };
   let code = 0;
   const program = buildProgram(full, (c) => (code = c));

@@ -1,4 +1,4 @@
-import type { LayerState, PushEvent, StoredEvent } from '@ferry/queue';
+import type { LayerState, PushEvent, StoredEvent, WaitingEvent } from '@ferry/queue';
 
 export interface Renderer {
   /** The push was accepted. */
@@ -49,6 +49,31 @@ export function layerText(l: LayerState): string {
   }
 }
 
+/** "8 s", "3 min", "2 h 5 min": a wait or a budget in words. */
+export function formatSeconds(sec: number): string {
+  const s = Math.max(0, Math.round(sec));
+  if (s < 120) return `${s} s`;
+  const min = Math.round(s / 60);
+  if (min < 120) return `${min} min`;
+  return `${Math.floor(min / 60)} h${min % 60 ? ` ${min % 60} min` : ''}`;
+}
+
+/**
+ * A `waiting` event as one line: "registry 127.0.0.1:5001 unreachable, next try in 8 s,
+ * gives up in 14 min" (other causes are named: "answered 503 …", "rate-limited …").
+ */
+export function waitingText(e: WaitingEvent, now = Date.now()): string {
+  const next = Math.max(0, Math.ceil((Date.parse(e.nextTryAt) - now) / 1000));
+  const what =
+    /UNREACHABLE|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|socket|fetch failed/i.test(
+      `${e.cause.code} ${e.cause.message}`,
+    )
+      ? 'unreachable'
+      : `failed (${e.cause.code}: ${e.cause.message.replace(/\s+/g, ' ').slice(0, 120)})`;
+  const nextText = Number.isFinite(next) ? `next try in ${formatSeconds(next)}` : 'trying again';
+  return `registry ${e.registry} ${what}, ${nextText}, gives up in ${formatSeconds(e.budgetLeftSeconds)}`;
+}
+
 function otherText(e: PushEvent): string | undefined {
   switch (e.type) {
     case 'status':
@@ -56,8 +81,11 @@ function otherText(e: PushEvent): string | undefined {
       if (e.status === 'queued') return 'Queued';
       if (e.status === 'succeeded' && e.manifest)
         return `digest: ${e.manifest.digest} size: ${e.manifest.size}`;
-      if (e.error) return `${e.status}: ${e.error.code}: ${e.error.message}`;
+      // failed / cancelled: the command prints the one error line (ferry: CODE: message).
+      if (e.status === 'failed' || e.status === 'cancelled') return undefined;
       return e.status;
+    case 'waiting':
+      return waitingText(e);
     case 'manifest':
       return `manifest ${e.digest}${e.platform ? ` (${e.platform})` : ''} ${e.mediaType}`;
     case 'tag':
@@ -109,9 +137,19 @@ export class PlainRenderer implements Renderer {
   end(): void {}
 }
 
+/** A docker-style bar: "[=========>          ] 12.3MB/201.3MB". */
+function bar(done: number, total: number, width = 40): string {
+  const frac = Math.max(0, Math.min(1, done / total));
+  const filled = Math.floor(frac * width);
+  const b =
+    '='.repeat(Math.max(0, filled - 1)) + (filled > 0 ? '>' : '') + ' '.repeat(width - filled);
+  return `[${b}] ${formatBytes(done)}/${formatBytes(total)}`;
+}
+
 /** One line per layer, redrawn in place, with a bar while bytes go out (a terminal). */
 export class TtyRenderer implements Renderer {
   private readonly layers = new Map<string, LayerState>();
+  private notice: string | undefined;
   private drawn = 0;
   private multiImage = false;
   constructor(private readonly out: Out) {}
@@ -124,14 +162,11 @@ export class TtyRenderer implements Renderer {
     const name = layerName(l, this.multiImage);
     const text = layerText(l);
     if (l.state !== 'uploading') return `${name}: ${text}`;
-    const width = 40;
-    if (l.size && l.size > 0) {
-      const frac = Math.max(0, Math.min(1, l.bytesSent / l.size));
-      const filled = Math.floor(frac * width);
-      const bar =
-        '='.repeat(Math.max(0, filled - 1)) + (filled > 0 ? '>' : '') + ' '.repeat(width - filled);
-      return `${name}: ${text} [${bar}] ${formatBytes(l.bytesSent)}/${formatBytes(l.size)}`;
-    }
+    // A blob of known size (oci:, docker-archive:): the bytes sent of it. A layer Ferry
+    // compresses (dir:): the bytes of its uncompressed tar read so far, of the tar's size.
+    if (l.size && l.size > 0) return `${name}: ${text} ${bar(l.bytesSent, l.size)}`;
+    if (l.total && l.total > 0 && l.bytesRead !== undefined)
+      return `${name}: ${text} ${bar(l.bytesRead, l.total)}`;
     return `${name}: ${text} ${formatBytes(l.bytesSent)}`;
   }
 
@@ -141,7 +176,12 @@ export class TtyRenderer implements Renderer {
       (a, b) => a.imageIndex - b.imageIndex || a.index - b.index,
     );
     for (const l of lines) s += `\x1b[2K${this.line(l)}\n`;
-    this.drawn = lines.length;
+    // A registry being waited for: one line under the layers, until something moves again.
+    if (this.notice) s += `\x1b[2K${this.notice}\n`;
+    // Fewer rows than last time (the notice went): blank the rest, they are reused next time.
+    const rows = lines.length + (this.notice ? 1 : 0);
+    for (let i = rows; i < this.drawn; i++) s += '\x1b[2K\n';
+    this.drawn = Math.max(rows, this.drawn);
     this.out.write(s);
   }
 
@@ -153,13 +193,28 @@ export class TtyRenderer implements Renderer {
   }
 
   event({ event: e }: StoredEvent): void {
-    if (e.type === 'layer') {
-      if (e.imageIndex > 0) this.multiImage = true;
-      const { type: _t, at: _a, ...layer } = e;
-      this.layers.set(`${e.imageIndex}:${e.index}`, layer);
+    if (e.type === 'waiting') {
+      this.notice = waitingText(e);
       this.redraw();
       return;
     }
+    if (e.type === 'layer') {
+      if (e.imageIndex > 0) this.multiImage = true;
+      const { type: _t, at: _a, ...layer } = e;
+      const key = `${e.imageIndex}:${e.index}`;
+      const before = this.layers.get(key);
+      if (
+        before &&
+        (before.state !== layer.state ||
+          layer.bytesSent > before.bytesSent ||
+          (layer.bytesRead ?? 0) > (before.bytesRead ?? 0))
+      )
+        this.notice = undefined;
+      this.layers.set(key, layer);
+      this.redraw();
+      return;
+    }
+    if (e.type === 'status' || e.type === 'manifest') this.notice = undefined;
     if (e.type === 'manifest' && this.layers.size > 0) {
       // Every layer is in the registry now: leave their lines where they are, as docker
       // does, and write the manifest, tags and digest below them.
