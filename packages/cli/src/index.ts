@@ -6,7 +6,9 @@ export {
   TtyRenderer,
   JsonRenderer,
   formatBytes,
+  formatSeconds,
   layerText,
+  waitingText,
   type Renderer,
 } from './render';
 export {

@@ -5,17 +5,27 @@
  * then one error line), and --json when the API refuses the request.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { Worker } from 'bullmq';
 import { openSource } from '@ferry/image-source';
-import { createConnection, type LookupJob, type PushState } from '@ferry/queue';
+import {
+  createConnection,
+  type LookupJob,
+  type PushEvent,
+  type PushState,
+  type StoredEvent,
+  type WaitingEvent,
+} from '@ferry/queue';
+import { PlainRenderer, TtyRenderer, formatSeconds, waitingText } from '@ferry/cli';
 import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { freePort } from '../../../test/helpers/ports';
-import { startRegistry } from '../../../test/helpers/registry';
+import { startRegistry, type RegistryHandle } from '../../../test/helpers/registry';
 import { tmpDir } from '../../../test/helpers/tmp';
 import { sourceNodeOptions } from '../../../test/helpers/source-env';
 import { makeApi, type TestApi } from '../../../services/api/test/helpers';
@@ -339,18 +349,23 @@ describe('ferry push on a terminal (tmux), Ctrl-C, --json refusals', function ()
   });
 });
 
-describe('ferry push while the target registry is down (FERRY_RETRY_BUDGET=20)', function () {
+describe('ferry push through `ferry serve` and a real registry (FERRY_RETRY_BUDGET=20)', function () {
   this.timeout(180_000);
+  let redis: RedisHandle;
+  let registry: RegistryHandle;
+  let serve: ChildProcess;
+  let serveLog = '';
+  let root: string;
+  let home: string;
+  let port: number;
 
-  it('shows the waiting line, then exactly one error line', async () => {
-    const redis = await startRedis();
-    const registry = await startRegistry();
-    const root = tmpDir('cli-down');
-    mkdirSync(join(root, 'img', 'layers', '01'), { recursive: true });
-    writeFileSync(join(root, 'img', 'layers', '01', 'f'), 'x');
-    const port = await freePort();
-    const home = tmpDir('cli-down-home');
-    const serve = spawn(process.execPath, [BIN, 'serve'], {
+  before(async () => {
+    redis = await startRedis();
+    registry = await startRegistry();
+    root = tmpDir('cli-real');
+    home = tmpDir('cli-real-home');
+    port = await freePort();
+    serve = spawn(process.execPath, [BIN, 'serve'], {
       cwd: root,
       env: {
         PATH: process.env.PATH ?? '',
@@ -362,55 +377,179 @@ describe('ferry push while the target registry is down (FERRY_RETRY_BUDGET=20)',
         FERRY_SOURCE_ROOT: root,
         FERRY_API_TOKENS: TOKEN,
         FERRY_RETRY_BUDGET: '20',
+        FERRY_UPLOAD_CHUNK_SIZE: String(1024 * 1024),
+        FERRY_GZIP_LEVEL: '9',
         FERRY_SHUTDOWN_TIMEOUT: '5',
         FERRY_LOG_LEVEL: 'warn',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let serveLog = '';
-    serve.stdout.on('data', (d) => (serveLog += d));
-    serve.stderr.on('data', (d) => (serveLog += d));
-    try {
-      await until(
-        () =>
-          fetch(`http://127.0.0.1:${port}/readyz`).then(
-            (r) => (r.status === 200 ? true : undefined),
-            () => undefined,
-          ),
-        60_000,
-      ).catch(() => {
-        throw new Error(`ferry serve did not start:\n${serveLog}`);
-      });
-      const target = `${registry.host}/team/down:1`;
-      await registry.stop();
-      const started = Date.now();
-      const r = await runCli(['push', `dir:${root}/img`, target], {
-        PATH: process.env.PATH ?? '',
-        NODE_OPTIONS: sourceNodeOptions(),
-        HOME: home,
-        FERRY_URL: `http://127.0.0.1:${port}`,
-        FERRY_TOKEN: TOKEN,
-      });
-      assert.equal(r.status, 1, `${r.stderr}\n${serveLog}`);
-      assert.equal(r.stdout, '');
-      const lines = r.stderr.trim().split('\n');
-      const waiting = new RegExp(
-        `^registry ${registry.host.replace(/\./g, '\\.')} unreachable, next try in \\d+ s, gives up in \\d+ s$`,
-      );
-      const w = lines.findIndex((l) => waiting.test(l));
-      assert.ok(w > 0, `a waiting line:\n${r.stderr}`);
-      const gives = Number(/gives up in (\d+) s/.exec(lines[w]!)![1]);
-      assert.ok(gives <= 20, lines[w]);
-      const errors = lines.filter((l) => /^ferry: |failed/.test(l));
-      assert.equal(errors.length, 1, `exactly one error line:\n${r.stderr}`);
-      assert.equal(lines[lines.length - 1], errors[0], 'the error line is the last');
-      assert.match(errors[0]!, /^ferry: FERRY_RETRY_BUDGET_SPENT: /);
-      assert.ok(lines.indexOf(errors[0]!) > w);
-      assert.ok(Date.now() - started < 120_000);
-    } finally {
+    serve.stdout!.on('data', (d) => (serveLog += d));
+    serve.stderr!.on('data', (d) => (serveLog += d));
+    await until(
+      () =>
+        fetch(`http://127.0.0.1:${port}/readyz`).then(
+          (r) => (r.status === 200 ? true : undefined),
+          () => undefined,
+        ),
+      60_000,
+    ).catch(() => {
+      throw new Error(`ferry serve did not start:\n${serveLog}`);
+    });
+  });
+  after(async () => {
+    if (serve && serve.exitCode === null) {
       serve.kill('SIGTERM');
-      await new Promise((res) => (serve.exitCode !== null ? res(null) : serve.on('exit', res)));
-      await redis.stop();
+      await new Promise((res) => serve.on('exit', res));
     }
+    await registry?.stop();
+    await redis?.stop();
+  });
+
+  const cliEnv = () => ({
+    PATH: process.env.PATH ?? '',
+    NODE_OPTIONS: sourceNodeOptions(),
+    HOME: home,
+    FERRY_URL: `http://127.0.0.1:${port}`,
+    FERRY_TOKEN: TOKEN,
+  });
+
+  it('a dir: upload reports the uncompressed total and the bytes read as it goes', async () => {
+    mkdirSync(join(root, 'big', 'layers', '01'), { recursive: true });
+    writeFileSync(join(root, 'big', 'layers', '01', 'random'), randomBytes(24 * 1024 * 1024));
+    const src = await openSource(`dir:${root}/big`, { root });
+    const total = (await src.images[0]!.layers[0]!.diffIdOnly()).uncompressedSize;
+    const r = await runCli(
+      ['push', `dir:${root}/big`, `${registry.host}/team/big:1`, '--json'],
+      cliEnv(),
+    );
+    assert.equal(r.status, 0, `${r.stderr}\n${serveLog}`);
+    const events = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const uploading = events.filter((e) => e.type === 'layer' && e.state === 'uploading');
+    assert.ok(
+      uploading.some((e) => e.total === total),
+      `the total (${total}) in an uploading event: ${JSON.stringify(uploading)}`,
+    );
+    const reads = uploading
+      .map((e) => e.bytesRead)
+      .filter((n): n is number => typeof n === 'number');
+    assert.ok(reads.length >= 1, 'bytesRead reported while uploading');
+    assert.ok(
+      reads.every((n) => n > 0 && n <= total),
+      `bytesRead within the total: ${reads.join(', ')}`,
+    );
+    const done = events.find((e) => e.type === 'layer' && e.state === 'uploaded');
+    assert.ok(typeof done?.digest === 'string' && done.total === total, JSON.stringify(done));
+  });
+
+  it('registry down: the waiting line, then exactly one error line', async () => {
+    mkdirSync(join(root, 'img', 'layers', '01'), { recursive: true });
+    writeFileSync(join(root, 'img', 'layers', '01', 'f'), 'x');
+    const target = `${registry.host}/team/down:1`;
+    await registry.stop();
+    const started = Date.now();
+    const r = await runCli(['push', `dir:${root}/img`, target], cliEnv());
+    if (process.env.FERRY_TEST_SHOW) process.stderr.write(r.stderr);
+    assert.equal(r.status, 1, `${r.stderr}\n${serveLog}`);
+    assert.equal(r.stdout, '');
+    const lines = r.stderr.trim().split('\n');
+    const waiting = new RegExp(
+      `^registry ${registry.host.replace(/\./g, '\\.')} unreachable, next try in \\d+ s, gives up in \\d+ s$`,
+    );
+    const w = lines.findIndex((l) => waiting.test(l));
+    assert.ok(w > 0, `a waiting line:\n${r.stderr}`);
+    const gives = Number(/gives up in (\d+) s/.exec(lines[w]!)![1]);
+    assert.ok(gives <= 20, lines[w]);
+    const errors = lines.filter((l) => /^ferry: |failed/.test(l));
+    assert.equal(errors.length, 1, `exactly one error line:\n${r.stderr}`);
+    assert.equal(lines[lines.length - 1], errors[0], 'the error line is the last');
+    assert.match(errors[0]!, /^ferry: FERRY_RETRY_BUDGET_SPENT: /);
+    assert.ok(lines.indexOf(errors[0]!) > w);
+    assert.ok(Date.now() - started < 120_000);
+  });
+});
+
+describe('the renderers: waiting lines and dir: bars', function () {
+  const ev = (event: PushEvent, id = '1-0'): StoredEvent => ({ id, event });
+  const waiting = (nextInMs: number, budget: number): PushEvent => ({
+    type: 'waiting',
+    registry: '127.0.0.1:5001',
+    attempt: 1,
+    nextTryAt: new Date(Date.now() + nextInMs).toISOString(),
+    budgetLeftSeconds: budget,
+    cause: { code: 'FERRY_REGISTRY_UNAVAILABLE', message: 'connect ECONNREFUSED 127.0.0.1:5001' },
+  });
+
+  it('words a waiting event: next try and budget left, in s / min / h', () => {
+    const now = Date.now();
+    const e = waiting(7_600, 14 * 60 + 10) as WaitingEvent;
+    assert.equal(
+      waitingText({ ...e, nextTryAt: new Date(now + 7_600).toISOString() }, now),
+      'registry 127.0.0.1:5001 unreachable, next try in 8 s, gives up in 14 min',
+    );
+    assert.equal(formatSeconds(20), '20 s');
+    assert.equal(formatSeconds(7500), '2 h 5 min');
+    const other = waitingText(
+      { ...e, cause: { code: 'FERRY_RATE_LIMITED', message: 'the registry answered 429' } },
+      now,
+    );
+    assert.match(
+      other,
+      /^registry 127\.0\.0\.1:5001 failed \(FERRY_RATE_LIMITED: the registry answered 429\), next try in \d+ s/,
+    );
+  });
+
+  it('plain: a line per waiting event; a failed status leaves the error line to the command', () => {
+    const out = new PassThrough();
+    let text = '';
+    out.on('data', (d) => (text += d));
+    const r = new PlainRenderer(out);
+    r.event(ev(waiting(8_000, 20)));
+    r.event(
+      ev({
+        type: 'status',
+        status: 'failed',
+        error: { code: 'FERRY_RETRY_BUDGET_SPENT', message: 'gave up' },
+      }),
+    );
+    assert.match(
+      text,
+      /^registry 127\.0\.0\.1:5001 unreachable, next try in \d s, gives up in 20 s\n$/,
+    );
+  });
+
+  it('tty: a dir: layer bar over bytesRead/total, the waiting line under the layers until progress', () => {
+    const out = Object.assign(new PassThrough(), { isTTY: true });
+    let text = '';
+    out.on('data', (d) => (text += d));
+    const r = new TtyRenderer(out);
+    const layer = (extra: object): PushEvent => ({
+      type: 'layer',
+      imageIndex: 0,
+      index: 0,
+      state: 'uploading',
+      bytesSent: 1000,
+      total: 201_300_000,
+      bytesRead: 100_650_000,
+      ...extra,
+    });
+    r.event(ev(layer({})));
+    assert.match(text, /layer 0: Pushing \[={19}> {20}\] 100\.7MB\/201\.3MB\n/);
+    r.event(ev(waiting(8_000, 840)));
+    assert.match(
+      text,
+      /registry 127\.0\.0\.1:5001 unreachable, next try in \d s, gives up in 14 min\n$/,
+    );
+    text = '';
+    r.event(ev(layer({ bytesRead: 150_000_000, bytesSent: 2000 })));
+    assert.ok(!text.includes('unreachable'), 'the waiting line goes once bytes move');
+    assert.ok(text.startsWith('\u001b[2F'), 'redrawn over the layer and the waiting line');
+    assert.ok(text.endsWith('\u001b[2K\n'), 'the old waiting line is blanked');
+    text = '';
+    r.event(ev(layer({ state: 'uploaded', digest: 'sha256:' + 'd'.repeat(64), size: 90_000_000 })));
+    assert.match(text, /dddddddddddd: Pushed\n/);
   });
 });
