@@ -236,9 +236,12 @@ async function status(id: string, opts: ServerOpts, io: CliIo): Promise<number> 
   for (const l of s.layers ?? []) {
     const name = l.digest ?? `layer ${l.index}`;
     const img = s.layers.some((x) => x.imageIndex > 0) ? `image ${l.imageIndex} ` : '';
-    lines.push(
-      `  ${img}${name}: ${layerText(l)}${l.bytesSent ? ` (${formatBytes(l.bytesSent)} sent)` : ''}`,
-    );
+    const read =
+      l.state === 'uploading' && l.total && l.bytesRead !== undefined
+        ? `${formatBytes(l.bytesRead)}/${formatBytes(l.total)} read, `
+        : '';
+    const sent = l.bytesSent ? `${formatBytes(l.bytesSent)} sent` : '';
+    lines.push(`  ${img}${name}: ${layerText(l)}${read || sent ? ` (${read}${sent})` : ''}`);
   }
   for (const m of s.manifests ?? [])
     lines.push(

@@ -216,6 +216,8 @@ describe('ferry push on a terminal (tmux), Ctrl-C, --json refusals', function ()
     // 12.3 of 201.3 MB: 2 of 40 cells
     assert.ok(line.includes('[=>' + ' '.repeat(38) + ']'), line);
     const id = (await s.waitFor(/\(push ([0-9a-f-]{36})\)/))[1]!;
+    const st = await runCli(['status', id], termEnv());
+    assert.match(st.stdout, /^ {2}layer 0: Pushing \(12\.3MB\/201\.3MB read, 4\.00MB sent\)$/m);
     await fetch(`${server}/v1/pushes/${id}`, {
       method: 'DELETE',
       headers: { authorization: `Bearer ${TOKEN}` },
