@@ -154,6 +154,11 @@ export const PushStateSchema = {
             enum: ['pending', 'exists', 'mounted', 'uploading', 'uploaded', 'cancelled'],
           },
           bytesSent: { type: 'integer' },
+          total: { type: 'integer', description: 'dir: layers: size of the uncompressed tar' },
+          bytesRead: {
+            type: 'integer',
+            description: 'dir: layers: uncompressed bytes read so far',
+          },
           mountedFrom: { type: 'string' },
         },
       },
