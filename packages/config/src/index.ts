@@ -22,7 +22,32 @@ export {
 /** The largest FERRY_UPLOAD_CHUNK_SIZE: each upload keeps one chunk in memory. */
 export const MAX_UPLOAD_CHUNK_SIZE = 512 * 1024 * 1024;
 
+export interface RedisNode {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * Where Redis is — exactly one of FERRY_REDIS_URL (one node; the default),
+ * FERRY_REDIS_CLUSTER (a Redis Cluster's seed nodes) or FERRY_REDIS_SENTINELS
+ * with FERRY_REDIS_SENTINEL_NAME (a master found through Sentinel).
+ */
+export type RedisTarget =
+  | { readonly mode: 'standalone'; readonly url: string }
+  | { readonly mode: 'cluster'; readonly nodes: readonly RedisNode[] }
+  | {
+      readonly mode: 'sentinel';
+      readonly sentinels: readonly RedisNode[];
+      readonly name: string;
+    };
+
 export interface FerryConfig {
+  /** Every connection is made from this (@ferry/queue's createConnection). */
+  readonly redis: RedisTarget;
+  /**
+   * FERRY_REDIS_URL or its default; only meaningful when `redis.mode` is
+   * 'standalone' (kept for callers that pass the URL on to a child process).
+   */
   readonly redisUrl: string;
   readonly host: string;
   readonly port: number;
@@ -72,6 +97,9 @@ export class ConfigError extends Error {
 
 export const VARIABLES = [
   'FERRY_REDIS_URL',
+  'FERRY_REDIS_CLUSTER',
+  'FERRY_REDIS_SENTINELS',
+  'FERRY_REDIS_SENTINEL_NAME',
   'FERRY_HOST',
   'FERRY_PORT',
   'FERRY_SOURCE_ROOT',
@@ -212,6 +240,114 @@ function checkEntries(
 }
 
 /**
+ * The hash tag of a key or prefix: the text between the first `{` and the next
+ * `}` when not empty (Redis Cluster hashes only that), else undefined.
+ */
+export function hashTagOf(s: string): string | undefined {
+  const open = s.indexOf('{');
+  const close = open < 0 ? -1 : s.indexOf('}', open + 1);
+  return close > open + 1 ? s.slice(open + 1, close) : undefined;
+}
+
+/**
+ * Parses a `host:port,…` list (IPv6 as `[addr]:port`; a missing port is
+ * defaultPort). Problems are added under `variable`.
+ */
+export function parseRedisNodes(
+  variable: string,
+  value: string,
+  defaultPort: number,
+  problems: { variable: string; message: string }[],
+): RedisNode[] {
+  const nodes: RedisNode[] = [];
+  const entries = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  if (entries.length === 0) problems.push({ variable, message: 'lists no host:port' });
+  for (const entry of entries) {
+    const m = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::([^:]*))?$/.exec(entry);
+    const host = m?.[1] ?? m?.[2];
+    const portText = m?.[3];
+    let problem: string | undefined;
+    if (entry.includes('://')) problem = 'write host:port without a scheme';
+    else if (!m || host === undefined) problem = 'expected host:port (IPv6 as [addr]:port)';
+    else if (m[1] !== undefined && isIP(host) !== 6) problem = `${host} is not an IPv6 address`;
+    else if (
+      m[2] !== undefined &&
+      isIP(host) === 0 &&
+      !/^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$/.test(host)
+    )
+      problem = `${JSON.stringify(host)} is not a host name or IP address`;
+    else if (portText !== undefined && !/^\d{1,5}$/.test(portText))
+      problem = `the port must be a number, got ${JSON.stringify(portText)}`;
+    const port = portText === undefined ? defaultPort : Number(portText);
+    if (!problem && (port < 1 || port > 65535)) problem = `port ${port} is not 1-65535`;
+    if (problem) problems.push({ variable, message: `${JSON.stringify(entry)}: ${problem}` });
+    else nodes.push({ host: host as string, port });
+  }
+  return nodes;
+}
+
+/** FERRY_REDIS_URL, FERRY_REDIS_CLUSTER or FERRY_REDIS_SENTINELS (+ NAME): exactly one. */
+function readRedisTarget(r: Reader, queuePrefix: string): RedisTarget {
+  const url = r.raw('FERRY_REDIS_URL');
+  const cluster = r.raw('FERRY_REDIS_CLUSTER');
+  const sentinels = r.raw('FERRY_REDIS_SENTINELS');
+  const sentinelName = r.raw('FERRY_REDIS_SENTINEL_NAME');
+  const chosen = [
+    url !== undefined && 'FERRY_REDIS_URL',
+    cluster !== undefined && 'FERRY_REDIS_CLUSTER',
+    sentinels !== undefined && 'FERRY_REDIS_SENTINELS',
+  ].filter((v): v is string => v !== false);
+  if (chosen.length > 1) {
+    for (const variable of chosen) {
+      r.problems.push({
+        variable,
+        message: `set only one of ${chosen.join(', ')} (one node, a Cluster, or Sentinels)`,
+      });
+    }
+  }
+  if (sentinelName !== undefined && sentinels === undefined) {
+    r.problems.push({
+      variable: 'FERRY_REDIS_SENTINEL_NAME',
+      message: 'needs FERRY_REDIS_SENTINELS (the Sentinels that know this master)',
+    });
+  }
+  if (cluster !== undefined) {
+    if (hashTagOf(queuePrefix) === undefined) {
+      r.problems.push({
+        variable: 'FERRY_QUEUE_PREFIX',
+        message: `${JSON.stringify(queuePrefix)} has no {hash tag}; with FERRY_REDIS_CLUSTER every key must share one slot (e.g. {ferry})`,
+      });
+    }
+    return {
+      mode: 'cluster',
+      nodes: parseRedisNodes('FERRY_REDIS_CLUSTER', cluster, 6379, r.problems),
+    };
+  }
+  if (sentinels !== undefined) {
+    const nodes = parseRedisNodes('FERRY_REDIS_SENTINELS', sentinels, 26379, r.problems);
+    if (sentinelName === undefined) {
+      r.problems.push({
+        variable: 'FERRY_REDIS_SENTINEL_NAME',
+        message: 'required with FERRY_REDIS_SENTINELS: the master name the Sentinels monitor',
+      });
+    } else if (/[\s,]/.test(sentinelName)) {
+      r.problems.push({
+        variable: 'FERRY_REDIS_SENTINEL_NAME',
+        message: `${JSON.stringify(sentinelName)}: a master name holds no spaces or commas`,
+      });
+    }
+    return { mode: 'sentinel', sentinels: nodes, name: sentinelName ?? '' };
+  }
+  return {
+    mode: 'standalone',
+    url: r.url('FERRY_REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
+  };
+}
+
+/**
  * FERRY_SOURCE_ROOT must be a readable directory. Checked at start by the
  * roles that read sources (api, lookup, upload, coordinator) — not by
  * loadConfig, so client commands (`ferry status`) do not need it.
@@ -262,8 +398,13 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   checkEntries(r, 'FERRY_REGISTRY_ALLOW', registryAllow, false);
   const insecureRegistries = r.list('FERRY_INSECURE_REGISTRIES', ['localhost', '127.0.0.0/8']);
   checkEntries(r, 'FERRY_INSECURE_REGISTRIES', insecureRegistries, true);
+  const redis = readRedisTarget(r, queuePrefix);
   const config: FerryConfig = {
-    redisUrl: r.url('FERRY_REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
+    redis,
+    redisUrl:
+      redis.mode === 'standalone'
+        ? redis.url
+        : (r.raw('FERRY_REDIS_URL') ?? 'redis://127.0.0.1:6379'),
     host: r.string('FERRY_HOST', '127.0.0.1'),
     port: r.int('FERRY_PORT', 8080, 0, 65535),
     sourceRoot: resolve(cwd, r.string('FERRY_SOURCE_ROOT', cwd)),

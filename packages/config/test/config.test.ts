@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkSourceRoot, ConfigError, loadConfig, MAX_UPLOAD_CHUNK_SIZE } from '../src';
+import { checkSourceRoot, ConfigError, loadConfig, MAX_UPLOAD_CHUNK_SIZE, VARIABLES } from '../src';
 
 describe('config', () => {
   it('applies the documented defaults', () => {
@@ -202,6 +202,126 @@ describe('config: checkSourceRoot (the roles that read sources call it at start)
           return true;
         },
       );
+    }
+  });
+});
+
+describe('config: Redis beyond one node (FERRY_REDIS_CLUSTER, FERRY_REDIS_SENTINELS)', () => {
+  /** The variables a ConfigError names for env. */
+  function problems(env: Record<string, string>): string[] {
+    try {
+      loadConfig(env, '/srv');
+    } catch (e) {
+      assert.ok(e instanceof ConfigError, String(e));
+      return e.problems.map((p) => p.variable);
+    }
+    assert.fail('expected a ConfigError');
+  }
+
+  it('defaults to one node at FERRY_REDIS_URL', () => {
+    assert.deepEqual(loadConfig({}, '/srv').redis, {
+      mode: 'standalone',
+      url: 'redis://127.0.0.1:6379',
+    });
+    assert.deepEqual(loadConfig({ FERRY_REDIS_URL: 'rediss://r.example:6380' }, '/srv').redis, {
+      mode: 'standalone',
+      url: 'rediss://r.example:6380',
+    });
+  });
+
+  it('reads a cluster seed list (host:port, IPv6 in brackets, port 6379 when left out)', () => {
+    const c = loadConfig(
+      { FERRY_REDIS_CLUSTER: '10.0.0.1:7000, redis-1.corp:7001 ,[fd00::1]:7002,redis-2' },
+      '/srv',
+    );
+    assert.deepEqual(c.redis, {
+      mode: 'cluster',
+      nodes: [
+        { host: '10.0.0.1', port: 7000 },
+        { host: 'redis-1.corp', port: 7001 },
+        { host: 'fd00::1', port: 7002 },
+        { host: 'redis-2', port: 6379 },
+      ],
+    });
+  });
+
+  it('reads Sentinels and the master name (port 26379 when left out)', () => {
+    const c = loadConfig(
+      { FERRY_REDIS_SENTINELS: 's1:26380,s2', FERRY_REDIS_SENTINEL_NAME: 'ferry-master' },
+      '/srv',
+    );
+    assert.deepEqual(c.redis, {
+      mode: 'sentinel',
+      sentinels: [
+        { host: 's1', port: 26380 },
+        { host: 's2', port: 26379 },
+      ],
+      name: 'ferry-master',
+    });
+  });
+
+  it('stops at start when more than one of URL, cluster and Sentinels is set, naming each', () => {
+    assert.deepEqual(problems({ FERRY_REDIS_URL: 'redis://a', FERRY_REDIS_CLUSTER: 'b:1' }), [
+      'FERRY_REDIS_URL',
+      'FERRY_REDIS_CLUSTER',
+    ]);
+    assert.deepEqual(
+      problems({
+        FERRY_REDIS_CLUSTER: 'b:1',
+        FERRY_REDIS_SENTINELS: 'c:2',
+        FERRY_REDIS_SENTINEL_NAME: 'm',
+      }),
+      ['FERRY_REDIS_CLUSTER', 'FERRY_REDIS_SENTINELS'],
+    );
+  });
+
+  it('stops at start on a Sentinel list without a name, or a name without Sentinels', () => {
+    assert.deepEqual(problems({ FERRY_REDIS_SENTINELS: 's1:26379' }), [
+      'FERRY_REDIS_SENTINEL_NAME',
+    ]);
+    assert.deepEqual(problems({ FERRY_REDIS_SENTINEL_NAME: 'm' }), ['FERRY_REDIS_SENTINEL_NAME']);
+    assert.deepEqual(
+      problems({ FERRY_REDIS_SENTINELS: 's1', FERRY_REDIS_SENTINEL_NAME: 'two words' }),
+      ['FERRY_REDIS_SENTINEL_NAME'],
+    );
+  });
+
+  for (const bad of [
+    'redis://a:7000',
+    'a:port',
+    'a:0',
+    'a:65536',
+    ':7000',
+    '[not-v6]:7000',
+    'a b:7000',
+    'a:7000:1',
+    ' , ',
+  ]) {
+    it(`stops at start on FERRY_REDIS_CLUSTER=${JSON.stringify(bad)}, naming the variable`, () => {
+      assert.deepEqual(problems({ FERRY_REDIS_CLUSTER: bad }), ['FERRY_REDIS_CLUSTER']);
+      assert.deepEqual(problems({ FERRY_REDIS_SENTINELS: bad, FERRY_REDIS_SENTINEL_NAME: 'm' }), [
+        'FERRY_REDIS_SENTINELS',
+      ]);
+    });
+  }
+
+  it('refuses a FERRY_QUEUE_PREFIX without a {hash tag} when FERRY_REDIS_CLUSTER is set', () => {
+    for (const prefix of ['ferry', 'fer{}ry', '{ferry', 'ferry}']) {
+      assert.deepEqual(problems({ FERRY_REDIS_CLUSTER: 'a:7000', FERRY_QUEUE_PREFIX: prefix }), [
+        'FERRY_QUEUE_PREFIX',
+      ]);
+      // One node or Sentinel: any prefix without ":" does.
+      assert.equal(loadConfig({ FERRY_QUEUE_PREFIX: prefix }, '/srv').queuePrefix, prefix);
+    }
+    for (const prefix of ['{ferry}', 'team{ferry}', '{a}b']) {
+      const c = loadConfig({ FERRY_REDIS_CLUSTER: 'a:7000', FERRY_QUEUE_PREFIX: prefix }, '/srv');
+      assert.equal(c.queuePrefix, prefix);
+    }
+  });
+
+  it('lists the new variables in VARIABLES', () => {
+    for (const v of ['FERRY_REDIS_CLUSTER', 'FERRY_REDIS_SENTINELS', 'FERRY_REDIS_SENTINEL_NAME']) {
+      assert.ok((VARIABLES as readonly string[]).includes(v), v);
     }
   });
 });
