@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import { Keys } from './keys';
 import { Lease, type LeaseRef, type LeaseWrite } from './lease';
 
@@ -43,7 +43,7 @@ export class BlobIndex {
   private readonly lease: Lease;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     opts: BlobIndexOptions,
   ) {
     this.keys = new Keys(opts.prefix);

@@ -1,6 +1,29 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 
 export type ConnectionRole = 'worker' | 'producer';
+
+/** A connection Ferry uses: one Redis node (direct or found through Sentinel) or a Redis Cluster. */
+export type RedisConnection = Redis | Cluster;
+
+export interface RedisNode {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * Where Redis is (@ferry/config's `redis`): one node by URL (FERRY_REDIS_URL),
+ * a Redis Cluster by its seed nodes (FERRY_REDIS_CLUSTER), or a master found
+ * through Sentinels (FERRY_REDIS_SENTINELS + FERRY_REDIS_SENTINEL_NAME).
+ */
+export type RedisTarget =
+  | { readonly mode: 'standalone'; readonly url: string }
+  | { readonly mode: 'cluster'; readonly nodes: readonly RedisNode[] }
+  | {
+      readonly mode: 'sentinel';
+      readonly sentinels: readonly RedisNode[];
+      /** The master's name as the Sentinels know it. */
+      readonly name: string;
+    };
 
 export interface ConnectionOptions {
   /**
@@ -12,34 +35,125 @@ export interface ConnectionOptions {
   role: ConnectionRole;
   /** Shown in CLIENT LIST. */
   name?: string;
-  /** Extra ioredis options (tests). */
+  /** Extra ioredis options (tests); for a Cluster they apply to each node's connection. */
   extra?: RedisOptions;
 }
 
-/** An ioredis connection set up for its role. Never logs the URL (it may hold a password). */
-export function createConnection(url: string, opts: ConnectionOptions): Redis {
-  const base: RedisOptions =
-    opts.role === 'worker'
-      ? { maxRetriesPerRequest: null, enableReadyCheck: true }
-      : {
-          maxRetriesPerRequest: 1,
-          enableOfflineQueue: false,
-          connectTimeout: 5_000,
-        };
-  const client = new Redis(url, {
-    ...base,
-    connectionName: opts.name,
-    // Reconnect forever with a capped delay: the role stays up and /readyz says why.
-    retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 6), 5_000),
-    ...opts.extra,
-  });
+/** Reconnect forever with a capped delay: the role stays up and /readyz says why. */
+const reconnectDelay = (times: number): number => Math.min(100 * 2 ** Math.min(times, 6), 5_000);
+
+function roleOptions(role: ConnectionRole): RedisOptions {
+  return role === 'worker'
+    ? { maxRetriesPerRequest: null, enableReadyCheck: true }
+    : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 5_000 };
+}
+
+/** True for an ioredis Cluster client. */
+export function isCluster(client: RedisConnection): client is Cluster {
+  return (client as { isCluster?: boolean }).isCluster === true;
+}
+
+/**
+ * The one factory for every connection Ferry makes: an ioredis Redis for a URL
+ * or a Sentinel-watched master, an ioredis Cluster for FERRY_REDIS_CLUSTER,
+ * set up for its role. Never logs the target (a URL may hold a password).
+ */
+export function createConnection(url: string, opts: ConnectionOptions): Redis;
+export function createConnection(target: RedisTarget, opts: ConnectionOptions): RedisConnection;
+export function createConnection(
+  target: RedisTarget | string,
+  opts: ConnectionOptions,
+): RedisConnection {
+  const t: RedisTarget = typeof target === 'string' ? { mode: 'standalone', url: target } : target;
+  const base = roleOptions(opts.role);
+  let client: RedisConnection;
+  switch (t.mode) {
+    case 'standalone':
+      client = new Redis(t.url, {
+        ...base,
+        connectionName: opts.name,
+        retryStrategy: reconnectDelay,
+        ...opts.extra,
+      });
+      break;
+    case 'sentinel':
+      client = new Redis({
+        ...base,
+        sentinels: t.sentinels.map((n) => ({ host: n.host, port: n.port })),
+        name: t.name,
+        role: 'master',
+        connectionName: opts.name,
+        retryStrategy: reconnectDelay,
+        sentinelRetryStrategy: reconnectDelay,
+        ...opts.extra,
+      });
+      break;
+    case 'cluster': {
+      // ioredis keeps each node's connection queueing while it (re)connects; the
+      // Cluster-wide offline queue is what decides whether a caller waits.
+      const { enableOfflineQueue = true, ...nodeOptions } = {
+        ...base,
+        connectionName: opts.name,
+        ...opts.extra,
+      };
+      const options: ClusterOptions = {
+        redisOptions: nodeOptions,
+        enableOfflineQueue,
+        enableReadyCheck: true,
+        clusterRetryStrategy: reconnectDelay,
+      };
+      client = new Cluster(
+        t.nodes.map((n) => ({ host: n.host, port: n.port })),
+        options,
+      );
+      break;
+    }
+  }
   // Without a listener ioredis prints every connection error; callers watch status instead.
   client.on('error', () => undefined);
   return client;
 }
 
+/**
+ * A second connection to the same Redis for blocking reads (XREAD BLOCK): it
+ * waits through reconnects instead of failing a blocked read.
+ */
+export function blockingDuplicate(client: RedisConnection): RedisConnection {
+  let dup: RedisConnection;
+  if (isCluster(client)) {
+    // Cluster.duplicate merges options shallowly: carry the node options over.
+    dup = client.duplicate([], {
+      enableOfflineQueue: true,
+      redisOptions: { ...client.options.redisOptions, maxRetriesPerRequest: null },
+    });
+  } else {
+    dup = client.duplicate({
+      maxRetriesPerRequest: null,
+      enableOfflineQueue: true,
+      lazyConnect: false,
+    });
+  }
+  dup.on('error', () => undefined);
+  return dup;
+}
+
+/**
+ * The connection to the master that serves `key`: the client itself for one
+ * node, the Cluster's connection to the slot's master otherwise (undefined
+ * while the Cluster has not loaded its slot table). For commands that name no
+ * key but must reach that node (CLIENT ID, CLIENT UNBLOCK).
+ */
+export function nodeFor(client: RedisConnection, slot: number): Redis | undefined {
+  if (!isCluster(client)) return client;
+  const nodeKey = client.slots[slot]?.[0];
+  if (nodeKey === undefined) return undefined;
+  return client
+    .nodes('master')
+    .find((n) => `${n.options.host ?? '127.0.0.1'}:${n.options.port ?? 6379}` === nodeKey);
+}
+
 /** Resolves once the connection is ready, or rejects after timeoutMs. */
-export async function waitReady(client: Redis, timeoutMs = 10_000): Promise<void> {
+export async function waitReady(client: RedisConnection, timeoutMs = 10_000): Promise<void> {
   if (client.status === 'ready') return;
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {

@@ -1,6 +1,12 @@
-import type { Redis } from 'ioredis';
 import { BlobIndex } from './blobs';
-import { createConnection, waitReady, type ConnectionRole } from './connection';
+import {
+  createConnection,
+  waitReady,
+  type ConnectionRole,
+  type RedisConnection,
+  type RedisTarget,
+} from './connection';
+import { hashTag } from './keys';
 import { Lease } from './lease';
 import { Metrics } from './metrics';
 import { PushStore } from './push-store';
@@ -9,7 +15,8 @@ import { Semaphore } from './semaphore';
 
 /** The config fields the queue package needs (a subset of @ferry/config's FerryConfig). */
 export interface QueueConfig {
-  redisUrl: string;
+  /** One node, a Cluster or a Sentinel-watched master (@ferry/config's `redis`). */
+  redis: RedisTarget;
   queuePrefix: string;
   stateTtl: number;
   lookupConcurrency: number;
@@ -17,7 +24,7 @@ export interface QueueConfig {
 
 /** Everything a role needs from Redis, on one connection (workers make their own blocking ones). */
 export interface QueueContext {
-  readonly connection: Redis;
+  readonly connection: RedisConnection;
   readonly queues: FerryQueues;
   readonly store: PushStore;
   readonly metrics: Metrics;
@@ -42,14 +49,20 @@ export async function openQueueContext(
   config: QueueConfig,
   opts: QueueContextOptions,
 ): Promise<QueueContext> {
-  const connection = createConnection(config.redisUrl, { role: opts.role, name: opts.name });
+  const prefix = config.queuePrefix;
+  if (config.redis.mode === 'cluster' && hashTag(prefix) === undefined) {
+    // BullMQ's scripts and Ferry's touch several keys at once: on a Cluster they must share a slot.
+    throw new Error(
+      `queue prefix ${JSON.stringify(prefix)} has no {hash tag}; Redis Cluster needs one, e.g. {ferry}`,
+    );
+  }
+  const connection = createConnection(config.redis, { role: opts.role, name: opts.name });
   try {
     if (opts.waitReady !== false) await waitReady(connection, opts.readyTimeoutMs ?? 10_000);
   } catch (err) {
     connection.disconnect();
     throw err;
   }
-  const prefix = config.queuePrefix;
   const metrics = new Metrics(connection, prefix);
   const queues = createQueues({ connection, prefix });
   const store = new PushStore(connection, { prefix, ttlSeconds: config.stateTtl, metrics });

@@ -1,4 +1,11 @@
-import type { Redis } from 'ioredis';
+import {
+  blockingDuplicate,
+  isCluster,
+  nodeFor,
+  waitReady,
+  type RedisConnection,
+} from './connection';
+import { keySlot } from './keys';
 import type { PushEvent, StoredEvent } from './types';
 
 const EVENT_ID = /^\d{1,20}(-\d{1,20})?$/;
@@ -60,9 +67,16 @@ export interface EventHubOptions {
  * follower interrupts the blocked read (CLIENT UNBLOCK, sent on the shared
  * connection) so its stream joins the next round. Thousands of SSE followers
  * thus cost one Redis connection, not one each.
+ *
+ * On a Redis Cluster one XREAD may only name keys of one hash slot: every
+ * stream the hub follows must share its hash tag (Ferry's keys all carry the
+ * queue prefix's `{…}`), and a key of another slot is refused. CLIENT ID and
+ * CLIENT UNBLOCK, which name no key, are sent to the master of that slot.
  */
 export class EventHub {
-  private conn: Redis | null = null;
+  private conn: RedisConnection | null = null;
+  /** Cluster only: the one hash slot of every stream followed. */
+  private slot: number | null = null;
   private connId: number | null = null;
   private readonly waiters = new Set<Waiter>();
   private running = false;
@@ -75,7 +89,7 @@ export class EventHub {
   private readonly idleMs: number;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     opts: EventHubOptions = {},
   ) {
     this.maxBlockMs = opts.maxBlockMs ?? 10_000;
@@ -96,6 +110,7 @@ export class EventHub {
     owner?: object,
   ): Promise<StoredEvent[]> {
     assertEventId(after);
+    this.checkSlot(key);
     if (this.closed) return [];
     if (!(blockMs > 0)) {
       const res = await this.redis.xread('COUNT', count, 'STREAMS', key, after ?? '0');
@@ -118,6 +133,19 @@ export class EventHub {
       this.waiters.add(waiter);
       this.wake();
     });
+  }
+
+  /** On a Cluster, refuses a stream outside the slot of those followed before (one XREAD, one slot). */
+  private checkSlot(key: string): void {
+    if (!isCluster(this.redis)) return;
+    const slot = keySlot(key);
+    this.slot ??= slot;
+    if (slot !== this.slot) {
+      throw new Error(
+        `event stream ${JSON.stringify(key)} is in hash slot ${slot}, not ${this.slot}: ` +
+          'every followed stream needs the same {hash tag} on a Redis Cluster',
+      );
+    }
   }
 
   /** Ends every wait (with no events) and closes the blocking connection. */
@@ -158,22 +186,16 @@ export class EventHub {
     ) {
       // 0 = the read had not reached Redis yet (it travels on another connection): try again.
       const id = this.connId;
-      const n = id === null ? 0 : await this.redis.client('UNBLOCK', id).catch(() => 0);
+      const node = nodeFor(this.redis, this.slot ?? 0);
+      const n = id === null || !node ? 0 : await node.client('UNBLOCK', id).catch(() => 0);
       if (n === 1) return;
       await new Promise((r) => setTimeout(r, 10));
     }
   }
 
-  private connection(): Redis {
-    if (!this.conn) {
-      // Waits through reconnects instead of failing a blocked read.
-      this.conn = this.redis.duplicate({
-        maxRetriesPerRequest: null,
-        enableOfflineQueue: true,
-        lazyConnect: false,
-      });
-      this.conn.on('error', () => undefined);
-    }
+  private connection(): RedisConnection {
+    // Waits through reconnects instead of failing a blocked read.
+    this.conn ??= blockingDuplicate(this.redis);
     return this.conn;
   }
 
@@ -193,6 +215,18 @@ export class EventHub {
   }
 
   private async readRound(): Promise<void> {
+    const conn = this.connection();
+    let node: RedisConnection | undefined = conn;
+    if (isCluster(conn)) {
+      // CLIENT ID must go to the node the XREAD will block on: wait for the slot table.
+      try {
+        await waitReady(conn, this.maxBlockMs);
+        node = nodeFor(conn, this.slot ?? 0);
+      } catch {
+        node = undefined;
+      }
+      if (this.closed) return;
+    }
     const from = new Map<string, string>();
     let count = 1;
     for (const w of this.waiters) {
@@ -200,9 +234,10 @@ export class EventHub {
       if (cur === undefined || compareIds(w.after, cur) < 0) from.set(w.key, w.after);
       count = Math.max(count, w.count);
     }
-    const conn = this.connection();
+    if (from.size === 0) return;
     const round = ++this.round;
-    const idReply = conn.client('ID');
+    // Sent before the XREAD on the same node connection, so it is answered before the read blocks.
+    const idReply = node ? node.client('ID') : Promise.resolve(null);
     const read = conn.xread(
       'COUNT',
       count,
@@ -215,7 +250,8 @@ export class EventHub {
     this.blockedRound = round;
     let res: [string, [string, string[]][]][] | null;
     try {
-      this.connId = Number(await idReply);
+      const id = await idReply;
+      this.connId = id === null ? null : Number(id);
       res = await read;
     } catch (err) {
       this.blockedRound = null;

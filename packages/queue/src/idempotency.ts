@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import type { Keys } from './keys';
 
 export interface IdempotencyResult {
@@ -16,7 +16,7 @@ export interface IdempotencyResult {
  * a hash of the request) tells a reused key with another body apart.
  */
 export async function claimIdempotencyKey(
-  redis: Redis,
+  redis: RedisConnection,
   keys: Keys,
   ttlSeconds: number,
   key: string,

@@ -5,9 +5,15 @@
 export * from './types';
 export {
   createConnection,
+  blockingDuplicate,
+  isCluster,
+  nodeFor,
   waitReady,
   type ConnectionOptions,
   type ConnectionRole,
+  type RedisConnection,
+  type RedisNode,
+  type RedisTarget,
 } from './connection';
 export {
   createQueues,
@@ -71,7 +77,7 @@ export {
   type MetricSnapshot,
   type Labels,
 } from './metrics';
-export { Keys } from './keys';
+export { Keys, hashTag, keySlot } from './keys';
 export {
   openQueueContext,
   type QueueConfig,

@@ -51,3 +51,33 @@ export class Keys {
 export function sha256(s: string): string {
   return createHash('sha256').update(s).digest('hex');
 }
+
+/**
+ * The part of a key Redis Cluster hashes: the text between the first `{` and
+ * the first `}` after it when that is not empty, else the whole key (the
+ * Cluster specification's hash-tag rule). undefined when the key has no tag.
+ */
+export function hashTag(key: string): string | undefined {
+  const open = key.indexOf('{');
+  if (open < 0) return undefined;
+  const close = key.indexOf('}', open + 1);
+  if (close < 0 || close === open + 1) return undefined;
+  return key.slice(open + 1, close);
+}
+
+/** CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), the checksum Redis Cluster uses. */
+function crc16(bytes: Uint8Array): number {
+  let crc = 0;
+  for (const byte of bytes) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc;
+}
+
+/** The Redis Cluster hash slot (0-16383) of a key. */
+export function keySlot(key: string): number {
+  return crc16(Buffer.from(hashTag(key) ?? key, 'utf8')) % 16384;
+}

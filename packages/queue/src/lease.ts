@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import { startKeeper, type Keeper } from './keeper';
 import { Keys } from './keys';
 import { Script } from './script';
@@ -125,7 +125,7 @@ export class Lease {
   private readonly counterTtl: number;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     opts: LeaseOptions,
   ) {
     this.keys = new Keys(opts.prefix);

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import { Keys } from './keys';
 import { PUSH_STATUSES } from './types';
 
@@ -75,7 +75,7 @@ export class Metrics {
   private readonly key: string;
   private readonly keys: Keys;
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     prefix: string,
   ) {
     this.keys = new Keys(prefix);

@@ -1,10 +1,10 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import type { Keys } from './keys';
 import type { PushStatus, PushSummary } from './types';
 
 /** The newest pushes first, optionally only those in one status. Drops index entries whose state expired. */
 export async function listPushes(
-  redis: Redis,
+  redis: RedisConnection,
   keys: Keys,
   ttlSeconds: number,
   opts: { status?: PushStatus; limit?: number } = {},

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import { EventHub, EventReader, isEventId, parseEntry } from './event-hub';
 import { claimIdempotencyKey, type IdempotencyResult } from './idempotency';
 import { Keys } from './keys';
@@ -77,7 +77,7 @@ export class PushStore {
   private readonly hub: EventHub;
 
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisConnection,
     opts: PushStoreOptions,
   ) {
     this.keys = new Keys(opts.prefix);

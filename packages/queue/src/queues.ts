@@ -1,5 +1,5 @@
 import { FlowProducer, Queue, type Job, type JobsOptions } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import {
   JOB_NAMES,
   JOB_VERSION,
@@ -64,7 +64,7 @@ export interface FerryQueues {
 
 export interface CreateQueuesOptions {
   /** A 'producer' connection (createConnection) shared by the queues and the flow producer. */
-  connection: Redis;
+  connection: RedisConnection;
   /** FERRY_QUEUE_PREFIX, e.g. '{ferry}'. */
   prefix: string;
   policy?: Partial<JobPolicy>;

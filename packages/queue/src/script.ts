@@ -1,9 +1,9 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 
 type CommandFn = (...args: (string | number)[]) => Promise<unknown>;
 
 /** Names already defined on each connection (ioredis keeps its own per instance). */
-const defined = new WeakMap<Redis, Set<string>>();
+const defined = new WeakMap<RedisConnection, Set<string>>();
 
 /**
  * A Lua script run through ioredis' `defineCommand`, as BullMQ loads its own:
@@ -24,7 +24,7 @@ export class Script {
   }
 
   /** Runs the script with any number of keys (numkeys is passed per call). */
-  async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
+  async run(redis: RedisConnection, keys: string[], args: (string | number)[]): Promise<unknown> {
     let names = defined.get(redis);
     if (!names) {
       names = new Set();

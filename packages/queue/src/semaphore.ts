@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './connection';
 import { startKeeper, type Keeper } from './keeper';
 import { Keys } from './keys';
 import { Script } from './script';
@@ -128,7 +128,7 @@ export class Semaphore {
   readonly leaseMs: number;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     opts: SemaphoreOptions,
   ) {
     if (!Number.isInteger(opts.limit) || opts.limit < 1)

@@ -102,7 +102,7 @@ export async function startWorker<T extends { pushId: string }, R>(
     role: 'producer',
     name: `ferry-${opts.role}`,
   });
-  const workerConnection = createConnection(config.redisUrl, {
+  const workerConnection = createConnection(config.redis, {
     role: 'worker',
     name: `ferry-${opts.role}-worker`,
   });

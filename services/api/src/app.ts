@@ -1,8 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Redis } from 'ioredis';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
-import type { FerryQueues, PushStore } from '@ferry/queue';
+import type { FerryQueues, PushStore, RedisConnection } from '@ferry/queue';
 import { Auth, type Principal } from './auth';
 import { registerBoard } from './board';
 import { ApiError } from './errors';
@@ -14,8 +13,8 @@ import { routeDoc, type RouteDoc } from './schemas';
 
 export interface ApiDeps {
   config: FerryConfig;
-  /** A 'producer' connection (fails fast when Redis is gone). */
-  redis: Redis;
+  /** A 'producer' connection (fails fast when Redis is gone): one node, Sentinel's master or a Cluster. */
+  redis: RedisConnection;
   queues: FerryQueues;
   store: PushStore;
   logger: Logger;

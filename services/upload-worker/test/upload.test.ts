@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { Worker, type Job } from 'bullmq';
 import { zlibIdentity } from '@ferry/image-source';
-import { JOB_VERSION, QUEUE_NAMES, type UploadJob } from '@ferry/queue';
+import { JOB_VERSION, QUEUE_NAMES, blockingDuplicate, type UploadJob } from '@ferry/queue';
 import { blobLeaseKey, type LayerOutcome } from '@ferry/runtime';
 import { uploadProcessor } from '@ferry/upload-worker';
 import { SourceCache } from '@ferry/runtime';
@@ -82,7 +82,7 @@ describe('upload-worker: uploadProcessor (real redis-server and docker-registry)
         return r;
       },
       {
-        connection: env.ctx.connection.duplicate({ maxRetriesPerRequest: null }),
+        connection: blockingDuplicate(env.ctx.connection),
         prefix: env.config.queuePrefix,
         concurrency: 1,
       },
