@@ -6,7 +6,8 @@
 # build image-source's native xattr addon (python3, make, g++), and tmux (the
 # CLI's terminal tests drive `ferry push` in a real terminal), and promtool
 # (Debian's `prometheus` package: the metrics tests pipe /metrics into
-# `promtool check metrics`).
+# `promtool check metrics`), and chromium (Debian's browser at /usr/bin/chromium:
+# the Bull Board browser test drives it with playwright-core, which ships none).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -18,6 +19,7 @@ command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-b
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
