@@ -202,7 +202,7 @@ export function loginPage(message?: string): string {
   const note = message ? `<p class="err">${message.replace(/[<>&"]/g, '')}</p>` : '';
   return `<!doctype html>
 <html><head><meta charset="utf-8"><title>Ferry — sign in</title>
-<style>body{font-family:sans-serif;max-width:24rem;margin:4rem auto}input{width:100%;padding:.4rem;margin:.4rem 0}.err{color:#b00}</style>
+<style>body{font-family:sans-serif;max-width:24rem;margin:4rem auto}input{width:100%;box-sizing:border-box;padding:.4rem;margin:.4rem 0}.err{color:#b00}</style>
 </head><body><h1>Ferry queues</h1>${note}
 <form method="post" action="/admin/login">
 <label for="token">API token</label>
