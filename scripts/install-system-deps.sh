@@ -7,10 +7,13 @@
 # CLI's terminal tests drive `ferry push` in a real terminal), and promtool
 # (Debian's `prometheus` package: the metrics tests pipe /metrics into
 # `promtool check metrics`), and chromium (Debian's browser at /usr/bin/chromium:
-# the Bull Board browser test drives it with playwright-core, which ships none).
+# the Bull Board browser test drives it with playwright-core, which ships none),
+# and redis-sentinel (the Sentinel end-to-end test starts one next to its own
+# redis-server; Redis Cluster needs only redis-server and redis-cli).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
@@ -39,6 +42,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # The Debian packages start their own services on the default ports (prometheus
-# on :9090 where systemd runs); Ferry never uses those, it starts its own on free
-# ports and needs only promtool from the prometheus package. Leave them as the
+# on :9090, redis-sentinel on :26379 where systemd runs); Ferry never uses those,
+# it starts its own on free ports and needs only promtool from the prometheus package. Leave them as the
 # system set them.
