@@ -147,6 +147,13 @@ describe('Redis beyond one node', function () {
         ],
       );
       assert.equal(other.manifest!.digest, first.digest);
+
+      // /readyz pings through the Cluster; /metrics reads the cluster-wide counters and queue depths there.
+      assert.equal((await fetch(`${stack!.api.url}/readyz`)).status, 200);
+      const metrics = await (await fetch(`${stack!.api.url}/metrics`)).text();
+      assert.match(metrics, /^ferry_redis_up 1$/m);
+      assert.match(metrics, /^ferry_pushes_total\{[^}]*status="succeeded"[^}]*\} 3$/m);
+      assert.match(metrics, /^ferry_queue_jobs\{/m);
     });
 
     it("keeps every key of the push — BullMQ's and Ferry's — in the one slot of the prefix's hash tag", async () => {
