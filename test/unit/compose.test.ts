@@ -25,7 +25,8 @@ describe('docker-compose.yml', () => {
       validateSchema: false,
     });
     const validate = ajv.compile(JSON.parse(schemaText));
-    const doc = parse(readFileSync(join(root, 'docker-compose.yml'), 'utf8')) as {
+    // merge: the file shares settings through YAML merge keys (`<<: *ferry`), as Compose resolves them.
+    const doc = parse(readFileSync(join(root, 'docker-compose.yml'), 'utf8'), { merge: true }) as {
       services: Record<string, unknown>;
     };
     const ok = validate(doc);
@@ -33,10 +34,10 @@ describe('docker-compose.yml', () => {
     assert.deepEqual(Object.keys(doc.services).sort(), [
       'api',
       'coordinator',
-      'lookup',
+      'lookup-worker',
       'redis',
       'registry',
-      'upload',
+      'upload-worker',
     ]);
   });
 });
