@@ -65,6 +65,7 @@ export async function startWorkers(
   for (let i = 0; i < (opts.uploadWorkers ?? 1); i++) roles.push(await startUpload(config, logger));
   roles.push(await startCoordinator(config, logger));
   const api = await startApi(config, logger);
+  await untilReady(api.url);
   return {
     config,
     ctx,
@@ -76,6 +77,25 @@ export async function startWorkers(
       await ctx.close();
     },
   };
+}
+
+/**
+ * Waits until the API's /readyz answers 200: the API comes up before its Redis
+ * connection is ready (it answers 503 meanwhile), and a push sent in between
+ * would be refused with FERRY_UNAVAILABLE.
+ */
+async function untilReady(url: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await fetch(`${url}/readyz`).then(
+      (r) => r.status === 200,
+      () => false,
+    );
+    if (ok) return;
+    if (Date.now() > deadline)
+      throw new Error(`the API at ${url} was not ready in ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** An error answer of the API, with its code and field. */
