@@ -1,5 +1,12 @@
 import { createParser } from 'eventsource-parser';
-import { isFinalStatus, type PushEvent, type PushState, type StoredEvent } from '@ferry/queue';
+import type { PushEvent, PushState, PushStatus, StoredEvent } from '@ferry/queue';
+
+/**
+ * The statuses a push ends in (the queue package's FINAL_STATUSES; only its types are
+ * imported, so the CLI does not load bullmq and ioredis to follow a push).
+ */
+const FINAL: ReadonlySet<PushStatus> = new Set<PushStatus>(['succeeded', 'failed', 'cancelled']);
+const isFinalStatus = (s: PushStatus): boolean => FINAL.has(s);
 
 /** An error the CLI prints as one line: `ferry: CODE: message`. */
 export class CliError extends Error {

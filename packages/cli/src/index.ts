@@ -11,13 +11,8 @@ export {
   waitingText,
   type Renderer,
 } from './render';
-export {
-  serve,
-  loadRole,
-  closeAll,
-  ROLES,
-  ROLE_PACKAGES,
-  type Role,
-  type RunningRole,
-} from './serve';
+// serve.ts (the roles: bullmq, fastify, …) is loaded only by `ferry serve`, never by a
+// client command (the repository's tests import it from src/serve directly).
+export { ROLES, type Role } from './roles';
+export type { RunningRole } from './serve';
 export { absolutizeSource } from './source-arg';

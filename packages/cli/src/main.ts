@@ -10,7 +10,7 @@ import {
   layerText,
   type Renderer,
 } from './render';
-import { ROLES, serve, type Role } from './serve';
+import { ROLES, type Role } from './roles';
 import { absolutizeSource } from './source-arg';
 
 export interface CliIo {
@@ -264,6 +264,8 @@ async function runServe(roleArg: string, io: CliIo): Promise<number> {
   const roles: Role[] = roleArg === 'all' ? [...ROLES] : [roleArg as Role];
   const config = loadConfig(io.env, io.cwd);
   const logger = createLogger({ level: config.logLevel });
+  // Loaded here only: `ferry push` / `status` never load the roles (bullmq, fastify, …).
+  const { serve } = require('./serve') as typeof import('./serve');
   const code = await serve(roles, config, logger);
   // Every role has been closed (or abandoned at the deadline): a handle left open must not keep us alive.
   setTimeout(() => process.exit(code), 2_000).unref();

@@ -1,9 +1,9 @@
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import { closeWithDeadline } from '@ferry/runtime';
+import { ROLES, type Role } from './roles';
 
-export const ROLES = ['api', 'lookup', 'upload', 'coordinator'] as const;
-export type Role = (typeof ROLES)[number];
+export { ROLES, type Role };
 
 /** The package that implements each role; each exports start(config, logger) → { close() }. */
 export const ROLE_PACKAGES: Record<Role, string> = {

@@ -14,7 +14,8 @@ import {
   type StoredEvent,
   type UploadJob,
 } from '@ferry/queue';
-import { FerryClient, TtyRenderer, loadRole, main } from '@ferry/cli';
+import { FerryClient, TtyRenderer, main } from '@ferry/cli';
+import { loadRole } from '../src/serve';
 import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { freePort } from '../../../test/helpers/ports';
 import { tmpDir } from '../../../test/helpers/tmp';
