@@ -71,3 +71,19 @@ export class SourceCache {
     return value;
   }
 }
+
+const shared = new Map<string, SourceCache>();
+
+/**
+ * The SourceCache of this process for a source root: roles run together (`ferry
+ * serve`) open each pinned source once instead of once per role. Sharing is safe
+ * because entries are keyed by the pin, never by path.
+ */
+export function sharedSourceCache(config: FerryConfig, logger?: Logger): SourceCache {
+  let cache = shared.get(config.sourceRoot);
+  if (!cache) {
+    cache = new SourceCache(config, logger);
+    shared.set(config.sourceRoot, cache);
+  }
+  return cache;
+}

@@ -44,6 +44,7 @@ import {
   finishPush,
   PermanentError,
   SourceCache,
+  sharedSourceCache,
   startWorker,
   type LayerOutcome,
   type RoleHandle,
@@ -322,7 +323,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
 export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
   const log = logger.child({ role: 'coordinator' });
   const client = createRegistryClient(config, log);
-  const sources = new SourceCache(config, log);
+  const sources = sharedSourceCache(config, log);
   return startWorker<AssembleJob, PushResult | undefined>({
     role: 'coordinator',
     queueName: QUEUE_NAMES.assemble,

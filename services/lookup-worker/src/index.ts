@@ -29,6 +29,7 @@ import {
   layerOf,
   PushRequests,
   SourceCache,
+  sharedSourceCache,
   startWorker,
   targetRepo,
   type LayerOutcome,
@@ -130,7 +131,7 @@ export function lookupProcessor(deps: LookupDeps) {
 export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
   const log = logger.child({ role: 'lookup' });
   const client = createRegistryClient(config, log);
-  const sources = new SourceCache(config, log);
+  const sources = sharedSourceCache(config, log);
   const handle = await startWorker<LookupJob, LayerOutcome>({
     role: 'lookup',
     queueName: QUEUE_NAMES.lookup,

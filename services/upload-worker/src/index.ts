@@ -36,6 +36,7 @@ import {
   PushRequests,
   type RetryBudget,
   SourceCache,
+  sharedSourceCache,
   startWorker,
   targetRepo,
   type LayerOutcome,
@@ -461,7 +462,7 @@ async function finishUpload(
 export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
   const log = logger.child({ role: 'upload' });
   const client = createRegistryClient(config, log);
-  const sources = new SourceCache(config, log);
+  const sources = sharedSourceCache(config, log);
   return startWorker<UploadJob, LayerOutcome>({
     role: 'upload',
     queueName: QUEUE_NAMES.upload,
