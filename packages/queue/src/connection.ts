@@ -1,29 +1,13 @@
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { RedisNode, RedisTarget } from '@ferry/config';
 
 export type ConnectionRole = 'worker' | 'producer';
 
 /** A connection Ferry uses: one Redis node (direct or found through Sentinel) or a Redis Cluster. */
 export type RedisConnection = Redis | Cluster;
 
-export interface RedisNode {
-  readonly host: string;
-  readonly port: number;
-}
-
-/**
- * Where Redis is (@ferry/config's `redis`): one node by URL (FERRY_REDIS_URL),
- * a Redis Cluster by its seed nodes (FERRY_REDIS_CLUSTER), or a master found
- * through Sentinels (FERRY_REDIS_SENTINELS + FERRY_REDIS_SENTINEL_NAME).
- */
-export type RedisTarget =
-  | { readonly mode: 'standalone'; readonly url: string }
-  | { readonly mode: 'cluster'; readonly nodes: readonly RedisNode[] }
-  | {
-      readonly mode: 'sentinel';
-      readonly sentinels: readonly RedisNode[];
-      /** The master's name as the Sentinels know it. */
-      readonly name: string;
-    };
+// Where Redis is: the config package's type, one definition for both.
+export type { RedisNode, RedisTarget };
 
 export interface ConnectionOptions {
   /**
