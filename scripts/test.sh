@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
 bash scripts/install-node-deps.sh
 npm run --silent build
+# The whole tree, tests and scripts included (build compiles only the packages' src).
+npm run --silent typecheck
 npm run --silent lint
 npx mocha --config .mocharc.json --ignore 'test/faults/**' "$@"
 # The fault suite (test/faults, issue 9): its own mocha config and timeouts, CI sizes
