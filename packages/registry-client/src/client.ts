@@ -17,7 +17,6 @@
  * - a caller's permit is never held while the client sleeps, and a caller's
  *   abort never cancels work another caller shares.
  */
-import type { Readable } from 'node:stream';
 import { defaultDockerConfigPath } from './auth';
 import * as blobs from './blobs';
 import type { BlobSource } from './digest';
@@ -30,7 +29,9 @@ import { dump, Transport } from './transport';
 import {
   DEFAULT_INSECURE,
   MANIFEST_ACCEPT,
+  type BlobDownload,
   type CallOptions,
+  type GetBlobOptions,
   type RegistryClientOptions,
   type RepoRef,
   type UploadOptions,
@@ -41,6 +42,7 @@ import { startUpload } from './upload-start';
 export * from './types';
 export { parseRetryAfter } from './retry';
 export { parseRangeEnd } from './sessions';
+export { parseContentRange } from './blobs';
 
 export class RegistryClient {
   private readonly rq: Requester;
@@ -98,14 +100,20 @@ export class RegistryClient {
     return blobs.blobExists(this.rq, repo, digest, call);
   }
 
-  /** GET a blob (following redirects to allowed hosts). The caller must consume or destroy the stream. */
+  /**
+   * GET a blob (following redirects to allowed hosts). The caller must consume or destroy
+   * the stream. `opts.offset` > 0 sends `Range: bytes=<offset>-` and checks the 206's
+   * Content-Range; a registry that ignores the Range (200) has its first bytes skipped
+   * in the client (or fails, with `onRangeIgnored: 'fail'`). See blobs.getBlob.
+   */
   getBlob(
     repo: RepoRef,
     digest: string,
     call?: AbortSignal | CallOptions,
-  ): Promise<{ stream: Readable; size?: number }> {
-    const opts = call instanceof AbortSignal ? { signal: call } : call;
-    return blobs.getBlob(this.rq, repo, digest, opts);
+    opts?: GetBlobOptions,
+  ): Promise<BlobDownload> {
+    const c = call instanceof AbortSignal ? { signal: call } : call;
+    return blobs.getBlob(this.rq, repo, digest, c, opts);
   }
 
   /** DELETE a blob (registries with deletes enabled). true if deleted, false if it was not there. */

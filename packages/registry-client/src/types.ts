@@ -1,4 +1,5 @@
 /** The public option and result types of the registry client, and its limits. */
+import type { Readable } from 'node:stream';
 import type { Logger } from '@ferry/log';
 import type { RegistryError } from './errors';
 
@@ -26,6 +27,33 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** Given back around every sleep of this call; see PermitHooks. */
   permit?: PermitHooks;
+}
+
+/** Options of getBlob beyond the per-call ones. */
+export interface GetBlobOptions {
+  /** Start at this byte (`Range: bytes=<offset>-`); default 0 (no Range header). */
+  offset?: number;
+  /**
+   * A registry that answers a Range request with 200 (the whole blob): `skip`
+   * (default) reads and drops the first `offset` bytes in the client, so the
+   * stream still starts at `offset` (`rangeIgnored` tells); `fail` fails with
+   * FERRY_REGISTRY_PROTOCOL.
+   */
+  onRangeIgnored?: 'skip' | 'fail';
+}
+
+/** A blob GET's answer. The caller must consume or destroy `stream`. */
+export interface BlobDownload {
+  /** The blob's bytes from `offset` on. */
+  stream: Readable;
+  /** Where the stream starts in the blob (the offset asked for). */
+  offset: number;
+  /** The blob's total size, when the registry said (Content-Length of a 200, total of a 206's Content-Range). */
+  size?: number;
+  /** Bytes the stream carries, when known. */
+  length?: number;
+  /** The registry ignored the Range header; the client skipped `offset` bytes of the whole blob itself. */
+  rangeIgnored: boolean;
 }
 
 export interface UploadOptions extends CallOptions {
