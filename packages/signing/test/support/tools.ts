@@ -28,7 +28,7 @@ export function run(
     const child = spawn(cmd, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
@@ -36,7 +36,10 @@ export function run(
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(opts.input ?? '');
+    if (child.stdin) {
+      child.stdin.on('error', () => undefined); // a child that exits without reading: its code tells
+      child.stdin.end(opts.input);
+    }
   });
 }
 
