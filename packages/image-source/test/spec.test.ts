@@ -56,7 +56,7 @@ describe('@ferry/image-source parseSource / resolveInsideRoot', () => {
   it('refuses malformed sources with clear errors', () => {
     bad('', /non-empty/);
     bad('/srv/images/app', /no transport/);
-    bad('docker://busybox', /unknown transport "docker"/);
+    bad('docker://busybox', /names no registry host/);
     bad('oci:', /needs a PATH/);
     bad('oci::ref', /needs a PATH/);
     bad('oci:/a:', /empty REF/);
