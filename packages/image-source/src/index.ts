@@ -10,8 +10,9 @@ import { openDir } from './dir';
 import { openDockerArchive } from './docker-archive';
 import { SourceError, SourceErrorCodes } from './errors';
 import { openOci } from './oci';
+import { openRegistrySource } from './registry-source';
 import { resolveInsideRoot } from './root';
-import { checkSnapshot } from './snapshot';
+import { SNAPSHOT_KIND, checkSnapshot } from './snapshot';
 import { parseSource, type SourceSpec } from './spec';
 import type { OpenOptions, OpenedSource } from './types';
 
@@ -26,7 +27,16 @@ export {
   type DockerArchiveSnapshot,
   type DirSnapshot,
   type FileIdentity,
+  type RegistrySnapshot,
+  type RegistryManifestPin,
 } from './snapshot';
+export { REGISTRY_SOURCE_ACCEPT } from './registry-source';
+export {
+  BLOB_RESUME_ATTEMPTS,
+  BLOB_RESUME_DELAY_MS,
+  isForeignLayer,
+  type BlobReadStats,
+} from './registry-source-blob';
 export { checkDirOptions } from './dir';
 export { resolveInsideRoot, isInside } from './root';
 export { runPipeline, hashOnly, fromReadable, GZIP_CHUNK_SIZE, READ_CHUNK_SIZE } from './pipeline';
@@ -91,18 +101,43 @@ export function compressedDigestCacheKey(diffId: string, level = DEFAULT_GZIP_LE
   return `${diffId}|gzip-${level}|zlib-${zlibIdentity(level)}`;
 }
 
+function checkPlatform(platform: string | undefined): void {
+  if (platform === undefined) return;
+  try {
+    parsePlatform(platform);
+  } catch (e) {
+    throw new SourceError(SourceErrorCodes.BAD_SOURCE, (e as Error).message, 'platform');
+  }
+}
+
 /**
  * Opens a source below `opts.root`: parses the spec, checks the path (realpath,
  * symlinks included) and reads the image metadata. Layer bytes are read only
  * when a layer is opened. The result's `snapshot` records what the source is
  * now; with `opts.snapshot` the source is read through that record instead
  * (FERRY_SOURCE_CHANGED when it no longer holds).
+ *
+ * A docker:// source is read through `opts.registry` (a RegistryReader, e.g. a
+ * RegistryClient; required for it) instead of the file system: its tag is
+ * resolved to a digest, pinned in the snapshot, and read by digest after.
  */
 export async function openSource(
   spec: SourceSpec | string,
   opts: OpenOptions,
 ): Promise<OpenedSource> {
   const s = typeof spec === 'string' ? parseSource(spec) : spec;
+  if (s?.transport === 'docker') {
+    if (!s.registry || !s.repository || (!s.tag && !s.digest)) {
+      throw new SourceError(
+        SourceErrorCodes.BAD_SOURCE,
+        'a docker source needs a registry, a repository and a tag or digest',
+        'source',
+      );
+    }
+    checkPlatform(opts.platform);
+    if (opts.snapshot !== undefined) checkSnapshot(opts.snapshot, 'registry');
+    return openRegistrySource(s, opts);
+  }
   if (
     !s ||
     !['oci', 'docker-archive', 'dir'].includes(s.transport) ||
@@ -123,14 +158,8 @@ export async function openSource(
       'gzipLevel',
     );
   }
-  if (opts.platform !== undefined) {
-    try {
-      parsePlatform(opts.platform);
-    } catch (e) {
-      throw new SourceError(SourceErrorCodes.BAD_SOURCE, (e as Error).message, 'platform');
-    }
-  }
-  if (opts.snapshot !== undefined) checkSnapshot(opts.snapshot, s.transport);
+  checkPlatform(opts.platform);
+  if (opts.snapshot !== undefined) checkSnapshot(opts.snapshot, SNAPSHOT_KIND[s.transport]);
   const realPath = await resolveInsideRoot(opts.root, s.path, 'source');
   const warn = (message: string, path?: string): void => {
     opts.logger?.warn(message, { source: `${s.transport}:${s.path}`, path });

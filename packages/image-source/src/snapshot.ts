@@ -61,7 +61,45 @@ export interface DirSnapshot {
   dirOptions: DirOptions;
 }
 
-export type SourceSnapshot = OciSnapshot | DockerArchiveSnapshot | DirSnapshot;
+/** One image manifest of a docker:// source, pinned by digest. */
+export interface RegistryManifestPin {
+  digest: string;
+  mediaType: string;
+  size: number;
+  /** The platform of its descriptor in the index, when it has one. */
+  platform?: ImagePlatform;
+}
+
+/**
+ * A docker:// source pinned by digest: reading through it fetches the top
+ * manifest and every image manifest BY DIGEST only (verified), so a tag moved
+ * since changes nothing.
+ */
+export interface RegistrySnapshot {
+  kind: 'registry';
+  registry: string;
+  repository: string;
+  /** The top manifest's digest (what the tag resolved to, or the digest asked for). */
+  digest: string;
+  mediaType: string;
+  size: number;
+  /** The image manifests pushed, in image order (one with `platform`, all of an index without). */
+  manifests: RegistryManifestPin[];
+  /** The top manifest is an index pushed whole (byte for byte, after its manifests). */
+  index: boolean;
+  /** The tag that was resolved, when the source named (or implied) one. */
+  tag?: string;
+}
+
+export type SourceSnapshot = OciSnapshot | DockerArchiveSnapshot | DirSnapshot | RegistrySnapshot;
+
+/** The snapshot kind of each transport. */
+export const SNAPSHOT_KIND = {
+  oci: 'oci',
+  'docker-archive': 'docker-archive',
+  dir: 'dir',
+  docker: 'registry',
+} as const;
 
 /**
  * A key for caches of opened sources (or anything derived from one): the
@@ -91,7 +129,29 @@ export function checkSnapshot(s: unknown, transport: SourceSnapshot['kind']): So
   if (o.kind !== transport) {
     throw badSnapshot(`is of a ${String(o.kind)} source, not ${transport}:`);
   }
-  if (transport === 'oci') {
+  if (transport === 'registry') {
+    const digest = (x: unknown): boolean =>
+      typeof x === 'string' && /^sha256:[a-f0-9]{64}$/.test(x);
+    const ok =
+      isStr(o.registry) &&
+      isStr(o.repository) &&
+      digest(o.digest) &&
+      isStr(o.mediaType) &&
+      Number.isSafeInteger(o.size) &&
+      typeof o.index === 'boolean' &&
+      (o.tag === undefined || isStr(o.tag)) &&
+      Array.isArray(o.manifests) &&
+      o.manifests.length > 0 &&
+      o.manifests.every(
+        (m: Record<string, unknown>) =>
+          digest(m?.digest) && isStr(m.mediaType) && Number.isSafeInteger(m.size),
+      );
+    if (!ok) {
+      throw badSnapshot(
+        'registry: needs registry, repository, digest, mediaType, size, index and manifests [{digest, mediaType, size}]',
+      );
+    }
+  } else if (transport === 'oci') {
     const ok =
       Array.isArray(o.manifests) &&
       o.manifests.length > 0 &&

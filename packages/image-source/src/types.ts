@@ -1,4 +1,5 @@
 import type { Logger } from '@ferry/log';
+import type { BlobDownload, CallOptions, GetBlobOptions, RepoRef } from '@ferry/registry-client';
 import type { LayerStream } from './pipeline';
 import type { SourceSnapshot } from './snapshot';
 import type { SourceSpec } from './spec';
@@ -21,6 +22,15 @@ export interface Layer {
   diffIdOnly(): Promise<{ diffId: string; uncompressedSize: number }>;
   /** e.g. "layers/01-base" or "blobs/sha256/ab12… (layer 2/3)", for logs and progress. */
   description: string;
+  /**
+   * docker:// sources: a foreign / non-distributable layer (Docker's
+   * `…rootfs.foreign.diff.tar.gzip`, OCI's `…nondistributable…` media types, or a
+   * descriptor with `urls`). It is left as a reference, as skopeo does: never fetched,
+   * never uploaded; `open()` rejects, `diffIdOnly()` answers from the config.
+   */
+  foreign?: boolean;
+  /** The descriptor's `urls` (where a foreign layer's bytes are said to be). */
+  urls?: string[];
 }
 
 /**
@@ -71,8 +81,10 @@ export interface OpenedSource {
   indexBytes?: Buffer;
   indexMediaType?: string;
   indexDigest?: string;
-  /** The real path the source was read from (inside the root). */
+  /** The real path the source was read from (inside the root); docker://: the source string. */
   realPath: string;
+  /** docker:// sources: where the images are (a same-registry target can mount blobs from it). */
+  registrySource?: { registry: string; repository: string };
   /**
    * What the source was when it was opened (JSON-serialisable, small). Record it when a push
    * is accepted and pass it back as `OpenOptions.snapshot` to read exactly that version.
@@ -88,9 +100,31 @@ export interface DirOptions {
   mtime: 'epoch' | 'keep' | number;
 }
 
+/**
+ * What a docker:// source needs of a registry client (RegistryClient has it):
+ * manifests by tag or digest, blobs from an offset. Injected, so credentials and
+ * the allowlist stay the caller's.
+ */
+export interface RegistryReader {
+  getManifest(
+    repo: RepoRef,
+    reference: string,
+    accept?: string[],
+    call?: CallOptions,
+  ): Promise<{ body: Buffer; mediaType: string; digest: string; statedDigest?: string }>;
+  getBlob(
+    repo: RepoRef,
+    digest: string,
+    call?: CallOptions,
+    opts?: GetBlobOptions,
+  ): Promise<BlobDownload>;
+}
+
 export interface OpenOptions {
-  /** The source root: nothing outside it is read (realpath check, symlinks included). */
+  /** The source root: nothing outside it is read (realpath check, symlinks included). Unused by docker://. */
   root: string;
+  /** docker:// sources: the registry client to read through (required for them). */
+  registry?: RegistryReader;
   /** gzip level for layers Ferry compresses (dir:, uncompressed archive layers); default 6. */
   gzipLevel?: number;
   /** "os/arch[/variant]": pick one image of a multi-platform source. */
