@@ -1,5 +1,6 @@
 import type { RedisConnection } from './connection';
 import { Keys } from './keys';
+import { Script } from './script';
 import { PUSH_STATUSES } from './types';
 
 /** The queues whose job counts are shown (FerryQueues' lookup, upload and assemble). */
@@ -22,6 +23,16 @@ const QUEUE_STATES = [
 /**
  * Cluster-wide metrics: every role adds to one Redis hash, and the API's
  * /metrics reads it, so Prometheus sees the whole cluster from one endpoint.
+ *
+ * Fields of the hash (JSON arrays): `[name, 'v', labels]` a counter;
+ * `[name, 'h', labels, le]` observations of a histogram that fell in the
+ * bucket `le` and in no smaller one; `[name, 's', labels]` a histogram's sum.
+ * An observation is ONE command (the script below: its bucket and the sum,
+ * atomically); /metrics adds the buckets up into Prometheus' cumulative ones.
+ * Written by releases before this layout and still read (a rolling upgrade
+ * loses nothing): `[name, 'b', labels, le]` cumulative buckets, one field per
+ * bucket the value fitted, and `[name, 'c', labels]` the count — ~14
+ * commands per observation.
  */
 export const METRIC_DEFS = {
   ferry_pushes_total: {
@@ -67,6 +78,17 @@ export interface MetricSnapshot {
   values: { value: number; labels: Labels; metricName?: string }[];
 }
 
+/**
+ * One histogram observation: KEYS[1] the metrics hash; ARGV: the bucket field,
+ * the sum field, the value. The sum first: a value Redis refuses as a float
+ * fails the script before anything is written.
+ */
+const observeScript = new Script(
+  'ferryMetricsObserve',
+  `redis.call('HINCRBYFLOAT', KEYS[1], ARGV[2], ARGV[3])
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)`,
+);
+
 function sortLabels(labels: Labels): Labels {
   return Object.fromEntries(Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)));
 }
@@ -88,17 +110,20 @@ export class Metrics {
     await this.redis.hincrbyfloat(this.key, JSON.stringify([name, 'v', sortLabels(labels)]), by);
   }
 
-  /** Records one observation of a histogram. */
+  /** Records one observation of a histogram: one Redis command (its bucket and the sum). */
   async observe(name: HistogramName, value: number, labels: Labels = {}): Promise<void> {
+    if (!Number.isFinite(value)) throw new Error(`${name}: not a finite value (${value})`);
     const l = sortLabels(labels);
-    const multi = this.redis.multi();
-    for (const le of METRIC_DEFS[name].buckets) {
-      if (value <= le) multi.hincrby(this.key, JSON.stringify([name, 'b', l, String(le)]), 1);
-    }
-    multi.hincrby(this.key, JSON.stringify([name, 'b', l, '+Inf']), 1);
-    multi.hincrbyfloat(this.key, JSON.stringify([name, 's', l]), value);
-    multi.hincrby(this.key, JSON.stringify([name, 'c', l]), 1);
-    await multi.exec();
+    const le = METRIC_DEFS[name].buckets.find((b) => value <= b);
+    await observeScript.run(
+      this.redis,
+      [this.key],
+      [
+        JSON.stringify([name, 'h', l, le === undefined ? '+Inf' : String(le)]),
+        JSON.stringify([name, 's', l]),
+        String(value),
+      ],
+    );
   }
 
   /** Every metric, in prom-client's MetricObject shape, summed over the cluster. */
@@ -110,7 +135,15 @@ export class Metrics {
     }
     const histo = new Map<
       string,
-      { labels: Labels; buckets: Map<string, number>; sum: number; count: number }
+      {
+        labels: Labels;
+        /** Cumulative buckets as the older layout wrote them ('b'). */
+        buckets: Map<string, number>;
+        /** Observations per bucket, not cumulative ('h'). */
+        own: Map<string, number>;
+        sum: number;
+        count: number;
+      }
     >();
     for (const [field, v] of Object.entries(raw)) {
       let parsed: [string, string, Labels, string?];
@@ -131,10 +164,11 @@ export class Metrics {
       const hk = name + JSON.stringify(labels);
       let h = histo.get(hk);
       if (!h) {
-        h = { labels, buckets: new Map(), sum: 0, count: 0 };
+        h = { labels, buckets: new Map(), own: new Map(), sum: 0, count: 0 };
         histo.set(hk, h);
       }
-      if (part === 'b' && le) h.buckets.set(le, value);
+      if (part === 'h' && le) h.own.set(le, value);
+      else if (part === 'b' && le) h.buckets.set(le, value);
       else if (part === 's') h.sum = value;
       else if (part === 'c') h.count = value;
     }
@@ -142,15 +176,23 @@ export class Metrics {
       const name = hk.slice(0, hk.indexOf('{')) as HistogramName;
       const snap = out.get(name);
       if (!snap) continue;
+      // Cumulative: the older layout's bucket plus every newer observation at or below it
+      // (by value, so a bucket bound that changed between releases still counts in +Inf).
+      const own = [...h.own].map(([le, n]) => [le === '+Inf' ? Infinity : Number(le), n] as const);
+      const upTo = (bound: number) => own.reduce((a, [le, n]) => (le <= bound ? a + n : a), 0);
       for (const le of [...METRIC_DEFS[name].buckets.map(String), '+Inf']) {
         snap.values.push({
-          value: h.buckets.get(le) ?? 0,
+          value: (h.buckets.get(le) ?? 0) + upTo(le === '+Inf' ? Infinity : Number(le)),
           labels: { ...h.labels, le },
           metricName: `${name}_bucket`,
         });
       }
       snap.values.push({ value: h.sum, labels: h.labels, metricName: `${name}_sum` });
-      snap.values.push({ value: h.count, labels: h.labels, metricName: `${name}_count` });
+      snap.values.push({
+        value: h.count + upTo(Infinity),
+        labels: h.labels,
+        metricName: `${name}_count`,
+      });
     }
     return [...out.values()];
   }
