@@ -75,7 +75,7 @@ describe('e2e: job payload versions side by side', function () {
       });
       await until(async () => (await future.getState()) === 'delayed');
       const v1 = await q.add('lookup', base as unknown as LookupJob, { jobId: 'v1' });
-      const v2 = await q.add('lookup', { ...base, v: 2 } as LookupJob, { jobId: 'v2' });
+      const v2 = await q.add('lookup', { ...base, v: 2 } as unknown as LookupJob, { jobId: 'v2' });
       await until(async () => (await v1.getState()) === 'completed');
       await until(async () => (await v2.getState()) === 'completed');
       // Within the grace period the unknown job was handed back, not run and not failed.

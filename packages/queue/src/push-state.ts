@@ -63,7 +63,7 @@ export function parseState(raw: Record<string, string>): PushState {
     layers: [...layers.values()].sort((a, b) => a.imageIndex - b.imageIndex || a.index - b.index),
     createdAt: raw.createdAt,
   };
-  for (const f of ['manifest', 'manifests', 'signatures', 'error'] as const) {
+  for (const f of ['manifest', 'manifests', 'signatures', 'error', 'targets'] as const) {
     const v = parseJson<never>(raw[f]);
     if (v !== undefined) (state as unknown as Record<string, unknown>)[f] = v;
   }

@@ -25,9 +25,11 @@ import {
   type PushLayout,
   type PushRequest,
   type PushResult,
+  type TargetResult,
   type PushState,
   type PushStatus,
   type PushSummary,
+  type SourcePin,
   type StoredEvent,
 } from './types';
 
@@ -176,16 +178,26 @@ export class PushStore {
    * the final status event (after which SSE streams end) and counts it in the
    * metrics. ok: false when the push was final already (e.g. cancelled).
    */
-  async finish(id: string, outcome: PushResult | { error: PushError }): Promise<TransitionResult> {
+  async finish(
+    id: string,
+    outcome: PushResult | { error: PushError; targets?: TargetResult[] },
+  ): Promise<TransitionResult> {
     const at = new Date().toISOString();
     const fields: Record<string, string> = { finishedAt: at };
+    if (outcome.targets) fields.targets = JSON.stringify(outcome.targets);
     let event: PushEvent;
     let status: PushStatus;
     if ('error' in outcome) {
       status = 'failed';
       const error = { code: outcome.error.code, message: outcome.error.message };
       fields.error = JSON.stringify(error);
-      event = { type: 'status', status, error, at };
+      event = {
+        type: 'status',
+        status,
+        error,
+        ...(outcome.targets ? { targets: outcome.targets } : {}),
+        at,
+      };
     } else {
       status = 'succeeded';
       fields.manifest = JSON.stringify(outcome.manifest);
@@ -196,6 +208,7 @@ export class PushStore {
         status,
         manifest: outcome.manifest,
         ...(outcome.manifests ? { manifests: outcome.manifests } : {}),
+        ...(outcome.targets ? { targets: outcome.targets } : {}),
         at,
       };
     }
@@ -242,6 +255,27 @@ export class PushStore {
     return (
       ((await this.redis.hget(this.keys.push(id), 'status')) as PushStatus | null) ?? undefined
     );
+  }
+
+  /**
+   * A docker:// push's `resolve` job pinned the source (in a worker: the API
+   * holds no registry credentials): the pin goes into the recorded request, so
+   * every later reader (the coordinator, GET, a retried job) sees the same
+   * digest, and the layout's layers are set pending. Only the resolve job
+   * writes here, and it writes the same pin when it runs again.
+   */
+  async recordPin(id: string, pin: SourcePin, layout: PushLayout): Promise<void> {
+    assertPushId(id);
+    const key = this.keys.push(id);
+    const raw = await this.redis.hget(key, 'request');
+    if (raw === null) throw new Error(`push ${id} is unknown`);
+    const request = { ...(JSON.parse(raw) as PushRequest), pin };
+    const multi = this.redis.multi();
+    multi.hset(key, 'request', JSON.stringify(request), 'layout', JSON.stringify(layout));
+    const fields = layerFields(layoutToLayers(layout));
+    if (fields.length) multi.hset(key, ...fields);
+    multi.expire(key, this.ttlSeconds);
+    await multi.exec();
   }
 
   /**

@@ -139,42 +139,81 @@ export interface EnqueuePushOptions {
   gzipLevel: number;
 }
 
+/** The lookup job of one layer of a push. */
+/** What of a push request its layer jobs carry. */
+export type LayerRequest = Pick<
+  PushRequest,
+  'source' | 'target' | 'targets' | 'platform' | 'dirOptions' | 'pin'
+>;
+
+function lookupData(
+  pushId: string,
+  request: LayerRequest,
+  img: number,
+  l: number,
+  gzipLevel: number,
+): LookupJob {
+  return {
+    v: JOB_VERSION,
+    pushId,
+    imageIndex: img,
+    layerIndex: l,
+    source: request.source,
+    target: request.target,
+    gzipLevel,
+    ...(request.platform !== undefined ? { platform: request.platform } : {}),
+    ...(request.dirOptions !== undefined ? { dirOptions: request.dirOptions } : {}),
+    ...(request.pin !== undefined ? { pin: request.pin } : {}),
+    ...(request.targets && request.targets.length > 1 ? { targets: request.targets } : {}),
+  };
+}
+
+/** Every layer of a layout, as (image, layer) positions. */
+function* layerPositions(layout: PushLayout): Generator<[number, number]> {
+  for (let img = 0; img < layout.images.length; img++) {
+    const n = layout.images[img].layers;
+    if (!Number.isInteger(n) || n < 0) throw new Error(`image ${img}: bad layer count ${n}`);
+    for (let l = 0; l < n; l++) yield [img, l];
+  }
+}
+
+/** The job id of a docker:// push's resolve job (its first child). */
+export function resolveJobId(pushId: string): string {
+  return `${pushId}-resolve`;
+}
+
 /**
  * Adds a push as one BullMQ flow: the assemble job (`push-<id>`) is the parent,
  * one lookup job per layer (`<id>-i<img>-l<n>`) its children, each failing the
- * parent when it fails for good. Enqueuing the same push id again adds nothing
- * (the ids collapse). Returns the parent job.
+ * parent when it fails for good. A push whose layout is not known yet (a
+ * docker:// source: the API cannot read the registry) gets one `resolve` child
+ * instead, which adds the layer jobs once it has pinned the source
+ * (addLayerChildren). Enqueuing the same push id again adds nothing (the ids
+ * collapse). Returns the parent job.
  */
 export async function enqueuePush(
   queues: FerryQueues,
   pushId: string,
   request: PushRequest,
-  layout: PushLayout,
+  layout: PushLayout | undefined,
   opts: EnqueuePushOptions,
 ): Promise<Job<AssembleJob>> {
   assertPushId(pushId);
-  if (layout.images.length === 0) throw new Error('push layout has no image');
   const children = [];
-  for (let img = 0; img < layout.images.length; img++) {
-    const n = layout.images[img].layers;
-    if (!Number.isInteger(n) || n < 0) throw new Error(`image ${img}: bad layer count ${n}`);
-    for (let l = 0; l < n; l++) {
-      const data: LookupJob = {
-        v: JOB_VERSION,
-        pushId,
-        imageIndex: img,
-        layerIndex: l,
-        source: request.source,
-        target: request.target,
-        gzipLevel: opts.gzipLevel,
-        ...(request.platform !== undefined ? { platform: request.platform } : {}),
-        ...(request.dirOptions !== undefined ? { dirOptions: request.dirOptions } : {}),
-        ...(request.pin !== undefined ? { pin: request.pin } : {}),
-      };
+  if (layout === undefined) {
+    children.push({
+      name: JOB_NAMES.lookup,
+      queueName: QUEUE_NAMES.lookup,
+      data: { ...lookupData(pushId, request, 0, 0, opts.gzipLevel), resolve: true },
+      opts: childOptions(queues.policy, resolveJobId(pushId)),
+    });
+  } else {
+    if (layout.images.length === 0) throw new Error('push layout has no image');
+    for (const [img, l] of layerPositions(layout)) {
       children.push({
         name: JOB_NAMES.lookup,
         queueName: QUEUE_NAMES.lookup,
-        data,
+        data: lookupData(pushId, request, img, l, opts.gzipLevel),
         opts: childOptions(queues.policy, lookupJobId(pushId, img, l)),
       });
     }
@@ -193,6 +232,30 @@ export async function enqueuePush(
     children,
   });
   return node.job as Job<AssembleJob>;
+}
+
+/**
+ * Called by a docker:// push's resolve job (before it completes) once the
+ * source is pinned: one lookup job per layer, added to the same flow (the
+ * parent, already waiting, waits for them too). `request` carries the pin.
+ * Running it again (a retried resolve) adds nothing: the ids collapse.
+ */
+export async function addLayerChildren(
+  queues: FerryQueues,
+  pushId: string,
+  request: LayerRequest,
+  layout: PushLayout,
+  gzipLevel: number,
+): Promise<void> {
+  assertPushId(pushId);
+  if (layout.images.length === 0) throw new Error('push layout has no image');
+  const parent = { id: assembleJobId(pushId), queue: queues.assemble.qualifiedName };
+  const jobs = [...layerPositions(layout)].map(([img, l]) => ({
+    name: JOB_NAMES.lookup,
+    data: lookupData(pushId, request, img, l, gzipLevel),
+    opts: { ...childOptions(queues.policy, lookupJobId(pushId, img, l)), parent },
+  }));
+  await queues.lookup.addBulk(jobs);
 }
 
 /**

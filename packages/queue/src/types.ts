@@ -51,8 +51,14 @@ export interface SourcePin {
 export interface PushRequest {
   /** oci:PATH[:REF] | docker-archive:PATH[:REF] | dir:PATH — PATH absolute, inside the source root. */
   source: string;
-  /** HOST[:PORT]/REPO[:TAG] */
+  /** HOST[:PORT]/REPO[:TAG]: the first target (of `targets` when there are several). */
   target: string;
+  /** Fan-out: every target, the first being `target`; absent for a single target. */
+  targets?: string[];
+  /** A docker:// source without a tag: copy every tag of the repository (one push). */
+  allTags?: boolean;
+  /** A docker:// copy: false skips copying the source's cosign signatures (default: copied). */
+  copySignatures?: boolean;
   /** Extra tags. */
   tags: string[];
   /** true: every configured key. */
@@ -72,10 +78,12 @@ export interface PushRequest {
 /**
  * The version of the job payloads below. A worker runs only the versions it
  * knows (JOB_VERSIONS_KNOWN); a payload without `v` is version 1 (before
- * snapshots: no pin, platform read back from the push state).
+ * snapshots: no pin, platform read back from the push state). Version 3 adds
+ * `targets` (fan-out) and the `resolve` job of a docker:// source; a version-2
+ * payload is a version-3 one with one target.
  */
-export const JOB_VERSION = 2;
-export const JOB_VERSIONS_KNOWN: readonly number[] = [1, 2];
+export const JOB_VERSION = 3;
+export const JOB_VERSIONS_KNOWN: readonly number[] = [1, 2, 3];
 
 /** The version of a job payload (1 when it has none). */
 export function jobVersion(data: unknown): number {
@@ -100,12 +108,24 @@ export interface LayerJob {
   /** os/arch[/variant] when one image of an index is pushed. */
   platform?: string;
   dirOptions?: DirOptions;
-  /** The source as accepted (absent only in version-1 payloads). */
+  /** The source as accepted (absent only in version-1 payloads and before a `resolve` job ran). */
   pin?: SourcePin;
+  /**
+   * Fan-out: every target this job serves (`target` first); absent means `[target]`. A lookup
+   * job carries the push's targets, an upload job those that lack the blob.
+   */
+  targets?: string[];
 }
 
-/** One layer of one image: a lookup job. */
-export type LookupJob = LayerJob;
+/**
+ * One layer of one image: a lookup job. With `resolve`, the first job of a
+ * docker:// push instead: it pins the source (tag → digest, in a worker, which
+ * holds the registry credentials), records the pin and layout in the push
+ * state and adds the layer jobs to the flow (imageIndex and layerIndex are 0).
+ */
+export interface LookupJob extends LayerJob {
+  resolve?: boolean;
+}
 
 /** One blob missing from the target: an upload job, added by the lookup worker. */
 export interface UploadJob extends LayerJob {
@@ -193,11 +213,21 @@ export interface PushError {
 /** Signatures the coordinator made (shape owned by the signing issue). */
 export type SignatureRecord = Record<string, unknown>;
 
+/** How one target of a (fan-out) push ended. */
+export interface TargetResult {
+  target: string;
+  status: 'succeeded' | 'failed';
+  manifest?: ManifestRef;
+  error?: PushError;
+}
+
 export interface PushState {
   id: string;
   status: PushStatus;
   source: string;
   target: string;
+  /** Fan-out: each target's outcome (once the push ended). */
+  targets?: TargetResult[];
   tags: string[];
   request: PushRequest;
   layers: LayerState[];
@@ -227,6 +257,8 @@ export interface PushSummary {
 /** What the coordinator reports when a push succeeds. */
 export interface PushResult {
   manifest: ManifestRef;
+  /** Fan-out: every target's outcome (all succeeded). */
+  targets?: TargetResult[];
   manifests?: TaggedManifest[];
   signatures?: SignatureRecord[];
 }
@@ -246,6 +278,8 @@ export type PushEvent =
       manifests?: TaggedManifest[];
       /** On failed (and cancelled: FERRY_CANCELLED). */
       error?: PushError;
+      /** Fan-out: each target's outcome, on succeeded and failed. */
+      targets?: TargetResult[];
       at?: string;
     }
   | ({ type: 'layer'; at?: string } & LayerState)

@@ -1,5 +1,5 @@
 import type { Logger } from '@ferry/log';
-import type { PushError, PushResult, QueueContext } from '@ferry/queue';
+import type { PushError, PushResult, QueueContext, TargetResult } from '@ferry/queue';
 
 export interface FinishOptions {
   /** First wait between tries; doubles up to maxDelayMs. */
@@ -19,7 +19,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref()
 export async function finishPush(
   ctx: Pick<QueueContext, 'store'>,
   pushId: string,
-  outcome: PushResult | { error: PushError },
+  outcome: PushResult | { error: PushError; targets?: TargetResult[] },
   logger?: Logger,
   opts: FinishOptions = {},
 ): Promise<boolean> {

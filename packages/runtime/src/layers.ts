@@ -18,23 +18,43 @@ import {
 } from '@ferry/queue';
 import type { SourceCache, SourceRef } from './clients';
 
+/** How one layer stands in one target registry. */
+export interface TargetLayer {
+  /**
+   * 'upload': handed to an upload job; 'foreign': a foreign / non-distributable layer left as
+   * a reference (never copied); 'failed': a permanent error for this target alone (fan-out).
+   */
+  state: 'exists' | 'mounted' | 'uploaded' | 'upload' | 'foreign' | 'failed';
+  digest?: string;
+  size?: number;
+  mountedFrom?: string;
+  error?: { code: string; message: string };
+}
+
 /** What lookup and upload jobs return: the coordinator reads it with getChildrenValues(). */
 export interface LayerOutcome {
   imageIndex: number;
   layerIndex: number;
-  /** 'upload' from a lookup that handed the layer to an upload job. */
-  state: 'exists' | 'mounted' | 'uploaded' | 'upload';
+  /** The first target's: 'upload' from a lookup that handed the layer to an upload job. */
+  state: 'exists' | 'mounted' | 'uploaded' | 'upload' | 'foreign' | 'failed' | 'resolved';
   digest?: string;
   size?: number;
   diffId?: string;
   mediaType: string;
   mountedFrom?: string;
+  /** Per target (fan-out; version-3 jobs): how the layer stands there. */
+  targets?: Record<string, TargetLayer>;
 }
 
 /** host[:port] + repository of a push target. */
 export function targetRepo(target: string): RepoRef {
   const ref = parseReference(target);
   return { registry: ref.registry, repository: ref.repository };
+}
+
+/** Every target a layer job serves (fan-out), `target` first. */
+export function targetsOf(job: Pick<LayerJob, 'target' | 'targets'>): string[] {
+  return job.targets && job.targets.length > 0 ? job.targets : [job.target];
 }
 
 /** The layer a job names, from the (cached) opened source. */
@@ -73,6 +93,8 @@ export async function currentLayerJob<T extends LayerJob>(
 ): Promise<T> {
   const version = jobVersion(data);
   if (version === JOB_VERSION) return data as T;
+  // Version 2 is version 3 with one target and no resolve job.
+  if (version === 2) return { ...data, v: JOB_VERSION } as T;
   if (version !== 1) {
     throw new PermanentError(
       'FERRY_JOB_VERSION',
@@ -113,6 +135,11 @@ export class PushRequests {
     private readonly store: PushStore,
     private readonly ttlMs = 60_000,
   ) {}
+
+  /** Drops what is cached for a push (its request changed: a docker:// source was pinned). */
+  forget(pushId: string): void {
+    this.cache.delete(pushId);
+  }
 
   async get(pushId: string): Promise<PushRequest | undefined> {
     const now = Date.now();
@@ -213,16 +240,23 @@ export async function findInRegistry(
   client: RegistryClient,
   repo: RepoRef,
   digest: string,
-  opts: { permitTimeoutMs?: number; sizeHint?: number; logger?: Logger } = {},
+  opts: {
+    permitTimeoutMs?: number;
+    sizeHint?: number;
+    logger?: Logger;
+    /** Repositories of the same registry known to hold the blob (a docker:// source's), tried first. */
+    mountFrom?: string[];
+  } = {},
 ): Promise<FoundBlob | undefined> {
   const timeoutMs = opts.permitTimeoutMs ?? 120_000;
   const checked = <T>(fn: (call: CallOptions) => Promise<T>) =>
     underPermit(ctx, repo.registry, fn, timeoutMs);
   const have = await checked((call) => client.blobExists(repo, digest, call));
   if (have) return { state: 'exists', digest, size: have.size };
-  const candidates = (await ctx.blobs.reposWithBlob(repo.registry, digest))
-    .filter((r) => r !== repo.repository)
-    .slice(0, 3);
+  const known = await ctx.blobs.reposWithBlob(repo.registry, digest);
+  const candidates = [...new Set([...(opts.mountFrom ?? []), ...known.slice(0, 3)])].filter(
+    (r) => r !== repo.repository,
+  );
   for (const from of candidates) {
     let mounted = false;
     try {

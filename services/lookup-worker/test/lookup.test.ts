@@ -10,7 +10,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { lookupJobId, uploadJobId, type LookupJob, type UploadJob } from '@ferry/queue';
+import {
+  JOB_VERSION,
+  lookupJobId,
+  uploadJobId,
+  type LookupJob,
+  type UploadJob,
+} from '@ferry/queue';
 import { PushRequests, SourceCache } from '@ferry/runtime';
 import { lookupProcessor } from '@ferry/lookup-worker';
 import { createPush, startServiceEnv, type ServiceEnv } from '../../upload-worker/test/helpers';
@@ -131,7 +137,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
   }
 
   for (const v1 of [false, true]) {
-    it(`${v1 ? 'a version-1 payload (platform read back)' : 'version 2'}: present → exists, no upload; missing → one upload child with platform and pin`, async () => {
+    it(`${v1 ? 'a version-1 payload (platform read back)' : `version ${JOB_VERSION}`}: present → exists, no upload; missing → one upload child with platform and pin`, async () => {
       const { push, layers, outcomes } = await runLookups(v1 ? 'old' : 'new', v1);
       assert.equal(outcomes[0].state, 'exists');
       assert.equal(outcomes[0].digest, layers[0].digest);
@@ -144,7 +150,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         [uploadJobId(push.id, 0, 1)],
       );
       const data: UploadJob = mine[0].data;
-      assert.equal(data.v, 2);
+      assert.equal(data.v, JOB_VERSION);
       assert.equal(data.layerIndex, 1);
       assert.equal(data.platform, 'linux/amd64');
       assert.equal(data.pin?.key, push.request.pin?.key);
