@@ -45,11 +45,26 @@ export function sourceKey(ref: SourceRef): string | undefined {
 export class SourceCache {
   private readonly entries = new Map<string, { at: number; value: Promise<OpenedSource> }>();
 
+  private registry: RegistryClient | undefined;
+
   constructor(
     private readonly config: FerryConfig,
     private readonly logger?: Logger,
     private readonly ttlMs = 30_000,
   ) {}
+
+  /** docker:// sources are read with this process's registry credentials (made on first use). */
+  private registryClient(): RegistryClient {
+    this.registry ??= createRegistryClient(this.config, this.logger);
+    return this.registry;
+  }
+
+  /** Closes the registry connections docker:// sources opened. */
+  async close(): Promise<void> {
+    const r = this.registry;
+    this.registry = undefined;
+    await r?.close();
+  }
 
   open(ref: SourceRef): Promise<OpenedSource> {
     const key = sourceKey(ref);
@@ -61,6 +76,7 @@ export class SourceCache {
       gzipLevel: ref.gzipLevel,
       platform: ref.platform,
       logger: this.logger,
+      ...(ref.source.startsWith('docker://') ? { registry: this.registryClient() } : {}),
       ...(ref.dirOptions ? { dirOptions: ref.dirOptions } : {}),
       ...(ref.pin ? { snapshot: ref.pin.snapshot as unknown as SourceSnapshot } : {}),
     });

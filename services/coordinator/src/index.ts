@@ -28,6 +28,8 @@ import {
 import {
   QUEUE_NAMES,
   type AssembleJob,
+  type PushRequest,
+  type TargetResult,
   type PushResult,
   type QueueContext,
   type TaggedManifest,
@@ -42,6 +44,7 @@ import {
   createRegistryClient,
   findInRegistry,
   finishPush,
+  isPermanent,
   PermanentError,
   SourceCache,
   sharedSourceCache,
@@ -49,6 +52,7 @@ import {
   type LayerOutcome,
   type RoleHandle,
 } from '@ferry/runtime';
+import { copySignatures, signatureTag } from './copy-signatures';
 
 export interface CoordinatorDeps {
   ctx: QueueContext;
@@ -66,14 +70,24 @@ const MANIFEST_FAMILY: Record<string, ManifestFormat> = {
   [MediaTypes.dockerManifestList]: 'docker',
 };
 
-/** Layer results of the flow's children: an upload's result wins over its lookup's hand-off. */
-export function layerResults(values: Record<string, LayerOutcome>): Map<string, LayerOutcome> {
+/**
+ * Layer results of the flow's children for one target: an upload's result
+ * wins over its lookup's hand-off. Version-3 results carry one entry per
+ * target (fan-out); older ones describe the one target.
+ */
+export function layerResults(
+  values: Record<string, LayerOutcome>,
+  target?: string,
+): Map<string, LayerOutcome> {
   const out = new Map<string, LayerOutcome>();
   for (const v of Object.values(values)) {
     if (!v || typeof v !== 'object' || typeof v.imageIndex !== 'number') continue;
+    if (v.state === 'resolved' || v.layerIndex < 0) continue;
+    const t = target !== undefined ? v.targets?.[target] : undefined;
+    const r: LayerOutcome = t ? { ...v, ...t, targets: undefined } : v;
     const k = `${v.imageIndex}/${v.layerIndex}`;
     const prev = out.get(k);
-    if (!prev || prev.state === 'upload') out.set(k, v);
+    if (!prev || prev.state === 'upload') out.set(k, r);
   }
   return out;
 }
@@ -111,6 +125,13 @@ function assembleImage(
   const diffIds: string[] = [];
   image.layers.forEach((layer, i) => {
     const r = results.get(`${imageIndex}/${i}`);
+    if (r?.state === 'failed') {
+      const e = (r as LayerOutcome & { error?: { code: string; message: string } }).error;
+      throw new PermanentError(
+        e?.code ?? 'FERRY_LAYER_MISSING',
+        `layer ${i} of image ${imageIndex}: ${e?.message ?? 'failed'}`,
+      );
+    }
     if (!r || r.state === 'upload' || !r.digest || r.size === undefined) {
       throw new PermanentError(
         'FERRY_LAYER_MISSING',
@@ -270,20 +291,78 @@ async function pushTop(
   return { top, manifests };
 }
 
+/** The family (oci / docker) of a copied docker:// source: its manifests are kept as they are. */
+function sourceFormat(opened: OpenedSource): ManifestFormat | undefined {
+  if (!opened.registrySource) return undefined;
+  const mt = opened.indexMediaType ?? opened.images[0]?.manifestMediaType;
+  return mt ? MANIFEST_FAMILY[mt] : undefined;
+}
+
+/** One target: config blobs, manifests by digest, (signatures,) then tags. */
+async function pushToTarget(
+  deps: CoordinatorDeps,
+  pushId: string,
+  request: PushRequest,
+  target: string,
+  opened: OpenedSource,
+  results: Map<string, LayerOutcome>,
+): Promise<{ result: PushResult } | { cancelled: true }> {
+  const { ctx, client, logger } = deps;
+  const format: ManifestFormat = sourceFormat(opened) ?? request.format ?? 'oci';
+  const ref = parseReference(target);
+  const repo = { registry: ref.registry, repository: ref.repository };
+  const images = await pushImages(deps, pushId, repo, opened, results, format);
+  const { top, manifests } = await pushTop(deps, pushId, repo, opened, images, format);
+
+  // A copy brings the source's cosign signatures of that digest along (they sign the same bytes).
+  const src = opened.registrySource;
+  if (src && request.copySignatures !== false) {
+    const n = await copySignatures(client, src, repo, top.digest);
+    if (n > 0) {
+      await ctx.store.appendEvent(pushId, {
+        type: 'log',
+        level: 'info',
+        message: `copied ${n} cosign signature(s) of ${top.digest} (${signatureTag(top.digest)}) to ${target}`,
+      });
+    }
+  }
+
+  // Signing goes here (the signing issue): sign `top` before any tag points at it.
+
+  if (await ctx.store.isCancelled(pushId)) return { cancelled: true };
+  const tags = [ref.tag ?? 'latest', ...request.tags.filter((t) => t !== (ref.tag ?? 'latest'))];
+  for (const tag of [...new Set(tags)]) {
+    await client.putManifest(repo, tag, top.bytes, top.mediaType);
+    await ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest });
+  }
+  logger.info(`push ${pushId}: ${target} is ${top.digest}`);
+  return {
+    result: {
+      manifest: { digest: top.digest, mediaType: top.mediaType, size: top.size },
+      ...(manifests.length ? { manifests } : {}),
+    },
+  };
+}
+
+/** The request with its pin: a docker:// push's is recorded by its resolve job, after the enqueue. */
+async function pinnedRequest(ctx: QueueContext, data: AssembleJob): Promise<PushRequest> {
+  if (data.request.pin) return data.request;
+  const state = await ctx.store.get(data.pushId);
+  return state?.request ?? data.request;
+}
+
 export function assembleProcessor(deps: CoordinatorDeps) {
-  const { ctx, client, sources, logger } = deps;
+  const { ctx, sources, logger } = deps;
   const defaultGzipLevel = deps.gzipLevel ?? 6;
   return async (job: Job<AssembleJob>): Promise<PushResult | undefined> => {
-    const { pushId, request } = job.data;
+    const { pushId } = job.data;
     const status = await ctx.store.status(pushId);
     if (status !== 'queued' && status !== 'running') {
       logger.info(`push ${pushId} is ${status ?? 'gone'}; nothing assembled`);
       return undefined;
     }
+    const request = await pinnedRequest(ctx, job.data);
     refuseUnsigned(request);
-    const format: ManifestFormat = request.format ?? 'oci';
-    const ref = parseReference(request.target);
-    const repo = { registry: ref.registry, repository: ref.repository };
     // Read through the pin: a source that changed since the accept fails FERRY_SOURCE_CHANGED.
     const opened = await sources.open({
       source: request.source,
@@ -292,29 +371,50 @@ export function assembleProcessor(deps: CoordinatorDeps) {
       ...(request.platform !== undefined ? { platform: request.platform } : {}),
       ...(request.dirOptions ? { dirOptions: request.dirOptions } : {}),
     });
-    const results = layerResults(
-      (await job.getChildrenValues<LayerOutcome>()) as Record<string, LayerOutcome>,
-    );
-    const images = await pushImages(deps, pushId, repo, opened, results, format);
-    const { top, manifests } = await pushTop(deps, pushId, repo, opened, images, format);
-
-    // Signing goes here (the signing issue): sign `top` before any tag points at it.
-
-    if (await ctx.store.isCancelled(pushId)) {
-      logger.info(`push ${pushId} was cancelled before tagging; no tag written`);
+    const children = (await job.getChildrenValues<LayerOutcome>()) as Record<string, LayerOutcome>;
+    const targets = request.targets?.length ? request.targets : [request.target];
+    const fanOut = targets.length > 1;
+    const done: TargetResult[] = [];
+    let first: PushResult | undefined;
+    for (const target of targets) {
+      try {
+        const r = await pushToTarget(
+          deps,
+          pushId,
+          request,
+          target,
+          opened,
+          layerResults(children, fanOut ? target : undefined),
+        );
+        if ('cancelled' in r) {
+          logger.info(`push ${pushId} was cancelled before tagging ${target}; no tag written`);
+          return undefined;
+        }
+        first ??= r.result;
+        done.push({ target, status: 'succeeded', manifest: r.result.manifest });
+      } catch (err) {
+        // One target's permanent failure is its own: the others are still pushed and tagged.
+        if (!fanOut || !isPermanent(err)) throw err;
+        const e = err as { code?: string; message: string };
+        logger.warn(`push ${pushId}: target ${target} failed: ${e.message}`);
+        done.push({
+          target,
+          status: 'failed',
+          error: { code: e.code ?? 'FERRY_PUSH_FAILED', message: e.message },
+        });
+      }
+    }
+    const failed = done.filter((t) => t.status === 'failed');
+    if (failed.length > 0) {
+      const error = {
+        code: failed[0].error?.code ?? 'FERRY_PUSH_FAILED',
+        message: `${failed.length} of ${targets.length} targets failed: ${failed.map((t) => `${t.target}: ${t.error?.message ?? ''}`).join('; ')}`,
+      };
+      await finishPush(ctx, pushId, { error, targets: done }, logger);
       return undefined;
     }
-    const tags = [ref.tag ?? 'latest', ...request.tags.filter((t) => t !== (ref.tag ?? 'latest'))];
-    for (const tag of [...new Set(tags)]) {
-      await client.putManifest(repo, tag, top.bytes, top.mediaType);
-      await ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest });
-    }
-    const result: PushResult = {
-      manifest: { digest: top.digest, mediaType: top.mediaType, size: top.size },
-      ...(manifests.length ? { manifests } : {}),
-    };
+    const result: PushResult = { ...(first as PushResult), ...(fanOut ? { targets: done } : {}) };
     await finishPush(ctx, pushId, result, logger);
-    logger.info(`push ${pushId}: ${request.target} is ${top.digest}`);
     return result;
   };
 }

@@ -9,9 +9,10 @@
  */
 import type { Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
-import { zlibIdentity } from '@ferry/image-source';
+import { snapshotKey, zlibIdentity, type Layer, type OpenedSource } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import {
+  addLayerChildren,
   addUploadChild,
   JOB_VERSION,
   QUEUE_NAMES,
@@ -23,6 +24,10 @@ import type { RegistryClient } from '@ferry/registry-client';
 import {
   assertActive,
   currentLayerJob,
+  isPermanent,
+  sourceRefOf,
+  targetsOf,
+  type TargetLayer,
   createRegistryClient,
   findInRegistry,
   markPresent,
@@ -46,70 +51,152 @@ export interface LookupDeps {
   permitTimeoutMs?: number;
 }
 
+/** The blob's candidate digest: stated by the source, or suggested by the compressed-digest cache. */
+async function candidateDigest(ctx: QueueContext, d: LookupJob, layer: Layer) {
+  let digest = layer.digest;
+  let size = layer.size;
+  let diffId = layer.diffId;
+  // The uncompressed tar's size of a layer Ferry compresses: the upload shows progress over it.
+  let total: number | undefined;
+  if (!digest) {
+    const r = await layer.diffIdOnly();
+    diffId = r.diffId;
+    if (r.uncompressedSize >= 0) total = r.uncompressedSize;
+    const cached = await ctx.blobs.lookupCompressed(diffId, d.gzipLevel, zlibIdentity(d.gzipLevel));
+    if (cached) {
+      digest = cached.digest;
+      size = cached.size;
+    }
+  }
+  return { digest, size, diffId, total };
+}
+
+/**
+ * HEAD, else a cross-repository mount, in one target. A permanent error is
+ * that target's alone when the push fans out (the others go on); with one
+ * target it fails the job, as before.
+ */
+async function lookInTarget(
+  deps: LookupDeps,
+  d: LookupJob,
+  target: string,
+  digest: string,
+  size: number | undefined,
+  mountFrom: string[],
+  fanOut: boolean,
+): Promise<TargetLayer | undefined> {
+  const { ctx, client, logger } = deps;
+  const repo = targetRepo(target);
+  try {
+    const found = await findInRegistry(ctx, client, repo, digest, {
+      permitTimeoutMs: deps.permitTimeoutMs,
+      sizeHint: size,
+      logger,
+      mountFrom,
+    });
+    if (!found) return undefined;
+    logger.info(
+      found.state === 'exists'
+        ? `layer ${digest} already exists in ${repo.registry}/${repo.repository}, skipping`
+        : `layer ${digest} mounted from ${found.mountedFrom} into ${repo.registry}/${repo.repository}`,
+    );
+    await markPresent(
+      ctx,
+      d.pushId,
+      { imageIndex: d.imageIndex, index: d.layerIndex },
+      repo,
+      found,
+    );
+    return found;
+  } catch (err) {
+    if (!fanOut || !isPermanent(err)) throw err;
+    const e = err as { code?: string; message: string };
+    logger.warn(`target ${target}: layer ${digest}: ${e.message}`);
+    return {
+      state: 'failed',
+      error: { code: e.code ?? 'FERRY_REGISTRY_ERROR', message: e.message },
+    };
+  }
+}
+
+/** Repositories of the target's registry that hold the blob for sure: a docker:// source's own. */
+function sourceMounts(opened: OpenedSource, target: string): string[] {
+  const src = opened.registrySource;
+  if (!src) return [];
+  return src.registry === targetRepo(target).registry ? [src.repository] : [];
+}
+
 export function lookupProcessor(deps: LookupDeps) {
-  const { ctx, client, sources, requests, logger } = deps;
+  const { ctx, sources, requests } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
     const d = await currentLayerJob<LookupJob>(job.data, requests);
     await assertActive(ctx, d.pushId);
     await ctx.store.setStatus(d.pushId, 'running');
-    const repo = targetRepo(d.target);
+    if (d.resolve) return resolveSource(deps, d);
+    const opened = await sources.open(sourceRefOf(d));
     const layer = await layerOf(sources, d);
     const key = { imageIndex: d.imageIndex, index: d.layerIndex };
     const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
+    const targets = targetsOf(d);
 
-    // 1. The candidate digest: stated by the source, or suggested by the cache.
-    let digest = layer.digest;
-    let size = layer.size;
-    let diffId = layer.diffId;
-    // The uncompressed tar's size of a layer Ferry compresses: the upload shows progress over it.
-    let total: number | undefined;
-    if (!digest) {
-      const r = await layer.diffIdOnly();
-      diffId = r.diffId;
-      if (r.uncompressedSize >= 0) total = r.uncompressedSize;
-      const cached = await ctx.blobs.lookupCompressed(
-        diffId,
-        d.gzipLevel,
-        zlibIdentity(d.gzipLevel),
-      );
-      if (cached) {
-        digest = cached.digest;
-        size = cached.size;
-      }
-    }
-
-    if (digest) {
-      // 2. HEAD on the target; 3. else a cross-repository mount from where Ferry pushed it before.
-      const found = await findInRegistry(ctx, client, repo, digest, {
-        permitTimeoutMs: deps.permitTimeoutMs,
-        sizeHint: size,
-        logger,
+    if (layer.foreign) {
+      // Left as a reference, as skopeo does: the manifest names it, no registry gets its bytes.
+      await ctx.store.updateLayer(d.pushId, key, {
+        state: 'exists',
+        ...(layer.digest ? { digest: layer.digest } : {}),
+        ...(layer.size !== undefined ? { size: layer.size } : {}),
       });
-      if (found) {
-        logger.info(
-          found.state === 'exists'
-            ? `layer ${digest} already exists in ${repo.repository}, skipping`
-            : `layer ${digest} mounted from ${found.mountedFrom} into ${repo.repository}`,
-        );
-        await markPresent(ctx, d.pushId, key, repo, found);
-        return { ...base, ...found, diffId };
-      }
+      await ctx.store.appendEvent(d.pushId, {
+        type: 'log',
+        level: 'info',
+        message: `layer ${layer.digest ?? layer.index} is a foreign (non-distributable) layer: left as a reference, not copied`,
+      });
+      const foreign: TargetLayer = { state: 'foreign', digest: layer.digest, size: layer.size };
+      return {
+        ...base,
+        ...foreign,
+        diffId: layer.diffId,
+        targets: Object.fromEntries(targets.map((t) => [t, foreign])),
+      };
     }
 
-    // 4. Missing: hand it to an upload job in the same flow, before this job completes.
+    // 1. The candidate digest; 2. HEAD in every target; 3. else a mount from where it is known.
+    const { digest, size, diffId, total } = await candidateDigest(ctx, d, layer);
+    const per: Record<string, TargetLayer> = {};
+    const missing: string[] = [];
+    for (const target of targets) {
+      const found = digest
+        ? await lookInTarget(
+            deps,
+            d,
+            target,
+            digest,
+            size,
+            sourceMounts(opened, target),
+            targets.length > 1,
+          )
+        : undefined;
+      if (found) per[target] = found;
+      else missing.push(target);
+    }
+    if (missing.length === 0) return { ...base, ...per[targets[0]], diffId, targets: per };
+
+    // 4. Missing somewhere: one upload job for every target that lacks it, added before this job completes.
     const upload: UploadJob = {
       v: JOB_VERSION,
       pushId: d.pushId,
       imageIndex: d.imageIndex,
       layerIndex: d.layerIndex,
       source: d.source,
-      target: d.target,
+      target: missing[0],
       gzipLevel: d.gzipLevel,
       ...(d.platform !== undefined ? { platform: d.platform } : {}),
       ...(d.dirOptions ? { dirOptions: d.dirOptions } : {}),
       ...(d.pin ? { pin: d.pin } : {}),
       ...(diffId ? { diffId } : {}),
+      ...(targets.length > 1 ? { targets: missing } : {}),
     };
+    for (const t of missing) per[t] = { state: 'upload', digest: layer.digest, size: layer.size };
     // Written before the hand-off: the upload job may finish (and write its state) at once.
     await ctx.store.updateLayer(
       d.pushId,
@@ -123,8 +210,52 @@ export function lookupProcessor(deps: LookupDeps) {
       { event: false },
     );
     await addUploadChild(ctx.queues, job, upload);
-    return { ...base, state: 'upload', digest: layer.digest, size: layer.size, diffId };
+    const head = per[targets[0]];
+    return { ...base, ...head, digest: head.digest ?? layer.digest, diffId, targets: per };
   };
+}
+
+/**
+ * The first job of a docker:// push: reads the source registry (this worker
+ * holds its credentials; the API does not), resolves the tag to a digest,
+ * records that pin and the layout in the push state, and adds one lookup job
+ * per layer to the flow. The push copies that digest even if the tag moves.
+ */
+async function resolveSource(deps: LookupDeps, d: LookupJob): Promise<LayerOutcome> {
+  const { ctx, sources, logger } = deps;
+  const known = await deps.requests.get(d.pushId);
+  const pin =
+    known?.pin ??
+    (await (async () => {
+      const { pin: _none, ...unpinned } = sourceRefOf(d);
+      const opened = await sources.open(unpinned);
+      return { key: snapshotKey(opened.snapshot), snapshot: { ...opened.snapshot } };
+    })());
+  const opened = await sources.open({ ...sourceRefOf(d), pin });
+  const layout = { images: opened.images.map((i) => ({ layers: i.layers.length })) };
+  await ctx.store.recordPin(d.pushId, pin, layout);
+  deps.requests.forget(d.pushId);
+  const top = opened.indexDigest ?? opened.images[0]?.manifestDigest ?? '';
+  logger.info(`push ${d.pushId}: ${d.source} is ${top}`);
+  await ctx.store.appendEvent(d.pushId, {
+    type: 'log',
+    level: 'info',
+    message: `source ${d.source} resolved to ${top}`,
+  });
+  await addLayerChildren(
+    ctx.queues,
+    d.pushId,
+    {
+      source: d.source,
+      target: d.target,
+      pin,
+      ...(d.targets ? { targets: d.targets } : {}),
+      ...(d.platform !== undefined ? { platform: d.platform } : {}),
+    },
+    layout,
+    d.gzipLevel,
+  );
+  return { imageIndex: 0, layerIndex: -1, state: 'resolved', mediaType: '', digest: top };
 }
 
 /** Starts the lookup role. */

@@ -18,7 +18,7 @@
 import { hostname } from 'node:os';
 import { DelayedError, type Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
-import { zlibIdentity, type Layer } from '@ferry/image-source';
+import { zlibIdentity, type Layer, type OpenedSource } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import { QUEUE_NAMES, type LeaseRef, type QueueContext, type UploadJob } from '@ferry/queue';
 import type { BlobSource, RegistryClient, RepoRef, UploadResult } from '@ferry/registry-client';
@@ -30,6 +30,10 @@ import {
   createRegistryClient,
   currentLayerJob,
   findInRegistry,
+  PermanentError,
+  sourceRefOf,
+  targetsOf,
+  type TargetLayer,
   layerOf,
   LeaseLostError,
   markPresent,
@@ -42,6 +46,7 @@ import {
   type LayerOutcome,
   type RoleHandle,
 } from '@ferry/runtime';
+import { LayerTee } from './tee';
 
 export interface UploadDeps {
   ctx: QueueContext;
@@ -75,6 +80,12 @@ type LayerReadProgress = Pick<
   'uncompressedRead' | 'uncompressedTotal'
 >;
 
+/** A branch of a layer read shared by the targets of a fan-out. */
+interface SharedRead {
+  tee: LayerTee<Awaited<ReturnType<Layer['open']>>>;
+  branch: number;
+}
+
 interface BlobJob {
   d: UploadJob;
   job: Job<UploadJob>;
@@ -85,6 +96,8 @@ interface BlobJob {
   diffId: string | undefined;
   leaseKey: string;
   sessionKey: string;
+  /** Repositories of the target's registry that hold the blob for sure (a docker:// source's own). */
+  mountFrom: string[];
 }
 
 export function uploadProcessor(deps: UploadDeps) {
@@ -95,57 +108,220 @@ export function uploadProcessor(deps: UploadDeps) {
 
   return async (job: Job<UploadJob>, token?: string): Promise<LayerOutcome> => {
     const d = await currentLayerJob<UploadJob>(job.data, requests);
-    const repo = targetRepo(d.target);
+    const targets = targetsOf(d);
     const active = await assertActive(ctx, d.pushId).then(
       () => undefined,
       (e: unknown) => e,
     );
     if (active !== undefined) {
-      // The push ended (failed elsewhere, cancelled) while this job waited: close its session.
-      await dropSessionOfEnded(deps, d, repo);
+      // The push ended (failed elsewhere, cancelled) while this job waited: close its sessions.
+      for (const t of targets) await dropSessionOfEnded(deps, d, targetRepo(t));
       throw active;
     }
+    const opened = await sources.open(sourceRefOf(d));
     const layer = await layerOf(sources, d);
     const diffId = layer.diffId ?? d.diffId;
-    const leaseKey = blobLeaseKey(
-      repo.registry,
-      layer.digest,
-      diffId,
-      d.gzipLevel,
-      zlibIdentity(d.gzipLevel),
-    );
-    const b: BlobJob = {
-      d,
-      job,
-      repo,
-      layer,
-      key: { imageIndex: d.imageIndex, index: d.layerIndex },
-      base: { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType },
-      diffId,
-      leaseKey,
-      // The session an earlier attempt of this blob into this repository left open, if any.
-      sessionKey: ctx.uploadLease.keys.uploadSession(leaseKey, repo.repository),
+    const blobs = targets.map((t) => blobJobOf(deps, d, job, layer, diffId, t, opened));
+    const fanOut = targets.length > 1;
+    const per: Record<string, TargetLayer> = {};
+
+    // The blob may be in a target already (another push put it there), or mountable.
+    const todo: BlobJob[] = [];
+    for (const b of blobs) {
+      const found = await presentOrMount(deps, b);
+      if (found) per[b.d.target] = targetLayerOf(found);
+      else todo.push(b);
+    }
+    // One upload per registry; a second target in the same registry mounts from the first.
+    const leaders = new Map<string, BlobJob>();
+    for (const b of todo) if (!leaders.has(b.repo.registry)) leaders.set(b.repo.registry, b);
+    const ups = [...leaders.values()];
+    // The diffID the upload computed from the bytes it read (dir: layers), for the config.
+    let computed: string | undefined;
+    if (ups.length > 0) {
+      const held = await acquireLeases(deps, ups, job, token, owner, leaseMs);
+      if (!held) return waitForOtherUpload(deps, ups[0], token);
+      try {
+        computed = await uploadAll(deps, ups, held, fanOut, per);
+      } finally {
+        for (const h of held) {
+          h.keeper.stop();
+          await ctx.uploadLease
+            .release(h.lease.key, h.lease.owner, h.lease.token)
+            .catch(() => undefined);
+        }
+      }
+    }
+    for (const b of todo) {
+      if (per[b.d.target]) continue;
+      const leader = leaders.get(b.repo.registry);
+      const from = leader ? per[leader.d.target] : undefined;
+      if (from?.state === 'failed') {
+        per[b.d.target] = from;
+        continue;
+      }
+      const found = await presentOrMount(deps, b, leader ? [leader.repo.repository] : []);
+      per[b.d.target] = found
+        ? targetLayerOf(found)
+        : {
+            state: 'failed',
+            error: {
+              code: 'FERRY_LAYER_MISSING',
+              message: `${b.layer.description} could not be mounted into ${b.d.target}`,
+            },
+          };
+    }
+    const head = per[targets[0]];
+    if (!fanOut && head.state === 'failed')
+      throw new PermanentError(
+        head.error?.code ?? 'FERRY_LAYER_MISSING',
+        head.error?.message ?? 'upload failed',
+      );
+    return {
+      ...blobs[0].base,
+      ...head,
+      diffId: computed ?? diffId,
+      targets: fanOut ? per : undefined,
     };
+  };
+}
+
+/** How the layer stands in one target, from an upload's (or a HEAD's) outcome. */
+function targetLayerOf(o: LayerOutcome): TargetLayer {
+  return {
+    state: o.state as TargetLayer['state'],
+    ...(o.digest !== undefined ? { digest: o.digest } : {}),
+    ...(o.size !== undefined ? { size: o.size } : {}),
+    ...(o.mountedFrom !== undefined ? { mountedFrom: o.mountedFrom } : {}),
+  };
+}
+
+/** One target's view of the job's blob. */
+function blobJobOf(
+  deps: UploadDeps,
+  d: UploadJob,
+  job: Job<UploadJob>,
+  layer: Layer,
+  diffId: string | undefined,
+  target: string,
+  opened: OpenedSource,
+): BlobJob {
+  const repo = targetRepo(target);
+  const src = opened.registrySource;
+  const leaseKey = blobLeaseKey(
+    repo.registry,
+    layer.digest,
+    diffId,
+    d.gzipLevel,
+    zlibIdentity(d.gzipLevel),
+  );
+  return {
+    d: { ...d, target },
+    job,
+    repo,
+    layer,
+    key: { imageIndex: d.imageIndex, index: d.layerIndex },
+    base: { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType },
+    diffId,
+    leaseKey,
+    // The session an earlier attempt of this blob into this repository left open, if any.
+    sessionKey: deps.ctx.uploadLease.keys.uploadSession(leaseKey, repo.repository),
+    mountFrom: src && src.registry === repo.registry ? [src.repository] : [],
+  };
+}
+
+interface HeldLease {
+  lease: LeaseRef;
+  keeper: { stop(): void; signal: AbortSignal };
+}
+
+/**
+ * The upload lease of the blob in every registry to upload to, or null (all
+ * given back) when another worker holds one: the job then waits and looks again.
+ */
+async function acquireLeases(
+  deps: UploadDeps,
+  ups: BlobJob[],
+  job: Job<UploadJob>,
+  token: string | undefined,
+  owner: string,
+  leaseMs: number,
+): Promise<HeldLease[] | null> {
+  const { ctx } = deps;
+  const held: HeldLease[] = [];
+  for (const b of ups) {
     // Unique per run of the job: a stalled run and its successor never share the lease.
     const lease: LeaseRef = {
-      key: leaseKey,
+      key: b.leaseKey,
       owner: `${owner}-${job.id}-${token ?? job.attemptsMade}`,
       token: 0,
     };
-    const fence = await ctx.uploadLease.acquire(leaseKey, lease.owner, leaseMs);
-    if (fence === null) return waitForOtherUpload(deps, b, token);
-    lease.token = fence;
-    const keeper = ctx.uploadLease.keep(leaseKey, lease.owner, fence, leaseMs);
-    try {
-      // The holder before us may have finished it.
-      const found = await presentOrMount(deps, b);
-      if (found) return found;
-      return await upload(deps, b, lease, keeper.signal);
-    } finally {
-      keeper.stop();
-      await ctx.uploadLease.release(leaseKey, lease.owner, fence).catch(() => undefined);
+    const fence = await ctx.uploadLease.acquire(b.leaseKey, lease.owner, leaseMs);
+    if (fence === null) {
+      for (const h of held) {
+        h.keeper.stop();
+        await ctx.uploadLease
+          .release(h.lease.key, h.lease.owner, h.lease.token)
+          .catch(() => undefined);
+      }
+      return null;
     }
-  };
+    lease.token = fence;
+    held.push({ lease, keeper: ctx.uploadLease.keep(b.leaseKey, lease.owner, fence, leaseMs) });
+  }
+  return held;
+}
+
+/**
+ * Uploads the blob to every registry in `ups` (one read of the layer shared by
+ * all, see LayerTee), each under its lease. With several targets, a permanent
+ * failure is that target's alone; a transient one fails the job (its retry
+ * finds the finished targets present).
+ */
+async function uploadAll(
+  deps: UploadDeps,
+  ups: BlobJob[],
+  held: HeldLease[],
+  fanOut: boolean,
+  per: Record<string, TargetLayer>,
+): Promise<string | undefined> {
+  const tee =
+    ups.length > 1 ? new LayerTee((offset) => ups[0].layer.open(offset), ups.length) : undefined;
+  const settled = await Promise.allSettled(
+    ups.map(async (b, i) => {
+      try {
+        // The holder before us may have finished it.
+        const found = await presentOrMount(deps, b);
+        if (found) return found;
+        const shared = tee ? { tee, branch: i } : undefined;
+        return await upload(deps, b, held[i].lease, held[i].keeper.signal, shared);
+      } finally {
+        tee?.leave(i);
+      }
+    }),
+  );
+  let transient: unknown;
+  let diffId: string | undefined;
+  settled.forEach((r, i) => {
+    const t = ups[i].d.target;
+    if (r.status === 'fulfilled') {
+      per[t] = targetLayerOf(r.value);
+      diffId ??= r.value.diffId;
+      return;
+    }
+    if (!fanOut || !isPermanent(r.reason) || r.reason instanceof CancelledError) {
+      transient ??= r.reason;
+      return;
+    }
+    const e = r.reason as { code?: string; message: string };
+    deps.logger.warn(`target ${t}: ${ups[i].layer.description}: ${e.message}`);
+    per[t] = {
+      state: 'failed',
+      error: { code: e.code ?? 'FERRY_REGISTRY_ERROR', message: e.message },
+    };
+  });
+  if (transient !== undefined) throw transient;
+  return diffId;
 }
 
 /** The session key of a job's blob (its lease key + repository), as upload() keeps it. */
@@ -183,7 +359,11 @@ async function dropEarlierSession(deps: UploadDeps, b: BlobJob): Promise<void> {
 }
 
 /** The blob is in the target already, or can be mounted there: no bytes to send. */
-async function presentOrMount(deps: UploadDeps, b: BlobJob): Promise<LayerOutcome | undefined> {
+async function presentOrMount(
+  deps: UploadDeps,
+  b: BlobJob,
+  mountFrom: string[] = [],
+): Promise<LayerOutcome | undefined> {
   const { ctx, client } = deps;
   let digest = b.layer.digest;
   if (!digest && b.diffId) {
@@ -191,7 +371,10 @@ async function presentOrMount(deps: UploadDeps, b: BlobJob): Promise<LayerOutcom
     digest = (await ctx.blobs.lookupCompressed(b.diffId, level, zlibIdentity(level)))?.digest;
   }
   if (!digest) return undefined;
-  const found = await findInRegistry(ctx, client, b.repo, digest, { logger: deps.logger });
+  const found = await findInRegistry(ctx, client, b.repo, digest, {
+    logger: deps.logger,
+    mountFrom: [...mountFrom, ...b.mountFrom],
+  });
   if (!found) return undefined;
   await dropEarlierSession(deps, b);
   await markPresent(ctx, b.d.pushId, b.key, b.repo, found);
@@ -210,7 +393,8 @@ async function waitForOtherUpload(
   const found = await presentOrMount(deps, b);
   if (found) return found;
   const waits = (b.d.waits ?? 0) + 1;
-  await b.job.updateData({ ...b.d, waits });
+  // The job's own data (every target), not this target's view of it.
+  await b.job.updateData({ ...b.job.data, waits });
   const waitMs = deps.waitMs ?? 1_000;
   const delay = Math.min(30_000, waitMs * 2 ** Math.min(waits - 1, 5)) * (1 + Math.random() / 2);
   await b.job.moveToDelayed(Date.now() + Math.floor(delay), token);
@@ -222,12 +406,16 @@ function blobSourceOf(
   layer: Layer,
   onDiffId: (diffId: string) => void,
   onOpen: (s: LayerReadProgress) => void = () => undefined,
+  shared?: SharedRead,
 ): BlobSource {
   return {
     size: layer.size,
     digest: layer.digest,
     open: async (offset: number) => {
-      const s = await layer.open(offset);
+      const opened = shared
+        ? await shared.tee.openBranch(shared.branch, offset)
+        : await layer.open(offset).then((s) => ({ s, stream: s.stream }));
+      const s = opened.s;
       onOpen(s);
       const done = s.done.then((r) => {
         onDiffId(r.diffId);
@@ -235,7 +423,7 @@ function blobSourceOf(
       });
       // The client may abandon a stream (a cut, a retry) without awaiting its end.
       done.catch(() => undefined);
-      return { stream: s.stream, done };
+      return { stream: opened.stream, done };
     },
   };
 }
@@ -322,6 +510,7 @@ async function upload(
   b: BlobJob,
   lease: LeaseRef,
   leaseLost: AbortSignal,
+  shared?: SharedRead,
 ): Promise<LayerOutcome> {
   const { ctx, client } = deps;
   const { d, layer } = b;
@@ -346,7 +535,7 @@ async function upload(
   try {
     result = await client.uploadBlob(
       b.repo,
-      blobSourceOf(layer, (x) => (diffId = x), progress.opened),
+      blobSourceOf(layer, (x) => (diffId = x), progress.opened, shared),
       {
         chunkSize: deps.chunkSize,
         // Stops on a cancel, and on a lost lease — also in the middle of a back-off.
