@@ -63,6 +63,9 @@ interface PushOpts extends ServerOpts {
   mtime?: 'epoch' | 'keep' | number;
   wait: boolean;
   cancelOnInterrupt?: boolean;
+  allTags?: boolean;
+  /** false with --no-signatures. */
+  signatures?: boolean;
 }
 
 /** The largest mtime a tar header holds (11 octal digits), as the API's schema allows. */
@@ -78,9 +81,9 @@ export function parseMtime(value: string): 'epoch' | 'keep' | number {
 }
 
 /** `--json`: an error becomes the last JSON object on stdout too (the one line still goes to stderr). */
-async function push(source: string, target: string, opts: PushOpts, io: CliIo): Promise<number> {
+async function push(source: string, targets: string[], opts: PushOpts, io: CliIo): Promise<number> {
   try {
-    return await pushAndFollow(source, target, opts, io);
+    return await pushAndFollow(source, targets, opts, io);
   } catch (err) {
     if (opts.json && !(err instanceof FinalStatusError)) {
       const e = err as { code?: unknown; message?: string; field?: string };
@@ -104,12 +107,17 @@ class FinalStatusError extends CliError {}
 
 async function pushAndFollow(
   source: string,
-  target: string,
+  targets: string[],
   opts: PushOpts,
   io: CliIo,
 ): Promise<number> {
   const api = client(opts, io);
+  const target = targets[0];
   const body: Record<string, unknown> = { source: absolutizeSource(source, io.cwd), target };
+  // Fan-out: one push to every TARGET, the source read once.
+  if (targets.length > 1) body.targets = targets.slice(1);
+  if (opts.allTags) body.allTags = true;
+  if (opts.signatures === false) body.copySignatures = false;
   if (opts.tag.length) body.tags = opts.tag;
   if (opts.sign) body.sign = true;
   if (opts.schema1) body.schema1 = true;
@@ -160,6 +168,13 @@ async function pushAndFollow(
   }
   unsubscribe();
   renderer.end();
+  if (!opts.json) {
+    for (const t of final.targets ?? []) {
+      io.stderr.write(
+        `${t.target}: ${t.status}${t.manifest ? ` ${t.manifest.digest}` : ''}${t.error ? ` (${t.error.code}: ${t.error.message})` : ''}\n`,
+      );
+    }
+  }
   if (final.status === 'succeeded') {
     const digest = final.manifest?.digest ?? (await api.getPush(accepted.id)).manifest?.digest;
     if (!digest)
@@ -288,10 +303,10 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     program
       .command('push')
       .description(
-        'push SOURCE (oci:PATH[:REF], docker-archive:PATH[:REF], dir:PATH) to TARGET (HOST[:PORT]/REPO[:TAG])',
+        'push SOURCE (oci:PATH[:REF], docker-archive:PATH[:REF], dir:PATH, docker://HOST[:PORT]/REPO[:TAG|@DIGEST]) to TARGET (HOST[:PORT]/REPO[:TAG]); several TARGETs fan the push out',
       )
       .argument('<source>')
-      .argument('<target>')
+      .argument('<target...>')
       .option('-t, --tag <tag>', 'an extra tag (repeatable)', collect, [])
       .option('--sign', 'sign with every key the server has')
       .option('--schema1', 'push a legacy signed schema1 manifest')
@@ -309,14 +324,16 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
           "dir: layers: mtime 0 (epoch, the default), each file's mtime (keep) or SECONDS",
         ).argParser(parseMtime),
       )
+      .option('--all-tags', 'docker:// source without a tag: copy every tag of the repository')
+      .option('--no-signatures', "docker:// source: do not copy the source's cosign signatures")
       .option('--json', 'one JSON object per event on stdout, the last one the final status')
       .option('--no-wait', 'print the push id and return at once')
       .option(
         '--cancel-on-interrupt',
         'Ctrl-C cancels the push (by default the push goes on on the server)',
       ),
-  ).action(async (source: string, target: string, opts: PushOpts) =>
-    setExit(await push(source, target, opts, io)),
+  ).action(async (source: string, targets: string[], opts: PushOpts) =>
+    setExit(await push(source, targets, opts, io)),
   );
 
   serverOptions(

@@ -18,14 +18,18 @@ import {
   type SignRequest,
   type SourcePin,
 } from '@ferry/queue';
-import { isAllowed } from '@ferry/registry-client';
+import { formatSource, parseSource } from '@ferry/image-source';
+import { isAllowed, normalizeHost } from '@ferry/registry-client';
 import { patternCovers, type Principal } from './auth';
 import { ApiError } from './errors';
 import { SourceContentError, type Inspector } from './inspect';
 
 export interface PushBody {
   source: string;
-  target: string;
+  target?: string;
+  targets?: string[];
+  allTags?: boolean;
+  copySignatures?: boolean;
   tags?: string[];
   sign?: SignRequest | boolean;
   schema1?: boolean;
@@ -75,6 +79,33 @@ function checkCombinations(body: PushBody): void {
   }
   if (body.dirOptions !== undefined && !body.source.startsWith('dir:')) {
     throw new ApiError('FERRY_VALIDATION', 'dirOptions apply to dir: sources only', 'dirOptions');
+  }
+  if (body.target === undefined && (body.targets ?? []).length === 0) {
+    throw new ApiError('FERRY_VALIDATION', 'a push needs a target (or targets)', 'target');
+  }
+  const copy = body.source.startsWith('docker://');
+  if (!copy) {
+    for (const f of ['allTags', 'copySignatures'] as const) {
+      if (body[f] !== undefined) {
+        throw new ApiError('FERRY_VALIDATION', `${f} applies to docker:// sources only`, f);
+      }
+    }
+  } else {
+    // A copy keeps the source's bytes, so its digests: nothing that would rewrite them.
+    if (body.schema1 === true) {
+      throw new ApiError(
+        'FERRY_VALIDATION',
+        'a docker:// copy keeps the source manifests byte for byte; schema1 would rewrite them',
+        'schema1',
+      );
+    }
+    if (body.format !== undefined) {
+      throw new ApiError(
+        'FERRY_VALIDATION',
+        "a docker:// copy keeps the source's manifest format (and digests); leave format out",
+        'format',
+      );
+    }
   }
   // Signatures and schema1 manifests need the signers (a later issue): refuse rather than
   // push an image unsigned that the caller asked to be signed.
@@ -166,16 +197,21 @@ export async function createPush(
   idempotencyKey: string | undefined,
   principal?: Principal,
 ): Promise<Accepted> {
-  const { config, store, queues, inspector, logger } = deps;
+  const { store, logger } = deps;
   checkCombinations(body);
-  // The target (its registry allowlist, then the token's patterns) is checked before the source is touched.
-  const { target } = inspector.checkTarget(body.target, config.registryAllow);
-  checkTargetScope(principal, target);
+  // The targets (their registry allowlist, then the token's patterns) are checked before the source is touched.
+  const targets = checkTargets(deps, body, principal);
+  const target = targets[0];
   const dirOptions = dirOptionsOf(body);
-  const pinned = await pinSource(deps, body, dirOptions);
+  const pinned = body.source.startsWith('docker://')
+    ? registrySource(deps, body)
+    : await pinSource(deps, body, dirOptions);
   const request: PushRequest = {
     source: pinned.source,
     target,
+    ...(targets.length > 1 ? { targets } : {}),
+    ...(body.allTags ? { allTags: true } : {}),
+    ...(body.copySignatures === false ? { copySignatures: false } : {}),
     tags: body.tags ?? [],
     format: body.format ?? (body.schema1 ? 'docker' : 'oci'),
     ...(body.sign !== undefined ? { sign: body.sign } : {}),
@@ -193,19 +229,18 @@ export async function createPush(
     id = claimed.id;
   }
   await store.create(id, request, pinned.layout ? { layout: pinned.layout } : {});
+  if (pinned.layout === undefined && !pinned.contentError) {
+    // A docker:// source: its resolve job (a worker, with the registry credentials) pins it.
+    await enqueueOrFail(deps, id, request, undefined);
+    logger.info('push accepted', { id, source: request.source, target, targets: targets.length });
+    return { id, status: 'queued', replayed: false };
+  }
   if (pinned.contentError) {
     const { code, message } = pinned.contentError;
     await store.finish(id, { error: { code, message } });
     return { id, status: 'failed', replayed: false };
   }
-  try {
-    await enqueuePush(queues, id, request, pinned.layout, { gzipLevel: config.gzipLevel });
-  } catch (err) {
-    await store
-      .finish(id, { error: { code: 'FERRY_UNAVAILABLE', message: 'the push could not be queued' } })
-      .catch(() => undefined);
-    throw err;
-  }
+  await enqueueOrFail(deps, id, request, pinned.layout);
   logger.info('push accepted', {
     id,
     source: request.source,
@@ -214,6 +249,79 @@ export async function createPush(
     layers: pinned.layout.images.map((i) => i.layers),
   });
   return { id, status: 'queued', replayed: false };
+}
+
+/** Enqueues the push's flow; a push that could not be queued is failed, never left queued. */
+async function enqueueOrFail(
+  deps: PushDeps,
+  id: string,
+  request: PushRequest,
+  layout: PushLayout | undefined,
+): Promise<void> {
+  try {
+    await enqueuePush(deps.queues, id, request, layout, { gzipLevel: deps.config.gzipLevel });
+  } catch (err) {
+    await deps.store
+      .finish(id, { error: { code: 'FERRY_UNAVAILABLE', message: 'the push could not be queued' } })
+      .catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Every target (`target` first, then `targets`), each allowed and within the token's patterns. */
+function checkTargets(deps: PushDeps, body: PushBody, principal?: Principal): string[] {
+  const asked = [...(body.target !== undefined ? [body.target] : []), ...(body.targets ?? [])];
+  const out: string[] = [];
+  asked.forEach((t, i) => {
+    const field = body.target !== undefined && i === 0 ? 'target' : 'targets';
+    let target: string;
+    try {
+      target = deps.inspector.checkTarget(t, deps.config.registryAllow).target;
+      checkTargetScope(principal, target);
+    } catch (err) {
+      if (err instanceof ApiError && field === 'targets') {
+        throw new ApiError(err.code, `targets: ${err.message}`, 'targets');
+      }
+      throw err;
+    }
+    if (!out.includes(target)) out.push(target);
+  });
+  if (out.length > 16) throw new ApiError('FERRY_VALIDATION', 'at most 16 targets', 'targets');
+  return out;
+}
+
+/**
+ * A docker:// source: checked (syntax, registry allowlist) but not opened —
+ * the API holds no registry credentials; the push's first job pins it.
+ */
+function registrySource(
+  deps: PushDeps,
+  body: PushBody,
+): { source: string; layout?: undefined; pin?: undefined; contentError?: undefined } {
+  let spec;
+  try {
+    spec = parseSource(body.source);
+  } catch (err) {
+    throw toApiError(err, 'source');
+  }
+  if (spec.transport !== 'docker')
+    throw new ApiError('FERRY_BAD_SOURCE', 'not a docker:// source', 'source');
+  if (!isAllowed(spec.registry, deps.config.registryAllow)) {
+    throw new ApiError(
+      'FERRY_REGISTRY_NOT_ALLOWED',
+      `source registry ${spec.registry} is not in FERRY_REGISTRY_ALLOW`,
+      'source',
+    );
+  }
+  if (body.allTags && (spec.tagGiven || spec.digest)) {
+    throw new ApiError(
+      'FERRY_VALIDATION',
+      'allTags copies every tag of a repository: name the source without a tag or digest',
+      'allTags',
+    );
+  }
+  const registry = normalizeHost(spec.registry);
+  return { source: formatSource({ ...spec, registry }) };
 }
 
 /** A thrown error from a source/target check as the API error to answer with. */

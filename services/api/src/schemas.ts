@@ -28,22 +28,39 @@ export const ErrorSchema = {
 export const PushRequestSchema = {
   type: 'object',
   additionalProperties: false,
-  required: ['source', 'target'],
+  required: ['source'],
   properties: {
     source: {
       type: 'string',
       minLength: 1,
       maxLength: 4096,
       description:
-        'oci:PATH[:REF], docker-archive:PATH[:REF] or dir:PATH; PATH must lie inside the server’s source root',
+        'oci:PATH[:REF], docker-archive:PATH[:REF] or dir:PATH (PATH inside the server’s source root), or docker://HOST[:PORT]/REPO[:TAG|@DIGEST] (copied registry to registry)',
       examples: ['oci:/srv/images/app:1.0'],
     },
     target: {
       type: 'string',
       minLength: 1,
       maxLength: 512,
-      description: 'A Docker reference HOST[:PORT]/REPO[:TAG] on an allowed registry',
+      description:
+        'A Docker reference HOST[:PORT]/REPO[:TAG] on an allowed registry (this or `targets` is required)',
       examples: ['registry.example.com/team/app:1.0'],
+    },
+    targets: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 16,
+      uniqueItems: true,
+      items: { type: 'string', minLength: 1, maxLength: 512 },
+      description: 'Fan-out: several targets, pushed from one read of the source (after `target`)',
+    },
+    allTags: {
+      type: 'boolean',
+      description: 'docker:// source without a tag: copy every tag of the repository',
+    },
+    copySignatures: {
+      type: 'boolean',
+      description: 'docker:// source: copy its cosign signatures along (default true)',
     },
     tags: {
       type: 'array',
@@ -139,6 +156,22 @@ export const PushStateSchema = {
     requestedBy: { type: 'string', description: 'Name of the token that started the push' },
     source: { type: 'string' },
     target: { type: 'string' },
+    targets: {
+      type: 'array',
+      description: 'Fan-out: how each target ended',
+      items: {
+        type: 'object',
+        properties: {
+          target: { type: 'string' },
+          status: { type: 'string', enum: ['succeeded', 'failed'] },
+          manifest: ManifestRefSchema,
+          error: {
+            type: 'object',
+            properties: { code: { type: 'string' }, message: { type: 'string' } },
+          },
+        },
+      },
+    },
     tags: { type: 'array', items: { type: 'string' } },
     layers: {
       type: 'array',
