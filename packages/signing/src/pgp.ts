@@ -111,7 +111,14 @@ export async function verifySimpleSigning(
   expect: { dockerReference?: string; manifestDigest?: string } = {},
 ): Promise<SimpleSignatureContent> {
   const keys = await Promise.all(
-    [publicKeysArmored].flat().map((armoredKey) => openpgp.readKey({ armoredKey })),
+    [publicKeysArmored].flat().map((armoredKey, i) =>
+      openpgp.readKey({ armoredKey }).catch(() => {
+        throw new SigningError(
+          SigningErrorCodes.PGP_KEY_INVALID,
+          `verification key ${i + 1} is not an armored OpenPGP key`,
+        );
+      }),
+    ),
   );
   let content: Omit<SimpleSignatureContent, 'signedBy'>;
   let signedBy: string;

@@ -278,5 +278,9 @@ describe('simple signing payload and lookaside layout', () => {
       pgpKeyFromArmored(pubOnly),
       (e: SigningError) => e.code === 'FERRY_PGP_KEY_INVALID',
     );
+    await assert.rejects(
+      verifySimpleSigning(Buffer.from('x'), 'not a key'),
+      (e: SigningError) => e.code === 'FERRY_PGP_KEY_INVALID',
+    );
   });
 });
