@@ -277,6 +277,49 @@ describe('e2e: docker:// sources and fan-out', function () {
     assert.equal(raw.schemaVersion, 2);
   });
 
+  it('--all-tags copies every tag of a repository as one push, digests equal', async () => {
+    const src = `${a.host}/src/many`;
+    const tls = ['--src-tls-verify=false', '--dest-tls-verify=false'];
+    await skopeo(['copy', '--all', ...tls, `docker://${a.host}/src/app:v1`, `docker://${src}:one`]);
+    await skopeo([
+      'copy',
+      ...tls,
+      `docker://${a.host}/src/app@${platformManifests[0]}`,
+      `docker://${src}:two`,
+    ]);
+    await skopeo([
+      'copy',
+      ...tls,
+      `docker://${a.host}/src/app@${platformManifests[1]}`,
+      `docker://${src}:three`,
+    ]);
+    const state = await pushAndWait(stack, {
+      source: `docker://${src}`,
+      target: `${b.host}/mirror/many`,
+      allTags: true,
+    });
+    assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
+    const want: Record<string, string> = {
+      one: index.digest,
+      two: platformManifests[0],
+      three: platformManifests[1],
+    };
+    assert.deepEqual(
+      Object.fromEntries((state.manifests ?? []).map((m) => [m.tag, m.digest])),
+      want,
+    );
+    const client = new RegistryClient({ allow: ['127.0.0.1'] });
+    try {
+      for (const [tag, digest] of Object.entries(want)) {
+        const m = await client.getManifest({ registry: b.host, repository: 'mirror/many' }, tag);
+        assert.equal(`sha256:${createHash('sha256').update(m.body).digest('hex')}`, digest, tag);
+        await skopeoInspect(`docker://${b.host}/mirror/many:${tag}`, ['--raw']);
+      }
+    } finally {
+      await client.close();
+    }
+  });
+
   it('a source serving wrong bytes for a digest fails the push: nothing committed, nothing tagged', async () => {
     // Corrupt the big layer's data file in the source registry's storage (same size, other bytes).
     const manifest = await skopeoInspect(`docker://${a.host}/src/app@${platformManifests[1]}`, [

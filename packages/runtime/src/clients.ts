@@ -15,6 +15,34 @@ export function createRegistryClient(config: FerryConfig, logger?: Logger): Regi
   });
 }
 
+/**
+ * The pin of a `--all-tags` copy: every tag of the source repository with the
+ * snapshot its manifest was pinned to (one push, the images of all tags in a row).
+ */
+export interface TagsSnapshot {
+  kind: 'registry-tags';
+  registry: string;
+  repository: string;
+  tags: { tag: string; snapshot: SourceSnapshot }[];
+}
+
+/** One tag of an `--all-tags` copy: its images are `opened.images`, at `first` in the whole. */
+export interface TagPart {
+  tag: string;
+  opened: OpenedSource;
+  first: number;
+}
+
+/** An opened source; an `--all-tags` copy lists its tags' parts. */
+export interface OpenedImages extends OpenedSource {
+  parts?: TagPart[];
+}
+
+/** The source string of one tag of a repository copied with --all-tags. */
+export function tagSource(registry: string, repository: string, tag: string): string {
+  return `docker://${registry}/${repository}:${tag}`;
+}
+
 /** Which source a job reads, and how: everything that decides the bytes of its layers. */
 export interface SourceRef {
   source: string;
@@ -43,7 +71,7 @@ export function sourceKey(ref: SourceRef): string | undefined {
  * source. Unpinned (version-1) jobs are opened afresh every time.
  */
 export class SourceCache {
-  private readonly entries = new Map<string, { at: number; value: Promise<OpenedSource> }>();
+  private readonly entries = new Map<string, { at: number; value: Promise<OpenedImages> }>();
 
   private registry: RegistryClient | undefined;
 
@@ -66,12 +94,48 @@ export class SourceCache {
     await r?.close();
   }
 
-  open(ref: SourceRef): Promise<OpenedSource> {
+  open(ref: SourceRef): Promise<OpenedImages> {
     const key = sourceKey(ref);
     const now = Date.now();
     const hit = key === undefined ? undefined : this.entries.get(key);
     if (hit && now - hit.at < this.ttlMs) return hit.value;
-    const value = openSource(ref.source, {
+    const tags = ref.pin?.snapshot.kind === 'registry-tags';
+    const value = tags ? this.openTags(ref) : this.openOne(ref);
+    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
+    if (key === undefined) return value;
+    this.entries.set(key, { at: now, value });
+    value.catch(() => this.entries.delete(key));
+    return value;
+  }
+
+  /** Every tag of an `--all-tags` pin, each read through its own snapshot, images in a row. */
+  private async openTags(ref: SourceRef): Promise<OpenedImages> {
+    const pin = ref.pin?.snapshot as unknown as TagsSnapshot;
+    const parts: TagPart[] = [];
+    let first = 0;
+    for (const t of pin.tags) {
+      const opened = await this.openOne({
+        ...ref,
+        source: tagSource(pin.registry, pin.repository, t.tag),
+        pin: { key: '', snapshot: t.snapshot as unknown as Record<string, unknown> },
+      });
+      parts.push({ tag: t.tag, opened, first });
+      first += opened.images.length;
+    }
+    const head = parts[0].opened;
+    return {
+      ...head,
+      images: parts.flatMap((p) => p.opened.images),
+      indexBytes: undefined,
+      indexMediaType: undefined,
+      indexDigest: undefined,
+      realPath: ref.source,
+      parts,
+    };
+  }
+
+  private openOne(ref: SourceRef): Promise<OpenedSource> {
+    return openSource(ref.source, {
       root: this.config.sourceRoot,
       gzipLevel: ref.gzipLevel,
       platform: ref.platform,
@@ -80,11 +144,6 @@ export class SourceCache {
       ...(ref.dirOptions ? { dirOptions: ref.dirOptions } : {}),
       ...(ref.pin ? { snapshot: ref.pin.snapshot as unknown as SourceSnapshot } : {}),
     });
-    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
-    if (key === undefined) return value;
-    this.entries.set(key, { at: now, value });
-    value.catch(() => this.entries.delete(key));
-    return value;
   }
 }
 

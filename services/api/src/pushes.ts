@@ -68,6 +68,24 @@ export function checkIdempotencyKey(header: unknown): string | undefined {
   return header;
 }
 
+/** A docker:// copy keeps the source's bytes, so its digests: nothing that would rewrite them. */
+function checkCopy(body: PushBody): void {
+  const why: [keyof PushBody, string][] = [
+    ['schema1', 'a schema1 manifest would rewrite the manifests'],
+    ['format', "it keeps the source's manifest format; leave format out"],
+    ['dirOptions', 'dirOptions apply to dir: sources only'],
+  ];
+  for (const [field, reason] of why) {
+    if (body[field] !== undefined && body[field] !== false) {
+      throw new ApiError(
+        'FERRY_COPY_UNSUPPORTED',
+        `a docker:// source is copied byte for byte (digests kept): ${reason}`,
+        field,
+      );
+    }
+  }
+}
+
 /** The combinations a JSON schema cannot express. */
 function checkCombinations(body: PushBody): void {
   if (body.schema1 === true && body.format === 'oci') {
@@ -77,34 +95,18 @@ function checkCombinations(body: PushBody): void {
       'schema1',
     );
   }
-  if (body.dirOptions !== undefined && !body.source.startsWith('dir:')) {
-    throw new ApiError('FERRY_VALIDATION', 'dirOptions apply to dir: sources only', 'dirOptions');
-  }
   if (body.target === undefined && (body.targets ?? []).length === 0) {
     throw new ApiError('FERRY_VALIDATION', 'a push needs a target (or targets)', 'target');
   }
-  const copy = body.source.startsWith('docker://');
-  if (!copy) {
+  if (body.source.startsWith('docker://')) checkCopy(body);
+  if (body.dirOptions !== undefined && !body.source.startsWith('dir:')) {
+    throw new ApiError('FERRY_VALIDATION', 'dirOptions apply to dir: sources only', 'dirOptions');
+  }
+  if (!body.source.startsWith('docker://')) {
     for (const f of ['allTags', 'copySignatures'] as const) {
       if (body[f] !== undefined) {
         throw new ApiError('FERRY_VALIDATION', `${f} applies to docker:// sources only`, f);
       }
-    }
-  } else {
-    // A copy keeps the source's bytes, so its digests: nothing that would rewrite them.
-    if (body.schema1 === true) {
-      throw new ApiError(
-        'FERRY_VALIDATION',
-        'a docker:// copy keeps the source manifests byte for byte; schema1 would rewrite them',
-        'schema1',
-      );
-    }
-    if (body.format !== undefined) {
-      throw new ApiError(
-        'FERRY_VALIDATION',
-        "a docker:// copy keeps the source's manifest format (and digests); leave format out",
-        'format',
-      );
     }
   }
   // Signatures and schema1 manifests need the signers (a later issue): refuse rather than
@@ -311,6 +313,13 @@ function registrySource(
       'FERRY_REGISTRY_NOT_ALLOWED',
       `source registry ${spec.registry} is not in FERRY_REGISTRY_ALLOW`,
       'source',
+    );
+  }
+  if (body.allTags && (body.tags ?? []).length > 0) {
+    throw new ApiError(
+      'FERRY_VALIDATION',
+      'allTags copies each tag of the source under its own name; extra tags do not apply',
+      'tags',
     );
   }
   if (body.allTags && (spec.tagGiven || spec.digest)) {

@@ -50,6 +50,7 @@ import {
   sharedSourceCache,
   startWorker,
   type LayerOutcome,
+  type OpenedImages,
   type RoleHandle,
 } from '@ferry/runtime';
 import { copySignatures, signatureTag } from './copy-signatures';
@@ -298,22 +299,31 @@ function sourceFormat(opened: OpenedSource): ManifestFormat | undefined {
   return mt ? MANIFEST_FAMILY[mt] : undefined;
 }
 
-/** One target: config blobs, manifests by digest, (signatures,) then tags. */
-async function pushToTarget(
+/** One tag's images of an --all-tags copy see the layer results from their own position. */
+function shifted(results: Map<string, LayerOutcome>, first: number): Map<string, LayerOutcome> {
+  if (first === 0) return results;
+  const out = new Map<string, LayerOutcome>();
+  for (const [k, v] of results) {
+    const [img, layer] = k.split('/').map(Number);
+    if (img >= first) out.set(`${img - first}/${layer}`, v);
+  }
+  return out;
+}
+
+/** One image (or index) of a target: config blobs, manifests by digest, copied signatures. */
+async function pushOne(
   deps: CoordinatorDeps,
   pushId: string,
   request: PushRequest,
-  target: string,
+  repo: RepoRef,
   opened: OpenedSource,
   results: Map<string, LayerOutcome>,
-): Promise<{ result: PushResult } | { cancelled: true }> {
-  const { ctx, client, logger } = deps;
+): Promise<{ top: Canonical; manifests: TaggedManifest[] }> {
+  const { ctx, client } = deps;
   const format: ManifestFormat = sourceFormat(opened) ?? request.format ?? 'oci';
-  const ref = parseReference(target);
-  const repo = { registry: ref.registry, repository: ref.repository };
   const images = await pushImages(deps, pushId, repo, opened, results, format);
-  const { top, manifests } = await pushTop(deps, pushId, repo, opened, images, format);
-
+  const pushed = await pushTop(deps, pushId, repo, opened, images, format);
+  const { top } = pushed;
   // A copy brings the source's cosign signatures of that digest along (they sign the same bytes).
   const src = opened.registrySource;
   if (src && request.copySignatures !== false) {
@@ -322,20 +332,67 @@ async function pushToTarget(
       await ctx.store.appendEvent(pushId, {
         type: 'log',
         level: 'info',
-        message: `copied ${n} cosign signature(s) of ${top.digest} (${signatureTag(top.digest)}) to ${target}`,
+        message: `copied ${n} cosign signature(s) of ${top.digest} (${signatureTag(top.digest)}) to ${repo.registry}/${repo.repository}`,
       });
     }
   }
 
   // Signing goes here (the signing issue): sign `top` before any tag points at it.
 
-  if (await ctx.store.isCancelled(pushId)) return { cancelled: true };
-  const tags = [ref.tag ?? 'latest', ...request.tags.filter((t) => t !== (ref.tag ?? 'latest'))];
-  for (const tag of [...new Set(tags)]) {
-    await client.putManifest(repo, tag, top.bytes, top.mediaType);
-    await ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest });
+  return pushed;
+}
+
+/**
+ * One target: every image pushed and signed first, then the tags — the
+ * target's tag and the extra tags, or for an --all-tags copy each source tag
+ * on its own image.
+ */
+async function pushToTarget(
+  deps: CoordinatorDeps,
+  pushId: string,
+  request: PushRequest,
+  target: string,
+  opened: OpenedImages,
+  results: Map<string, LayerOutcome>,
+): Promise<{ result: PushResult } | { cancelled: true }> {
+  const { ctx, client, logger } = deps;
+  const ref = parseReference(target);
+  const repo = { registry: ref.registry, repository: ref.repository };
+  const parts = opened.parts ?? [{ tag: undefined, opened, first: 0 }];
+  const tops: { tags: string[]; top: Canonical; manifests: TaggedManifest[] }[] = [];
+  for (const part of parts) {
+    const one = await pushOne(
+      deps,
+      pushId,
+      request,
+      repo,
+      part.opened,
+      shifted(results, part.first),
+    );
+    const main = ref.tag ?? 'latest';
+    const tags =
+      part.tag !== undefined ? [part.tag] : [main, ...request.tags.filter((t) => t !== main)];
+    tops.push({ tags: [...new Set(tags)], ...one });
   }
-  logger.info(`push ${pushId}: ${target} is ${top.digest}`);
+  if (await ctx.store.isCancelled(pushId)) return { cancelled: true };
+  for (const { tags, top } of tops) {
+    for (const tag of tags) {
+      await client.putManifest(repo, tag, top.bytes, top.mediaType);
+      await ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest });
+    }
+  }
+  const { top } = tops[0];
+  logger.info(
+    `push ${pushId}: ${target} is ${top.digest}${tops.length > 1 ? ` (+${tops.length - 1} tags)` : ''}`,
+  );
+  const manifests = opened.parts
+    ? tops.map((t) => ({
+        tag: t.tags[0],
+        digest: t.top.digest,
+        mediaType: t.top.mediaType,
+        size: t.top.size,
+      }))
+    : tops[0].manifests;
   return {
     result: {
       manifest: { digest: top.digest, mediaType: top.mediaType, size: top.size },

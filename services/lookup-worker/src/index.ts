@@ -9,7 +9,14 @@
  */
 import type { Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
-import { snapshotKey, zlibIdentity, type Layer, type OpenedSource } from '@ferry/image-source';
+import {
+  parseSource,
+  snapshotKey,
+  zlibIdentity,
+  type Layer,
+  type OpenedSource,
+} from '@ferry/image-source';
+import { canonicalJson, sha256Digest } from '@ferry/manifest';
 import type { Logger } from '@ferry/log';
 import {
   addLayerChildren,
@@ -18,6 +25,7 @@ import {
   QUEUE_NAMES,
   type LookupJob,
   type QueueContext,
+  type SourcePin,
   type UploadJob,
 } from '@ferry/queue';
 import type { RegistryClient } from '@ferry/registry-client';
@@ -25,7 +33,11 @@ import {
   assertActive,
   currentLayerJob,
   isPermanent,
+  PermanentError,
   sourceRefOf,
+  tagSource,
+  type SourceRef,
+  type TagsSnapshot,
   targetsOf,
   type TargetLayer,
   createRegistryClient,
@@ -215,6 +227,38 @@ export function lookupProcessor(deps: LookupDeps) {
   };
 }
 
+/** cosign's signature, attestation and SBOM tags: they follow their images, never copied as images. */
+const COSIGN_TAG = /^sha256-[0-9a-f]{64}\.(sig|att|sbom)$/;
+
+/**
+ * `--all-tags`: every tag of the source repository, each resolved to the
+ * manifest digest it names now, as one pin (like skopeo sync, as one push).
+ */
+async function pinAllTags(deps: LookupDeps, ref: SourceRef): Promise<SourcePin> {
+  const spec = parseSource(ref.source);
+  if (spec.transport !== 'docker') {
+    throw new PermanentError('FERRY_BAD_SOURCE', `--all-tags needs a docker:// source`);
+  }
+  const repo = { registry: spec.registry, repository: spec.repository };
+  const tags = (await deps.client.listTags(repo)).filter((t) => !COSIGN_TAG.test(t)).sort();
+  if (tags.length === 0) {
+    throw new PermanentError('FERRY_SOURCE_NOT_FOUND', `${ref.source} has no tags to copy`);
+  }
+  const pinned: TagsSnapshot['tags'] = [];
+  for (const tag of tags) {
+    const opened = await deps.sources.open({
+      ...ref,
+      source: tagSource(spec.registry, spec.repository, tag),
+    });
+    pinned.push({ tag, snapshot: opened.snapshot });
+  }
+  const snapshot: TagsSnapshot = { kind: 'registry-tags', ...repo, tags: pinned };
+  return {
+    key: sha256Digest(canonicalJson(snapshot)),
+    snapshot: snapshot as unknown as Record<string, unknown>,
+  };
+}
+
 /**
  * The first job of a docker:// push: reads the source registry (this worker
  * holds its credentials; the API does not), resolves the tag to a digest,
@@ -224,18 +268,22 @@ export function lookupProcessor(deps: LookupDeps) {
 async function resolveSource(deps: LookupDeps, d: LookupJob): Promise<LayerOutcome> {
   const { ctx, sources, logger } = deps;
   const known = await deps.requests.get(d.pushId);
-  const pin =
+  const { pin: _none, ...unpinned } = sourceRefOf(d);
+  const pin: SourcePin =
     known?.pin ??
-    (await (async () => {
-      const { pin: _none, ...unpinned } = sourceRefOf(d);
-      const opened = await sources.open(unpinned);
-      return { key: snapshotKey(opened.snapshot), snapshot: { ...opened.snapshot } };
-    })());
+    (known?.allTags
+      ? await pinAllTags(deps, unpinned)
+      : await sources.open(unpinned).then((opened) => ({
+          key: snapshotKey(opened.snapshot),
+          snapshot: { ...opened.snapshot } as Record<string, unknown>,
+        })));
   const opened = await sources.open({ ...sourceRefOf(d), pin });
   const layout = { images: opened.images.map((i) => ({ layers: i.layers.length })) };
   await ctx.store.recordPin(d.pushId, pin, layout);
   deps.requests.forget(d.pushId);
-  const top = opened.indexDigest ?? opened.images[0]?.manifestDigest ?? '';
+  const top = opened.parts
+    ? `${opened.parts.length} tags`
+    : (opened.indexDigest ?? opened.images[0]?.manifestDigest ?? '');
   logger.info(`push ${d.pushId}: ${d.source} is ${top}`);
   await ctx.store.appendEvent(d.pushId, {
     type: 'log',
