@@ -12,6 +12,7 @@ import { Metrics } from './metrics';
 import { PushStore } from './push-store';
 import { createQueues, type FerryQueues } from './queues';
 import { Semaphore } from './semaphore';
+import { SigningStore } from './signing-store';
 
 /** The config fields the queue package needs (a subset of @ferry/config's FerryConfig). */
 export interface QueueConfig {
@@ -33,6 +34,8 @@ export interface QueueContext {
   readonly uploadLease: Lease;
   /** FERRY_LOOKUP_CONCURRENCY existence checks per registry: key = registry host[:port]. */
   readonly lookupSemaphore: Semaphore;
+  /** Published verification keys, lookaside signatures, signature-tag locks. */
+  readonly signing: SigningStore;
   close(): Promise<void>;
 }
 
@@ -73,6 +76,7 @@ export async function openQueueContext(
     store,
     blobs: new BlobIndex(connection, { prefix }),
     uploadLease: new Lease(connection, { prefix }),
+    signing: new SigningStore(connection, { prefix }),
     lookupSemaphore: new Semaphore(connection, {
       prefix,
       name: 'lookup',

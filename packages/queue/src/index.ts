@@ -64,6 +64,7 @@ export {
   type KeepOptions,
 } from './lease';
 export { LostError, type Keeper } from './keeper';
+export { SigningStore, type KeyKind, type PublishedKey, type PublishResult } from './signing-store';
 export {
   BlobIndex,
   type BlobIndexOptions,
