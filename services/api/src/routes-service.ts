@@ -1,19 +1,14 @@
-/** Health, readiness, metrics, the OpenAPI document, and the signing routes (until signing lands). */
+/** Health, readiness, metrics, the OpenAPI document, and the signing routes (signing-routes.ts). */
 import { buildOpenApi } from './openapi';
 import { createApiMetrics } from './metrics';
-import { ApiError } from './errors';
 import type { AddRoute, ApiDeps } from './app';
 import type { Auth } from './auth';
+import { signingRoutes } from './signing-routes';
 
 export function serviceRoutes(route: AddRoute, deps: ApiDeps, auth: Auth): void {
   const { store, queues } = deps;
-  // ---- signing (a later issue) ----
-  const notConfigured = (what: string) => async () => {
-    throw new ApiError('FERRY_NOT_CONFIGURED', `${what} is not configured on this server`);
-  };
-  route('GET', '/v1/signing/public-key', notConfigured('a cosign signing key'));
-  route('GET', '/v1/signing/pgp-key', notConfigured('an OpenPGP key'));
-  route('GET', '/sigstore/*', notConfigured('OpenPGP lookaside signing'));
+  // ---- signing: public keys and lookaside signatures the coordinators published ----
+  signingRoutes(route, deps);
 
   // ---- health, metrics, docs ----
   route('GET', '/healthz', async () => ({ status: 'ok' }));

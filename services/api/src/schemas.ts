@@ -344,24 +344,51 @@ export const ROUTES: RouteDoc[] = [
     method: 'GET',
     url: '/v1/signing/public-key',
     summary:
-      'PEM of the cosign verification key (signing is not in this version yet: 404 FERRY_NOT_CONFIGURED)',
+      'PEM (SPKI) of the cosign verification key the coordinators sign with, as they published it',
     auth: true,
-    responses: { '404': err('No signing key configured (FERRY_NOT_CONFIGURED)') },
+    responses: {
+      '200': {
+        description:
+          'The public key; X-Ferry-Key-Fingerprint is the fingerprint published with it (sha256:<hex> of its SPKI DER)',
+        headers: { 'X-Ferry-Key-Fingerprint': { schema: { type: 'string' } } },
+        content: { 'application/x-pem-file': { schema: { type: 'string' } } },
+      },
+      '404': err(
+        'No cosign key published: no coordinator with FERRY_SIGNING_KEY has started (FERRY_NOT_CONFIGURED)',
+      ),
+    },
   },
   {
     method: 'GET',
     url: '/v1/signing/pgp-key',
-    summary:
-      'Armored OpenPGP public key (signing is not in this version yet: 404 FERRY_NOT_CONFIGURED)',
+    summary: 'Armored OpenPGP public key of the simple-signing (lookaside) signatures',
     auth: true,
-    responses: { '404': err('No OpenPGP key configured (FERRY_NOT_CONFIGURED)') },
+    responses: {
+      '200': {
+        description:
+          'The armored public key; X-Ferry-Key-Fingerprint is the fingerprint published with it',
+        headers: { 'X-Ferry-Key-Fingerprint': { schema: { type: 'string' } } },
+        content: { 'application/pgp-keys': { schema: { type: 'string' } } },
+      },
+      '404': err(
+        'No OpenPGP key published: no coordinator with FERRY_PGP_KEY has started (FERRY_NOT_CONFIGURED)',
+      ),
+    },
   },
   {
     method: 'GET',
     url: '/sigstore/*',
-    summary: 'Lookaside signatures: /sigstore/{repo}@sha256={hex}/signature-{n} (no token)',
+    summary:
+      'Lookaside OpenPGP signatures as containers/image reads them (registries.d `lookaside: <ferry>/sigstore`): /sigstore/{repository path, no host}@sha256={64 hex}/signature-{n}, n from 1 to 64; read-only, no token',
     auth: false,
-    responses: { '200': { description: 'A signature' }, '404': err('No such signature') },
+    responses: {
+      '200': {
+        description: 'The binary OpenPGP signature',
+        content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
+      },
+      '400': err('Not a lookaside path (FERRY_VALIDATION, field path)'),
+      '404': err('No such signature (FERRY_NOT_FOUND)'),
+    },
   },
   {
     method: 'GET',

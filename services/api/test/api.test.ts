@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdirSync, symlinkSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { PushRequestSchema, ROUTES } from '@ferry/api';
-import { assembleJobId, lookupJobId, type PushEvent } from '@ferry/queue';
+import { assembleJobId, lookupJobId, SigningStore, type PushEvent } from '@ferry/queue';
 import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { tmpDir } from '../../../test/helpers/tmp';
 import { AUTH, makeApi, makeSourceRoot, readSse, type TestApi } from './helpers';
@@ -689,18 +691,122 @@ describe('api (fastify + real redis-server)', function () {
     assert.match(res.body, /^ferry_queue_jobs\{queue="lookup",state="waiting"\} 2$/m);
   });
 
-  it('signing routes exist and answer 404 FERRY_NOT_CONFIGURED; /sigstore needs no token', async () => {
+  it('signing routes serve what SigningStore holds (404 without it); /sigstore needs no token and refuses malformed paths', async () => {
+    const signing = new SigningStore(api.conn, { prefix: api.config.queuePrefix });
+    await api.app.listen({ host: '127.0.0.1', port: 0 });
+    const port = (api.app.server.address() as AddressInfo).port;
+    /** A GET with the path exactly as written (fetch and inject would resolve `..` first). */
+    const raw = (path: string, method = 'GET') =>
+      new Promise<{ status: number; type: string; body: Buffer }>((done, fail) => {
+        const req = httpRequest({ host: '127.0.0.1', port, path, method }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (d: Buffer) => chunks.push(d));
+          res.on('end', () =>
+            done({
+              status: res.statusCode ?? 0,
+              type: String(res.headers['content-type']),
+              body: Buffer.concat(chunks),
+            }),
+          );
+        });
+        req.on('error', fail);
+        req.end(method === 'GET' ? undefined : 'x');
+      });
+    const hex = 'ab'.repeat(32);
+    const sigPath = `/sigstore/team/app@sha256=${hex}/signature-1`;
+
+    // nothing published yet: 404, the key routes still need a token
     const a = await api.app.inject({ method: 'GET', url: '/v1/signing/public-key', headers: AUTH });
     assert.equal(a.statusCode, 404);
     assert.equal(a.json().error.code, 'FERRY_NOT_CONFIGURED');
-    const b = await api.app.inject({ method: 'GET', url: '/v1/signing/pgp-key' });
-    assert.equal(b.statusCode, 401);
-    const c = await api.app.inject({
-      method: 'GET',
-      url: '/sigstore/team/app@sha256=abc/signature-1',
+    const b = await api.app.inject({ method: 'GET', url: '/v1/signing/pgp-key', headers: AUTH });
+    assert.equal(b.statusCode, 404);
+    assert.equal(b.json().error.code, 'FERRY_NOT_CONFIGURED');
+    for (const url of ['/v1/signing/public-key', '/v1/signing/pgp-key']) {
+      assert.equal((await api.app.inject({ method: 'GET', url })).statusCode, 401, url);
+    }
+    const c = await raw(sigPath);
+    assert.equal(c.status, 404, c.body.toString());
+    assert.equal(JSON.parse(c.body.toString()).error.code, 'FERRY_NOT_FOUND');
+
+    // published (as a coordinator does): served as published
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+      .publicKey.export({ type: 'spki', format: 'pem' })
+      .toString();
+    const armored =
+      '-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nxjMEZ\n-----END PGP PUBLIC KEY BLOCK-----\n';
+    assert.deepEqual(await signing.publishKey('cosign', { key: pem, fingerprint: 'sha256:c0' }), {
+      ok: true,
     });
-    assert.equal(c.statusCode, 404);
-    assert.equal(c.json().error.code, 'FERRY_NOT_CONFIGURED');
+    await signing.publishKey('pgp', { key: armored, fingerprint: 'PGPFPR' });
+    const k = await api.app.inject({ method: 'GET', url: '/v1/signing/public-key', headers: AUTH });
+    assert.equal(k.statusCode, 200, k.body);
+    assert.equal(k.headers['content-type'], 'application/x-pem-file');
+    assert.equal(k.headers['x-ferry-key-fingerprint'], 'sha256:c0');
+    assert.equal(k.body, pem);
+    const g = await api.app.inject({ method: 'GET', url: '/v1/signing/pgp-key', headers: AUTH });
+    assert.equal(g.statusCode, 200, g.body);
+    assert.equal(g.headers['content-type'], 'application/pgp-keys');
+    assert.equal(g.body, armored);
+
+    // a lookaside signature: binary, byte for byte, with no token although tokens are configured
+    const sig = Buffer.from([0xa3, 0x01, 0x00, 0xff, 0x89, 0x0d, 0x0a, 0x1a]);
+    assert.equal(await signing.addLookaside('team/app', `sha256:${hex}`, sig), 1);
+    const s1 = await raw(sigPath);
+    assert.equal(s1.status, 200, s1.body.toString());
+    assert.equal(s1.type, 'application/octet-stream');
+    assert.deepEqual(s1.body, sig);
+    // also over HTTP as containers/image asks, a nested repository path and a query string
+    await signing.addLookaside('org/team/app', `sha256:${hex}`, sig);
+    const nested = await raw(`/sigstore/org/team/app@sha256=${hex}/signature-1?x=1`);
+    assert.equal(nested.status, 200, nested.body.toString());
+    assert.deepEqual(nested.body, sig);
+    // what is not there: another n, another repository, another digest
+    for (const url of [
+      `/sigstore/team/app@sha256=${hex}/signature-2`,
+      `/sigstore/team/other@sha256=${hex}/signature-1`,
+      `/sigstore/team/app@sha256=${'cd'.repeat(32)}/signature-1`,
+    ]) {
+      const r = await raw(url);
+      assert.equal(r.status, 404, url);
+      assert.equal(JSON.parse(r.body.toString()).error.code, 'FERRY_NOT_FOUND', url);
+    }
+    // malformed: 400, never a read outside the layout
+    for (const tail of [
+      `team/../app@sha256=${hex}/signature-1`,
+      `../team/app@sha256=${hex}/signature-1`,
+      `team/%2e%2e/app@sha256=${hex}/signature-1`,
+      `team/./app@sha256=${hex}/signature-1`,
+      `team//app@sha256=${hex}/signature-1`,
+      `/team/app@sha256=${hex}/signature-1`,
+      `team/app/@sha256=${hex}/signature-1`,
+      `Team/App@sha256=${hex}/signature-1`,
+      `team/app@sha256=${hex.toUpperCase()}/signature-1`,
+      `team/app@sha256=${hex.slice(2)}/signature-1`,
+      `team/app@sha512=${hex}${hex}/signature-1`,
+      `team/app@sha256:${hex}/signature-1`,
+      `team/app@sha256=${hex}/signature-0`,
+      `team/app@sha256=${hex}/signature-65`,
+      `team/app@sha256=${hex}/signature-01`,
+      `team/app@sha256=${hex}/signature-1/x`,
+      `team/app@sha256=${hex}/signature-1%00`,
+      `team/app@sha256=${hex}`,
+      '',
+    ]) {
+      const r = await raw(`/sigstore/${tail}`);
+      assert.equal(r.status, 400, `${tail}: ${r.body.toString()}`);
+      assert.equal(JSON.parse(r.body.toString()).error.code, 'FERRY_VALIDATION', tail);
+    }
+    // an undecodable path: fastify itself answers 400 (FST_ERR_BAD_URL) before any route
+    assert.equal((await raw(`/sigstore/team/app@sha256=${hex}/signature-1%`)).status, 400);
+    const long = await raw('/sigstore/' + 'a/'.repeat(130) + `x@sha256=${hex}/signature-1`);
+    assert.equal(long.status, 400, 'a repository path over 255 characters');
+    // read-only
+    for (const method of ['PUT', 'POST', 'DELETE'] as const) {
+      const r = await raw(sigPath, method);
+      assert.ok(r.status >= 400 && r.status < 500, `${method}: ${r.status}`);
+    }
+    assert.deepEqual(await signing.getLookaside('team/app', `sha256:${hex}`, 1), sig);
   });
 
   it('with no tokens configured every route is open', async () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import SwaggerParser from '@apidevtools/swagger-parser';
 import Ajv2020 from 'ajv/dist/2020';
+import { SigningStore } from '@ferry/queue';
 import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { makeApi, makeSourceRoot, type TestApi } from './helpers';
 
@@ -13,6 +14,9 @@ import { makeApi, makeSourceRoot, type TestApi } from './helpers';
  */
 
 const PUSH = 'secret-token-1';
+const PEM = '-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n';
+const ARMORED =
+  '-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nxjME\n-----END PGP PUBLIC KEY BLOCK-----\n';
 const ADMIN = 'admin-token-for-openapi';
 
 type Op = {
@@ -71,6 +75,12 @@ describe('OpenAPI document: valid, and every documented code of a protected rout
     fetch(base + path, { method: 'PUT', headers: bearer(token) });
   const del = (path: string) => fetch(base + path, { method: 'DELETE', headers: bearer(PUSH) });
   const good = () => ({ source: `dir:${src.app}`, target: '127.0.0.1:59999/team/app:1' });
+  const signing = () => new SigningStore(api.conn, { prefix: api.config.queuePrefix });
+  /** Forgets the published keys (as on a cluster where no coordinator with a key has started). */
+  const unpublish = async () => {
+    const keys = await api.conn.keys(`${api.config.queuePrefix}:signing:key:*`);
+    if (keys.length) await api.conn.del(...keys);
+  };
 
   /** How to get each documented code (besides 401, checked for every protected operation alike). */
   const recipes: Record<string, Record<string, () => Promise<Response>>> = {
@@ -107,8 +117,26 @@ describe('OpenAPI document: valid, and every documented code of a protected rout
         return del(`/v1/pushes/${id}`);
       },
     },
-    'get /v1/signing/public-key': { '404': () => get('/v1/signing/public-key') },
-    'get /v1/signing/pgp-key': { '404': () => get('/v1/signing/pgp-key') },
+    'get /v1/signing/public-key': {
+      '200': async () => {
+        await signing().publishKey('cosign', { key: PEM, fingerprint: 'sha256:00' });
+        return get('/v1/signing/public-key');
+      },
+      '404': async () => {
+        await unpublish();
+        return get('/v1/signing/public-key');
+      },
+    },
+    'get /v1/signing/pgp-key': {
+      '200': async () => {
+        await signing().publishKey('pgp', { key: ARMORED, fingerprint: 'F00' });
+        return get('/v1/signing/pgp-key');
+      },
+      '404': async () => {
+        await unpublish();
+        return get('/v1/signing/pgp-key');
+      },
+    },
     'get /metrics': { '200': () => get('/metrics') },
     'get /openapi.json': { '200': () => get('/openapi.json') },
     'get /admin/queues': {
