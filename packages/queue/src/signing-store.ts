@@ -10,7 +10,8 @@ import type { RedisConnection } from './connection';
 import { Keys, sha256 } from './keys';
 import { Lease } from './lease';
 
-export type KeyKind = 'cosign' | 'pgp';
+/** cosign: an EC key (cosign signatures); schema1: the key schema1 manifests are signed with (EC or RSA); pgp: OpenPGP. */
+export type KeyKind = 'cosign' | 'schema1' | 'pgp';
 
 export interface PublishedKey {
   /** PEM (cosign) or armored OpenPGP public key. */

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
-import type { FerryQueues, PushStore, RedisConnection } from '@ferry/queue';
+import { SigningStore, type FerryQueues, type PushStore, type RedisConnection } from '@ferry/queue';
 import { Auth, type Principal } from './auth';
 import { registerBoard } from './board';
 import { ApiError } from './errors';
@@ -114,7 +114,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   installJsonParser(app);
   installAuth(app, auth, logger);
   const route = routeAdder(app);
-  pushRoutes(route, { config, store, queues, inspector, logger, keepAliveMs, streams });
+  const signing = new SigningStore(deps.redis, { prefix: config.queuePrefix });
+  pushRoutes(route, { config, store, queues, inspector, logger, keepAliveMs, streams, signing });
   serviceRoutes(route, deps, auth);
   registerBoard(app, auth, queues, { loginLimit: deps.loginLimit });
 

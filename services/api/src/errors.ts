@@ -29,6 +29,7 @@ export const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   FERRY_SIGNING_NOT_CONFIGURED: 422,
   /** An option that would rewrite the bytes of a docker:// copy (schema1, format, dirOptions). */
   FERRY_COPY_UNSUPPORTED: 422,
+  FERRY_SCHEMA1_UNSUPPORTED: 422,
   FERRY_METHOD_NOT_ALLOWED: 405,
   FERRY_TOO_MANY_REQUESTS: 429,
   // ours

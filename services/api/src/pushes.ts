@@ -16,6 +16,7 @@ import {
   type PushStatus,
   type PushStore,
   type SignRequest,
+  type SigningStore,
   type SourcePin,
 } from '@ferry/queue';
 import { formatSource, parseSource } from '@ferry/image-source';
@@ -40,6 +41,8 @@ export interface PushBody {
 
 export interface PushDeps {
   config: FerryConfig;
+  /** The keys the coordinators published (a push asking for a signature needs one). */
+  signing: SigningStore;
   store: PushStore;
   queues: FerryQueues;
   inspector: Inspector;
@@ -86,6 +89,35 @@ function checkCopy(body: PushBody): void {
   }
 }
 
+/**
+ * A signature or a schema1 manifest needs a key on the coordinators: the API
+ * holds none, but sees the public keys they published. Asking for one that no
+ * coordinator has gets 422 before anything is enqueued (never pushed unsigned).
+ */
+async function checkSigning(signing: SigningStore, body: PushBody): Promise<void> {
+  const sign = body.sign;
+  const refuse = (what: string, field: 'sign' | 'schema1') => {
+    throw new ApiError(
+      'FERRY_SIGNING_NOT_CONFIGURED',
+      `${what}: no coordinator has published such a key (FERRY_SIGNING_KEY / FERRY_PGP_KEY)`,
+      field,
+    );
+  };
+  if (sign === true) {
+    const [cosign, pgp] = await Promise.all([signing.getKey('cosign'), signing.getKey('pgp')]);
+    if (!cosign && !pgp)
+      refuse('sign: true asks for every configured key, and there is none', 'sign');
+  } else if (typeof sign === 'object' && sign !== null) {
+    if (sign.cosign && !(await signing.getKey('cosign')))
+      refuse('a cosign signature needs an EC P-256 key', 'sign');
+    if (sign.pgp && !(await signing.getKey('pgp')))
+      refuse('an OpenPGP signature needs an OpenPGP key', 'sign');
+  }
+  if (body.schema1 === true && !(await signing.getKey('schema1'))) {
+    refuse('a schema1 manifest is signed (EC or RSA key)', 'schema1');
+  }
+}
+
 /** The combinations a JSON schema cannot express. */
 function checkCombinations(body: PushBody): void {
   if (body.schema1 === true && body.format === 'oci') {
@@ -108,20 +140,6 @@ function checkCombinations(body: PushBody): void {
         throw new ApiError('FERRY_VALIDATION', `${f} applies to docker:// sources only`, f);
       }
     }
-  }
-  // Signatures and schema1 manifests need the signers (a later issue): refuse rather than
-  // push an image unsigned that the caller asked to be signed.
-  const wantsSigning =
-    body.sign === true ||
-    (typeof body.sign === 'object' && body.sign !== null && (body.sign.cosign || body.sign.pgp));
-  if (wantsSigning || body.schema1 === true) {
-    throw new ApiError(
-      'FERRY_SIGNING_NOT_CONFIGURED',
-      wantsSigning
-        ? 'signing is not available on this server yet: no signer is configured'
-        : 'schema1 manifests need a signing key, and signing is not available on this server yet',
-      wantsSigning ? 'sign' : 'schema1',
-    );
   }
 }
 
@@ -201,6 +219,7 @@ export async function createPush(
 ): Promise<Accepted> {
   const { store, logger } = deps;
   checkCombinations(body);
+  await checkSigning(deps.signing, body);
   // The targets (their registry allowlist, then the token's patterns) are checked before the source is touched.
   const targets = checkTargets(deps, body, principal);
   const target = targets[0];
@@ -208,6 +227,13 @@ export async function createPush(
   const pinned = body.source.startsWith('docker://')
     ? registrySource(deps, body)
     : await pinSource(deps, body, dirOptions);
+  if (body.schema1 === true && pinned.layout && pinned.layout.images.length > 1) {
+    throw new ApiError(
+      'FERRY_SCHEMA1_UNSUPPORTED',
+      'schema1 has no multi-platform form: name one platform, or leave schema1 out',
+      'schema1',
+    );
+  }
   const request: PushRequest = {
     source: pinned.source,
     target,

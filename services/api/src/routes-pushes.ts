@@ -11,6 +11,7 @@ import {
   type PushState,
   type PushStatus,
   type PushStore,
+  type SigningStore,
 } from '@ferry/queue';
 import type { AddRoute } from './app';
 import { ApiError } from './errors';
@@ -23,6 +24,7 @@ export interface PushRouteDeps {
   store: PushStore;
   queues: FerryQueues;
   inspector: Inspector;
+  signing: SigningStore;
   logger: Logger;
   keepAliveMs: number;
   streams: Set<() => void>;
@@ -80,11 +82,11 @@ async function cancelPush(deps: PushRouteDeps, id: string) {
 }
 
 export function pushRoutes(route: AddRoute, deps: PushRouteDeps): void {
-  const { config, store, queues, inspector, logger, keepAliveMs, streams } = deps;
+  const { config, store, queues, inspector, logger, keepAliveMs, streams, signing } = deps;
   route('POST', '/v1/pushes', async (req, reply) => {
     const key = checkIdempotencyKey(req.headers['idempotency-key']);
     const r = await createPush(
-      { config, store, queues, inspector, logger },
+      { config, store, queues, inspector, logger, signing },
       req.body as PushBody,
       key,
       req.principal,

@@ -2,47 +2,32 @@
  * coordinator: the parent job of a push's flow. Runs once every layer is in
  * the registry. Writes the config blob (as stated by the source, or built from
  * the diffIDs of the bytes pushed), each image manifest by digest, the index
- * when a multi-platform source is pushed whole, then signs (the signing issue
- * fills that step) and only then tags, so a tag never points at an unsigned
- * image. The registry's Docker-Content-Digest is checked against the bytes sent
- * (registry-client does that on every manifest PUT).
+ * when a multi-platform source is pushed whole, then signs (cosign, OpenPGP
+ * simple signing; signer.ts) and only then tags, so a tag never points at an
+ * unsigned image. schema1 pushes one signed manifest per tag (schema1.ts).
+ * The registry's Docker-Content-Digest is checked against the bytes sent
+ * (registry-client does that on every manifest PUT). This is the only role
+ * that reads private keys.
  */
 import type { Job } from 'bullmq';
 import type { FerryConfig } from '@ferry/config';
-import type { OpenedSource, SourceImage } from '@ferry/image-source';
+import type { OpenedSource } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
+import type { Canonical, ManifestFormat } from '@ferry/manifest';
 import {
-  buildConfig,
-  buildIndex,
-  buildManifest,
-  canonicalOf,
-  convertLayerMediaType,
-  formatPlatform,
-  isIndexMediaType,
-  MediaTypes,
-  parseManifest,
-  type Canonical,
-  type Descriptor,
-  type ManifestFormat,
-} from '@ferry/manifest';
-import {
+  openQueueContext,
   QUEUE_NAMES,
   type AssembleJob,
   type PushRequest,
   type TargetResult,
   type PushResult,
   type QueueContext,
+  type SignatureRecord,
   type TaggedManifest,
 } from '@ferry/queue';
-import {
-  bufferBlobSource,
-  parseReference,
-  type RegistryClient,
-  type RepoRef,
-} from '@ferry/registry-client';
+import { parseReference, type RegistryClient, type RepoRef } from '@ferry/registry-client';
 import {
   createRegistryClient,
-  findInRegistry,
   finishPush,
   isPermanent,
   PermanentError,
@@ -54,6 +39,9 @@ import {
   type RoleHandle,
 } from '@ferry/runtime';
 import { copySignatures, signatureTag } from './copy-signatures';
+import { MANIFEST_FAMILY, layerResults, pushImages, pushTop } from './images';
+import { pushSchema1 } from './schema1';
+import { loadSigner, publishKeys, signPushed, wanted, type Signer } from './signer';
 
 export interface CoordinatorDeps {
   ctx: QueueContext;
@@ -62,234 +50,30 @@ export interface CoordinatorDeps {
   logger: Logger;
   /** FERRY_GZIP_LEVEL, for version-1 payloads that did not carry the push's level. */
   gzipLevel?: number;
+  /** The keys this coordinator signs with (none: a push asking for a signature fails, unsigned never). */
+  signer?: Signer;
 }
-
-const MANIFEST_FAMILY: Record<string, ManifestFormat> = {
-  [MediaTypes.ociManifest]: 'oci',
-  [MediaTypes.ociIndex]: 'oci',
-  [MediaTypes.dockerManifest]: 'docker',
-  [MediaTypes.dockerManifestList]: 'docker',
-};
 
 /**
- * Layer results of the flow's children for one target: an upload's result
- * wins over its lookup's hand-off. Version-3 results carry one entry per
- * target (fan-out); older ones describe the one target.
+ * A push asking for what this coordinator cannot sign fails (never pushed
+ * unsigned): the API checks the published keys first, so this is a race with
+ * a reconfigured cluster.
  */
-export function layerResults(
-  values: Record<string, LayerOutcome>,
-  target?: string,
-): Map<string, LayerOutcome> {
-  const out = new Map<string, LayerOutcome>();
-  for (const v of Object.values(values)) {
-    if (!v || typeof v !== 'object' || typeof v.imageIndex !== 'number') continue;
-    if (v.state === 'resolved' || v.layerIndex < 0) continue;
-    const t = target !== undefined ? v.targets?.[target] : undefined;
-    const r: LayerOutcome = t ? { ...v, ...t, targets: undefined } : v;
-    const k = `${v.imageIndex}/${v.layerIndex}`;
-    const prev = out.get(k);
-    if (!prev || prev.state === 'upload') out.set(k, r);
-  }
-  return out;
-}
-
-interface PushedImage {
-  manifest: Canonical;
-  platform?: SourceImage['platform'];
-}
-
-/** Puts a config blob unless the repository has it or can mount it (the shared HEAD-then-mount). */
-async function pushBlobIfMissing(
-  ctx: QueueContext,
-  client: RegistryClient,
-  repo: RepoRef,
-  c: Canonical,
-  logger: Logger,
-): Promise<void> {
-  const found = await findInRegistry(ctx, client, repo, c.digest, { sizeHint: c.size, logger });
-  if (found) {
-    if (found.state === 'mounted')
-      logger.info(`config ${c.digest} mounted from ${found.mountedFrom}`);
-    return;
-  }
-  await client.uploadBlob(repo, bufferBlobSource(c.bytes, c.digest), { monolithic: true });
-}
-
-/** Config + manifest of one image, built from the layer results (or kept as stored when nothing changed). */
-function assembleImage(
-  image: SourceImage,
-  imageIndex: number,
-  results: Map<string, LayerOutcome>,
-  format: ManifestFormat,
-): { config: Canonical; manifest: Canonical } {
-  const layers: Descriptor[] = [];
-  const diffIds: string[] = [];
-  image.layers.forEach((layer, i) => {
-    const r = results.get(`${imageIndex}/${i}`);
-    if (r?.state === 'failed') {
-      const e = (r as LayerOutcome & { error?: { code: string; message: string } }).error;
-      throw new PermanentError(
-        e?.code ?? 'FERRY_LAYER_MISSING',
-        `layer ${i} of image ${imageIndex}: ${e?.message ?? 'failed'}`,
-      );
-    }
-    if (!r || r.state === 'upload' || !r.digest || r.size === undefined) {
-      throw new PermanentError(
-        'FERRY_LAYER_MISSING',
-        `layer ${i} of image ${imageIndex} (${layer.description}) has no pushed blob`,
-      );
-    }
-    if (layer.digest && layer.digest !== r.digest) {
-      // The source was changed after the push was planned: never mix old layers and a new config.
-      throw new PermanentError(
-        'FERRY_SOURCE_CHANGED',
-        `layer ${i} of image ${imageIndex} (${layer.description}) is now ${layer.digest}, but ${r.digest} was pushed`,
-      );
-    }
-    layers.push({ mediaType: layer.mediaType, digest: r.digest, size: r.size });
-    // The diffID the workers computed from the bytes they read (or, for a stated
-    // config, the one it states — that config is pushed as it is).
-    diffIds.push(r.diffId ?? (image.configBytes ? (layer.diffId ?? '') : ''));
-  });
-
-  let config: Canonical;
-  if (image.configBytes) {
-    config = canonicalOf(
-      image.configBytes,
-      image.configMediaType ?? (format === 'oci' ? MediaTypes.ociConfig : MediaTypes.dockerConfig),
-    );
-  } else {
-    if (diffIds.some((x) => !x)) {
-      throw new PermanentError(
-        'FERRY_LAYER_MISSING',
-        'a layer has no diffID to build the config from',
-      );
-    }
-    config = buildConfig(image.configFields, diffIds, {
-      history: image.layerNames?.map((n) => `ferry: layers/${n}`),
-    });
-  }
-
-  // An OCI layout's stored manifest is pushed as is when nothing about it changes: digests preserved.
-  if (
-    image.manifestBytes &&
-    image.manifestMediaType &&
-    MANIFEST_FAMILY[image.manifestMediaType] === format
-  ) {
-    const stored = parseManifest(image.manifestBytes, image.manifestMediaType);
-    const same =
-      stored.config?.digest === config.digest &&
-      (stored.layers ?? []).length === layers.length &&
-      (stored.layers ?? []).every((l, i) => l.digest === layers[i].digest);
-    if (same)
-      return { config, manifest: canonicalOf(image.manifestBytes, image.manifestMediaType) };
-  }
-  const manifest = buildManifest(
-    format,
-    { mediaType: config.mediaType, digest: config.digest, size: config.size },
-    layers.map((l) => ({ ...l, mediaType: convertLayerMediaType(l.mediaType, format) })),
-  );
-  return { config, manifest };
-}
-
-function topIndex(
-  opened: OpenedSource,
-  pushed: PushedImage[],
-  format: ManifestFormat,
-  keptAll: boolean,
-): Canonical {
-  if (
-    keptAll &&
-    opened.indexBytes &&
-    opened.indexMediaType &&
-    isIndexMediaType(opened.indexMediaType) &&
-    MANIFEST_FAMILY[opened.indexMediaType] === format
-  ) {
-    const stored = parseManifest(opened.indexBytes, opened.indexMediaType);
-    const digests = new Set(pushed.map((p) => p.manifest.digest));
-    if ((stored.manifests ?? []).every((m) => digests.has(m.digest))) {
-      return canonicalOf(opened.indexBytes, opened.indexMediaType);
-    }
-  }
-  return buildIndex(
-    format,
-    pushed.map((p) => ({
-      mediaType: p.manifest.mediaType,
-      digest: p.manifest.digest,
-      size: p.manifest.size,
-      ...(p.platform ? { platform: p.platform } : {}),
-    })),
-  );
-}
-
-/** The API refuses signing and schema1 until the signers exist; a job carrying them anyway is not pushed unsigned. */
-function refuseUnsigned(request: AssembleJob['request']): void {
+function refuseUnsignable(request: PushRequest, signer: Signer): void {
+  const want = wanted(request.sign, signer);
   const sign = request.sign;
-  const wantsSigning = sign === true || (typeof sign === 'object' && (sign.cosign || sign.pgp));
-  if (request.schema1 || wantsSigning) {
+  const asked = sign === true || (typeof sign === 'object' && (sign.cosign || sign.pgp));
+  const missing =
+    (want.cosign && signer.key?.type !== 'ec') ||
+    (want.pgp && !signer.pgp) ||
+    (asked && !want.cosign && !want.pgp) ||
+    (request.schema1 === true && !signer.key);
+  if (missing) {
     throw new PermanentError(
       'FERRY_SIGNING_NOT_CONFIGURED',
-      'signing and schema1 manifests are not available on this server yet',
+      'this push asks for a signature (or a signed schema1 manifest) that the coordinator has no key for',
     );
   }
-}
-
-/** Each image's config blob and manifest, by digest. */
-async function pushImages(
-  deps: CoordinatorDeps,
-  pushId: string,
-  repo: RepoRef,
-  opened: OpenedSource,
-  results: Map<string, LayerOutcome>,
-  format: ManifestFormat,
-): Promise<{ pushed: PushedImage[]; keptAll: boolean }> {
-  const { ctx, client, logger } = deps;
-  const pushed: PushedImage[] = [];
-  let keptAll = true;
-  for (const [i, image] of opened.images.entries()) {
-    const { config, manifest } = assembleImage(image, i, results, format);
-    if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
-    await pushBlobIfMissing(ctx, client, repo, config, logger);
-    await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
-    await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
-    await ctx.store.appendEvent(pushId, {
-      type: 'manifest',
-      digest: manifest.digest,
-      mediaType: manifest.mediaType,
-      size: manifest.size,
-      ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
-    });
-    pushed.push({ manifest, platform: image.platform });
-  }
-  return { pushed, keptAll };
-}
-
-/** What the tags will name: the one manifest, or the index of a multi-platform (or stored-index) source. */
-async function pushTop(
-  deps: CoordinatorDeps,
-  pushId: string,
-  repo: RepoRef,
-  opened: OpenedSource,
-  images: { pushed: PushedImage[]; keptAll: boolean },
-  format: ManifestFormat,
-): Promise<{ top: Canonical; manifests: TaggedManifest[] }> {
-  const { pushed, keptAll } = images;
-  if (pushed.length === 1 && !opened.indexBytes) return { top: pushed[0].manifest, manifests: [] };
-  const top = topIndex(opened, pushed, format, keptAll);
-  await deps.client.putManifest(repo, top.digest, top.bytes, top.mediaType);
-  await deps.ctx.store.appendEvent(pushId, {
-    type: 'manifest',
-    digest: top.digest,
-    mediaType: top.mediaType,
-    size: top.size,
-  });
-  const manifests = pushed.map((p) => ({
-    digest: p.manifest.digest,
-    mediaType: p.manifest.mediaType,
-    size: p.manifest.size,
-    ...(p.platform ? { platform: formatPlatform(p.platform) } : {}),
-  }));
-  return { top, manifests };
 }
 
 /** The family (oci / docker) of a copied docker:// source: its manifests are kept as they are. */
@@ -318,7 +102,8 @@ async function pushOne(
   repo: RepoRef,
   opened: OpenedSource,
   results: Map<string, LayerOutcome>,
-): Promise<{ top: Canonical; manifests: TaggedManifest[] }> {
+  tags: string[],
+): Promise<{ top: Canonical; manifests: TaggedManifest[]; signatures: SignatureRecord[] }> {
   const { ctx, client } = deps;
   const format: ManifestFormat = sourceFormat(opened) ?? request.format ?? 'oci';
   const images = await pushImages(deps, pushId, repo, opened, results, format);
@@ -337,9 +122,23 @@ async function pushOne(
     }
   }
 
-  // Signing goes here (the signing issue): sign `top` before any tag points at it.
+  // Signed before any tag names it.
+  const signatures = deps.signer
+    ? await signPushed(ctx, client, deps.signer, request.sign, pushId, {
+        repo,
+        digest: top.digest,
+        tags,
+      })
+    : [];
+  return { ...pushed, signatures };
+}
 
-  return pushed;
+/** A top manifest of a target with the tags that will name it and its signatures. */
+export interface Pushed {
+  tags: string[];
+  top: Canonical;
+  manifests: TaggedManifest[];
+  signatures: SignatureRecord[];
 }
 
 /**
@@ -359,20 +158,23 @@ async function pushToTarget(
   const ref = parseReference(target);
   const repo = { registry: ref.registry, repository: ref.repository };
   const parts = opened.parts ?? [{ tag: undefined, opened, first: 0 }];
-  const tops: { tags: string[]; top: Canonical; manifests: TaggedManifest[] }[] = [];
+  const tops: Pushed[] = [];
   for (const part of parts) {
-    const one = await pushOne(
-      deps,
-      pushId,
-      request,
-      repo,
-      part.opened,
-      shifted(results, part.first),
-    );
     const main = ref.tag ?? 'latest';
-    const tags =
-      part.tag !== undefined ? [part.tag] : [main, ...request.tags.filter((t) => t !== main)];
-    tops.push({ tags: [...new Set(tags)], ...one });
+    const tags = [
+      ...new Set(
+        part.tag !== undefined ? [part.tag] : [main, ...request.tags.filter((t) => t !== main)],
+      ),
+    ];
+    const results1 = shifted(results, part.first);
+    if (request.schema1) {
+      // One signed manifest per tag (the payload names it): each tag is its own top.
+      const s1 = await pushSchema1(deps, pushId, request, repo, part.opened, results1, tags);
+      tops.push(...s1);
+      continue;
+    }
+    const one = await pushOne(deps, pushId, request, repo, part.opened, results1, tags);
+    tops.push({ tags, ...one });
   }
   if (await ctx.store.isCancelled(pushId)) return { cancelled: true };
   for (const { tags, top } of tops) {
@@ -385,18 +187,21 @@ async function pushToTarget(
   logger.info(
     `push ${pushId}: ${target} is ${top.digest}${tops.length > 1 ? ` (+${tops.length - 1} tags)` : ''}`,
   );
-  const manifests = opened.parts
-    ? tops.map((t) => ({
-        tag: t.tags[0],
-        digest: t.top.digest,
-        mediaType: t.top.mediaType,
-        size: t.top.size,
-      }))
-    : tops[0].manifests;
+  const manifests =
+    opened.parts || request.schema1
+      ? tops.map((t) => ({
+          tag: t.tags[0],
+          digest: t.top.digest,
+          mediaType: t.top.mediaType,
+          size: t.top.size,
+        }))
+      : tops[0].manifests;
+  const signatures = tops.flatMap((t) => t.signatures);
   return {
     result: {
       manifest: { digest: top.digest, mediaType: top.mediaType, size: top.size },
       ...(manifests.length ? { manifests } : {}),
+      ...(signatures.length ? { signatures } : {}),
     },
   };
 }
@@ -407,6 +212,8 @@ async function pinnedRequest(ctx: QueueContext, data: AssembleJob): Promise<Push
   const state = await ctx.store.get(data.pushId);
   return state?.request ?? data.request;
 }
+
+export { layerResults } from './images';
 
 export function assembleProcessor(deps: CoordinatorDeps) {
   const { ctx, sources, logger } = deps;
@@ -419,7 +226,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
       return undefined;
     }
     const request = await pinnedRequest(ctx, job.data);
-    refuseUnsigned(request);
+    refuseUnsignable(request, deps.signer ?? {});
     // Read through the pin: a source that changed since the accept fails FERRY_SOURCE_CHANGED.
     const opened = await sources.open({
       source: request.source,
@@ -432,6 +239,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
     const targets = request.targets?.length ? request.targets : [request.target];
     const fanOut = targets.length > 1;
     const done: TargetResult[] = [];
+    const signatures: SignatureRecord[] = [];
     let first: PushResult | undefined;
     for (const target of targets) {
       try {
@@ -448,6 +256,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
           return undefined;
         }
         first ??= r.result;
+        signatures.push(...(r.result.signatures ?? []));
         done.push({ target, status: 'succeeded', manifest: r.result.manifest });
       } catch (err) {
         // One target's permanent failure is its own: the others are still pushed and tagged.
@@ -470,15 +279,35 @@ export function assembleProcessor(deps: CoordinatorDeps) {
       await finishPush(ctx, pushId, { error, targets: done }, logger);
       return undefined;
     }
-    const result: PushResult = { ...(first as PushResult), ...(fanOut ? { targets: done } : {}) };
+    const result: PushResult = {
+      ...(first as PushResult),
+      ...(signatures.length ? { signatures } : {}),
+      ...(fanOut ? { targets: done } : {}),
+    };
     await finishPush(ctx, pushId, result, logger);
     return result;
   };
 }
 
-/** Starts the coordinator role. */
+/**
+ * Starts the coordinator role: loads the signing keys (this role only),
+ * publishes their public halves — refusing to start when the cluster has
+ * published a different key — then takes assemble jobs.
+ */
 export async function start(config: FerryConfig, logger: Logger): Promise<RoleHandle> {
   const log = logger.child({ role: 'coordinator' });
+  const signer = await loadSigner(config);
+  if (signer.key || signer.pgp) {
+    const ctx = await openQueueContext(config, {
+      role: 'producer',
+      name: 'ferry-coordinator-keys',
+    });
+    try {
+      await publishKeys(ctx, signer, log);
+    } finally {
+      await ctx.close();
+    }
+  }
   const client = createRegistryClient(config, log);
   const sources = sharedSourceCache(config, log);
   return startWorker<AssembleJob, PushResult | undefined>({
@@ -488,7 +317,14 @@ export async function start(config: FerryConfig, logger: Logger): Promise<RoleHa
     config,
     logger: log,
     processor: (ctx) =>
-      assembleProcessor({ ctx, client, sources, logger: log, gzipLevel: config.gzipLevel }),
+      assembleProcessor({
+        ctx,
+        client,
+        sources,
+        logger: log,
+        gzipLevel: config.gzipLevel,
+        signer,
+      }),
     closables: [{ name: 'registry client', close: () => client.close() }],
   });
 }

@@ -1,0 +1,243 @@
+/**
+ * Building and pushing one source's images into one repository: config blobs
+ * (HEAD-then-mount, else a monolithic PUT), each image manifest by digest —
+ * kept byte for byte when nothing about it changes (an OCI layout's stored
+ * manifest, a docker:// copy), else built from the layer results — and the
+ * index above them when a multi-platform source is pushed whole.
+ */
+import type { OpenedSource, SourceImage } from '@ferry/image-source';
+import type { Logger } from '@ferry/log';
+import {
+  buildConfig,
+  buildIndex,
+  buildManifest,
+  canonicalOf,
+  convertLayerMediaType,
+  formatPlatform,
+  isIndexMediaType,
+  MediaTypes,
+  parseManifest,
+  type Canonical,
+  type Descriptor,
+  type ManifestFormat,
+} from '@ferry/manifest';
+import type { QueueContext, TaggedManifest } from '@ferry/queue';
+import { bufferBlobSource, type RegistryClient, type RepoRef } from '@ferry/registry-client';
+import { findInRegistry, PermanentError, type LayerOutcome } from '@ferry/runtime';
+import type { CoordinatorDeps } from './index';
+
+export const MANIFEST_FAMILY: Record<string, ManifestFormat> = {
+  [MediaTypes.ociManifest]: 'oci',
+  [MediaTypes.ociIndex]: 'oci',
+  [MediaTypes.dockerManifest]: 'docker',
+  [MediaTypes.dockerManifestList]: 'docker',
+};
+
+/**
+ * Layer results of the flow's children for one target: an upload's result
+ * wins over its lookup's hand-off. Version-3 results carry one entry per
+ * target (fan-out); older ones describe the one target.
+ */
+export function layerResults(
+  values: Record<string, LayerOutcome>,
+  target?: string,
+): Map<string, LayerOutcome> {
+  const out = new Map<string, LayerOutcome>();
+  for (const v of Object.values(values)) {
+    if (!v || typeof v !== 'object' || typeof v.imageIndex !== 'number') continue;
+    if (v.state === 'resolved' || v.layerIndex < 0) continue;
+    const t = target !== undefined ? v.targets?.[target] : undefined;
+    const r: LayerOutcome = t ? { ...v, ...t, targets: undefined } : v;
+    const k = `${v.imageIndex}/${v.layerIndex}`;
+    const prev = out.get(k);
+    if (!prev || prev.state === 'upload') out.set(k, r);
+  }
+  return out;
+}
+
+export interface PushedImage {
+  manifest: Canonical;
+  platform?: SourceImage['platform'];
+}
+
+/** Puts a config blob unless the repository has it or can mount it (the shared HEAD-then-mount). */
+async function pushBlobIfMissing(
+  ctx: QueueContext,
+  client: RegistryClient,
+  repo: RepoRef,
+  c: Canonical,
+  logger: Logger,
+): Promise<void> {
+  const found = await findInRegistry(ctx, client, repo, c.digest, { sizeHint: c.size, logger });
+  if (found) {
+    if (found.state === 'mounted')
+      logger.info(`config ${c.digest} mounted from ${found.mountedFrom}`);
+    return;
+  }
+  await client.uploadBlob(repo, bufferBlobSource(c.bytes, c.digest), { monolithic: true });
+}
+
+/** Config + manifest of one image, built from the layer results (or kept as stored when nothing changed). */
+export function assembleImage(
+  image: SourceImage,
+  imageIndex: number,
+  results: Map<string, LayerOutcome>,
+  format: ManifestFormat,
+): { config: Canonical; manifest: Canonical } {
+  const layers: Descriptor[] = [];
+  const diffIds: string[] = [];
+  image.layers.forEach((layer, i) => {
+    const r = results.get(`${imageIndex}/${i}`);
+    if (r?.state === 'failed') {
+      const e = (r as LayerOutcome & { error?: { code: string; message: string } }).error;
+      throw new PermanentError(
+        e?.code ?? 'FERRY_LAYER_MISSING',
+        `layer ${i} of image ${imageIndex}: ${e?.message ?? 'failed'}`,
+      );
+    }
+    if (!r || r.state === 'upload' || !r.digest || r.size === undefined) {
+      throw new PermanentError(
+        'FERRY_LAYER_MISSING',
+        `layer ${i} of image ${imageIndex} (${layer.description}) has no pushed blob`,
+      );
+    }
+    if (layer.digest && layer.digest !== r.digest) {
+      // The source was changed after the push was planned: never mix old layers and a new config.
+      throw new PermanentError(
+        'FERRY_SOURCE_CHANGED',
+        `layer ${i} of image ${imageIndex} (${layer.description}) is now ${layer.digest}, but ${r.digest} was pushed`,
+      );
+    }
+    layers.push({ mediaType: layer.mediaType, digest: r.digest, size: r.size });
+    // The diffID the workers computed from the bytes they read (or, for a stated
+    // config, the one it states — that config is pushed as it is).
+    diffIds.push(r.diffId ?? (image.configBytes ? (layer.diffId ?? '') : ''));
+  });
+
+  let config: Canonical;
+  if (image.configBytes) {
+    config = canonicalOf(
+      image.configBytes,
+      image.configMediaType ?? (format === 'oci' ? MediaTypes.ociConfig : MediaTypes.dockerConfig),
+    );
+  } else {
+    if (diffIds.some((x) => !x)) {
+      throw new PermanentError(
+        'FERRY_LAYER_MISSING',
+        'a layer has no diffID to build the config from',
+      );
+    }
+    config = buildConfig(image.configFields, diffIds, {
+      history: image.layerNames?.map((n) => `ferry: layers/${n}`),
+    });
+  }
+
+  // An OCI layout's stored manifest is pushed as is when nothing about it changes: digests preserved.
+  if (
+    image.manifestBytes &&
+    image.manifestMediaType &&
+    MANIFEST_FAMILY[image.manifestMediaType] === format
+  ) {
+    const stored = parseManifest(image.manifestBytes, image.manifestMediaType);
+    const same =
+      stored.config?.digest === config.digest &&
+      (stored.layers ?? []).length === layers.length &&
+      (stored.layers ?? []).every((l, i) => l.digest === layers[i].digest);
+    if (same)
+      return { config, manifest: canonicalOf(image.manifestBytes, image.manifestMediaType) };
+  }
+  const manifest = buildManifest(
+    format,
+    { mediaType: config.mediaType, digest: config.digest, size: config.size },
+    layers.map((l) => ({ ...l, mediaType: convertLayerMediaType(l.mediaType, format) })),
+  );
+  return { config, manifest };
+}
+
+function topIndex(
+  opened: OpenedSource,
+  pushed: PushedImage[],
+  format: ManifestFormat,
+  keptAll: boolean,
+): Canonical {
+  if (
+    keptAll &&
+    opened.indexBytes &&
+    opened.indexMediaType &&
+    isIndexMediaType(opened.indexMediaType) &&
+    MANIFEST_FAMILY[opened.indexMediaType] === format
+  ) {
+    const stored = parseManifest(opened.indexBytes, opened.indexMediaType);
+    const digests = new Set(pushed.map((p) => p.manifest.digest));
+    if ((stored.manifests ?? []).every((m) => digests.has(m.digest))) {
+      return canonicalOf(opened.indexBytes, opened.indexMediaType);
+    }
+  }
+  return buildIndex(
+    format,
+    pushed.map((p) => ({
+      mediaType: p.manifest.mediaType,
+      digest: p.manifest.digest,
+      size: p.manifest.size,
+      ...(p.platform ? { platform: p.platform } : {}),
+    })),
+  );
+}
+
+/** Each image's config blob and manifest, by digest. */
+export async function pushImages(
+  deps: CoordinatorDeps,
+  pushId: string,
+  repo: RepoRef,
+  opened: OpenedSource,
+  results: Map<string, LayerOutcome>,
+  format: ManifestFormat,
+): Promise<{ pushed: PushedImage[]; keptAll: boolean }> {
+  const { ctx, client, logger } = deps;
+  const pushed: PushedImage[] = [];
+  let keptAll = true;
+  for (const [i, image] of opened.images.entries()) {
+    const { config, manifest } = assembleImage(image, i, results, format);
+    if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
+    await pushBlobIfMissing(ctx, client, repo, config, logger);
+    await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
+    await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
+    await ctx.store.appendEvent(pushId, {
+      type: 'manifest',
+      digest: manifest.digest,
+      mediaType: manifest.mediaType,
+      size: manifest.size,
+      ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
+    });
+    pushed.push({ manifest, platform: image.platform });
+  }
+  return { pushed, keptAll };
+}
+
+/** What the tags will name: the one manifest, or the index of a multi-platform (or stored-index) source. */
+export async function pushTop(
+  deps: CoordinatorDeps,
+  pushId: string,
+  repo: RepoRef,
+  opened: OpenedSource,
+  images: { pushed: PushedImage[]; keptAll: boolean },
+  format: ManifestFormat,
+): Promise<{ top: Canonical; manifests: TaggedManifest[] }> {
+  const { pushed, keptAll } = images;
+  if (pushed.length === 1 && !opened.indexBytes) return { top: pushed[0].manifest, manifests: [] };
+  const top = topIndex(opened, pushed, format, keptAll);
+  await deps.client.putManifest(repo, top.digest, top.bytes, top.mediaType);
+  await deps.ctx.store.appendEvent(pushId, {
+    type: 'manifest',
+    digest: top.digest,
+    mediaType: top.mediaType,
+    size: top.size,
+  });
+  const manifests = pushed.map((p) => ({
+    digest: p.manifest.digest,
+    mediaType: p.manifest.mediaType,
+    size: p.manifest.size,
+    ...(p.platform ? { platform: formatPlatform(p.platform) } : {}),
+  }));
+  return { top, manifests };
+}
