@@ -7,23 +7,25 @@
  *              incompressible) and hashes it through the same BlobSource;
  *   upload   — the same source pushed by uploadBlob({ chunkSize: 0 }): one
  *              streamed PATCH. Target: upload ≤ baseline + 64 MB.
- *   chunked  — an upload worker's defaults: two 2 GiB layers at once
- *              (FERRY_UPLOAD_CONCURRENCY 2) in 32 MiB chunks
- *              (FERRY_UPLOAD_CHUNK_SIZE), each upload holding one chunk
- *              buffer. Target: peak RSS ≤ 200 MB.
+ *   chunked  — an upload worker at full load with the config's defaults
+ *              (or FERRY_UPLOAD_CONCURRENCY / FERRY_UPLOAD_CHUNK_SIZE as set
+ *              for the bench): that many 2 GiB layers at once in chunks of
+ *              that size, each upload holding one chunk buffer. Target:
+ *              peak RSS ≤ 200 MB.
  * Each child reports its own VmHWM. The digests must agree with the
  * registry's (read back by HEAD).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DEFAULT_CHUNK_SIZE } from '@ferry/registry-client';
+import { loadConfig } from '@ferry/config';
 import { report } from './common';
 
 const SIZE = Number(process.env.BENCH_BLOB_BYTES ?? 1024 * 1024 * 1024);
 /** Each of the two layers of the chunked case. */
 const LAYER = Number(process.env.BENCH_LAYER_BYTES ?? 2 * 1024 * 1024 * 1024);
-const CONCURRENCY = 2;
+/** What the children use: the config's defaults, or FERRY_UPLOAD_* as set. */
+const { uploadConcurrency: CONCURRENCY, uploadChunkSize: CHUNK_SIZE } = loadConfig(process.env);
 
 /** What a child prints (blob-upload-rss.child.js). */
 interface ChildResult {
@@ -121,7 +123,7 @@ async function main(): Promise<void> {
         unit: 'MB/s',
       },
       {
-        metric: `peak RSS, ${CONCURRENCY} × ${mb(LAYER)} MB layers at once in ${DEFAULT_CHUNK_SIZE / 1048576} MiB chunks (the image's NODE_OPTIONS ${imageOptions})`,
+        metric: `peak RSS, ${CONCURRENCY} × ${mb(LAYER)} MB layers at once in ${CHUNK_SIZE === 0 ? 'one streamed PATCH each' : `${CHUNK_SIZE / 1048576} MiB chunks`} (the image's NODE_OPTIONS ${imageOptions})`,
         value: mb(chunked.peakRss),
         unit: 'MB',
         target: '≤ 200 MB',

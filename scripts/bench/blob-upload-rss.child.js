@@ -2,21 +2,20 @@
 /**
  * The children of blob-upload-rss.bench.ts, in plain JavaScript so they run
  * like an upload worker in production: node on the compiled packages (dist/),
- * without tsx. Mode in argv[2]: baseline | upload | chunked. Prints one line
+ * without tsx. Mode in argv[2]: baseline | upload | chunked (FERRY_UPLOAD_CONCURRENCY
+ * layers at once in FERRY_UPLOAD_CHUNK_SIZE chunks, from @ferry/config). Prints one line
  * `CHILD_RESULT {json}` with its own peak RSS (VmHWM).
  */
 const { readFileSync } = require('node:fs');
 const { createCipheriv } = require('node:crypto');
 const { Readable } = require('node:stream');
-const {
-  DEFAULT_CHUNK_SIZE,
-  RegistryClient,
-  regeneratingBlobSource,
-} = require('@ferry/registry-client');
+const { loadConfig } = require('@ferry/config');
+const { RegistryClient, regeneratingBlobSource } = require('@ferry/registry-client');
 
 const SIZE = Number(process.env.BENCH_BLOB_BYTES);
 const LAYER = Number(process.env.BENCH_LAYER_BYTES);
-const CONCURRENCY = 2;
+/** An upload worker's settings: the config's defaults, or FERRY_UPLOAD_* as set. */
+const { uploadConcurrency: CONCURRENCY, uploadChunkSize: CHUNK_SIZE } = loadConfig(process.env);
 const PIECE = 1024 * 1024;
 /** The chunked case reads like a layer file is read: fs.createReadStream's 64 KiB pieces. */
 const FILE_PIECE = 64 * 1024;
@@ -42,14 +41,14 @@ function keystream(size, key = 7, piece = PIECE) {
   });
 }
 
-/** Two layers at once, default chunk size: what an upload worker does with its defaults. */
+/** FERRY_UPLOAD_CONCURRENCY layers at once in FERRY_UPLOAD_CHUNK_SIZE chunks: an upload worker at full load. */
 async function chunkedPair(client, registry) {
   const one = async (i) => {
     const repo = { registry, repository: `bench/layer${i}` };
     const source = regeneratingBlobSource(() => keystream(LAYER, 11 + i, FILE_PIECE), {
       size: LAYER,
     });
-    const r = await client.uploadBlob(repo, source, { chunkSize: DEFAULT_CHUNK_SIZE });
+    const r = await client.uploadBlob(repo, source, { chunkSize: CHUNK_SIZE });
     const has = await client.blobExists(repo, r.digest);
     return { digest: r.digest, ok: r.size === LAYER && has !== undefined && has.size === LAYER };
   };
