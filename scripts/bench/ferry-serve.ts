@@ -10,7 +10,9 @@
  * the first call to the second; the benches call eld() around each ferry
  * measurement, so the even N are the ferry windows), and the event-loop
  * delay of each window (TAG-eld.jsonl); BENCH_FERRY_ENV — extra FERRY_*
- * settings for the serve process, `K=V,K=V`; BENCH_LOG_LEVEL (default info).
+ * settings for the serve process, `K=V,K=V`; BENCH_FERRY_ENV_B — where a
+ * bench supports it, a second serve process with these settings measured
+ * beside the first in the same runs; BENCH_LOG_LEVEL (default info).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -36,9 +38,10 @@ export function build(): void {
   execFileSync('npm', ['run', '--silent', 'build'], { cwd: repoRoot, stdio: 'inherit' });
 }
 
-export function extraFerryEnv(): Record<string, string> {
+/** `K=V,K=V` from BENCH_FERRY_ENV (or another variable) as an object. */
+export function extraFerryEnv(variable = 'BENCH_FERRY_ENV'): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const kv of (process.env.BENCH_FERRY_ENV ?? '').split(',')) {
+  for (const kv of (process.env[variable] ?? '').split(',')) {
     const i = kv.indexOf('=');
     if (i > 0) out[kv.slice(0, i).trim()] = kv.slice(i + 1).trim();
   }
@@ -56,17 +59,18 @@ export interface Serve {
   stop(): Promise<void>;
 }
 
-/** Starts `node bin/ferry.js serve` (all roles) on redis, reading sources under root. */
-export async function startServe(redis: RedisHandle, root: string, tag: string): Promise<Serve> {
-  const { freePort, spawnService } = helpers();
-  const port = await freePort();
-  const token = 'bench-' + randomBytes(8).toString('hex');
-  const profileDir = process.env.BENCH_PROFILE_DIR;
-  const eldOut = profileDir ? join(profileDir, `${tag}-eld.jsonl`) : undefined;
-  if (profileDir) mkdirSync(profileDir, { recursive: true });
-  const env: Record<string, string> = {
+/** The settings every bench serve process gets (BENCH_FERRY_ENV last). */
+function serveEnv(
+  redis: RedisHandle,
+  root: string,
+  port: number,
+  token: string,
+  prefix = `{b${randomBytes(3).toString('hex')}}`,
+  extra = extraFerryEnv(),
+): Record<string, string> {
+  return {
     FERRY_REDIS_URL: redis.url,
-    FERRY_QUEUE_PREFIX: `{b${randomBytes(3).toString('hex')}}`,
+    FERRY_QUEUE_PREFIX: prefix,
     FERRY_PORT: String(port),
     FERRY_URL: `http://127.0.0.1:${port}`,
     FERRY_API_TOKENS: token,
@@ -76,8 +80,27 @@ export async function startServe(redis: RedisHandle, root: string, tag: string):
     FERRY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
     FERRY_DOCKER_CONFIG: '/nonexistent/ferry-bench/config.json',
     NODE_ENV: 'production',
-    ...extraFerryEnv(),
+    ...extra,
   };
+}
+
+/**
+ * Starts `node bin/ferry.js serve` (all roles) on redis, reading sources under root, with
+ * BENCH_FERRY_ENV's settings or `extra`'s.
+ */
+export async function startServe(
+  redis: RedisHandle,
+  root: string,
+  tag: string,
+  extra?: Record<string, string>,
+): Promise<Serve> {
+  const { freePort, spawnService } = helpers();
+  const port = await freePort();
+  const token = 'bench-' + randomBytes(8).toString('hex');
+  const profileDir = process.env.BENCH_PROFILE_DIR;
+  const eldOut = profileDir ? join(profileDir, `${tag}-eld.jsonl`) : undefined;
+  if (profileDir) mkdirSync(profileDir, { recursive: true });
+  const env = serveEnv(redis, root, port, token, undefined, extra);
   // Profiles come from the preload (inspector), one per window between eld() calls.
   const service = await spawnService({
     name: 'ferry-serve',
@@ -125,6 +148,81 @@ export async function startServe(redis: RedisHandle, root: string, tag: string):
   };
 }
 
+/** The roles in processes of their own, as deployed: one api, lookup, coordinator; N upload. */
+export interface Split {
+  url: string;
+  token: string;
+  /** pid of each process by role (upload: one per process). */
+  pids: { api: number; lookup: number; coordinator: number; upload: number[] };
+  /** Every process's pid. */
+  all(): number[];
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts each role in its own `node bin/ferry.js serve --role R` (compiled, plain node), with
+ * `uploads` upload-worker processes (each FERRY_UPLOAD_CONCURRENCY uploads at once), sharing
+ * one queue prefix on redis; ready when every process's /readyz answers.
+ */
+export async function startSplit(
+  redis: RedisHandle,
+  root: string,
+  uploads: number,
+): Promise<Split> {
+  const { freePort, spawnService } = helpers();
+  const port = await freePort();
+  const token = 'bench-' + randomBytes(8).toString('hex');
+  const prefix = `{s${randomBytes(3).toString('hex')}}`;
+  const roles = [
+    'api',
+    'lookup',
+    'coordinator',
+    ...Array.from({ length: uploads }, () => 'upload'),
+  ];
+  const started: ServiceHandle[] = [];
+  try {
+    for (const [i, role] of roles.entries()) {
+      const env = serveEnv(redis, root, port, token, prefix);
+      const health = role === 'api' ? port : await freePort();
+      if (role !== 'api') env.FERRY_HEALTH_PORT = String(health);
+      started.push(
+        await spawnService({
+          name: `ferry-${role}-${i}`,
+          cmd: process.execPath,
+          args: [bin, 'serve', '--role', role],
+          env: { ...env, NODE_OPTIONS: '' },
+          cwd: repoRoot,
+          timeoutMs: 30_000,
+          graceMs: 20_000,
+          ready: async () => (await fetch(`http://127.0.0.1:${health}/readyz`)).ok,
+        }),
+      );
+    }
+  } catch (e) {
+    for (const s of started.reverse()) await s.stop();
+    throw e;
+  }
+  const [api, lookup, coordinator, ...up] = started;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    token,
+    pids: {
+      api: api!.pid,
+      lookup: lookup!.pid,
+      coordinator: coordinator!.pid,
+      upload: up.map((u) => u.pid),
+    },
+    all: () => started.map((s) => s.pid),
+    async stop() {
+      // The API first (no new pushes), then the workers.
+      for (const s of started) await s.stop();
+    },
+  };
+}
+
+/** What the REST helpers need of a running Ferry. */
+export type Endpoint = Pick<Serve, 'url' | 'token'>;
+
 export interface PushView {
   id: string;
   status: string;
@@ -135,7 +233,7 @@ export interface PushView {
 }
 
 export async function api<T = unknown>(
-  serve: Serve,
+  serve: Endpoint,
   method: string,
   path: string,
   body?: unknown,
@@ -152,7 +250,7 @@ export async function api<T = unknown>(
   return { status: r.status, body: (text ? JSON.parse(text) : undefined) as T };
 }
 
-export async function submit(serve: Serve, source: string, target: string): Promise<string> {
+export async function submit(serve: Endpoint, source: string, target: string): Promise<string> {
   const r = await api<{ id?: string }>(serve, 'POST', '/v1/pushes', { source, target });
   if (r.status !== 202 || !r.body.id)
     throw new Error(`submit: ${r.status} ${JSON.stringify(r.body)}`);
@@ -160,7 +258,7 @@ export async function submit(serve: Serve, source: string, target: string): Prom
 }
 
 /** Polls GET /v1/pushes/{id} until final; throws unless succeeded. */
-export async function waitSucceeded(serve: Serve, id: string, pollMs = 25): Promise<PushView> {
+export async function waitSucceeded(serve: Endpoint, id: string, pollMs = 25): Promise<PushView> {
   const deadline = Date.now() + 600_000;
   for (;;) {
     const r = await api<PushView>(serve, 'GET', `/v1/pushes/${id}`);
@@ -178,7 +276,7 @@ export async function waitSucceeded(serve: Serve, id: string, pollMs = 25): Prom
  * push's own finishedAt (so the poll interval does not count).
  */
 export async function restPush(
-  serve: Serve,
+  serve: Endpoint,
   source: string,
   target: string,
 ): Promise<{ s: number; view: PushView }> {

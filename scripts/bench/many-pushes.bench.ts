@@ -15,7 +15,6 @@
 import { join } from 'node:path';
 import { report, type BenchRow } from './common';
 import {
-  api,
   build,
   commandStats,
   cpuSeconds,
@@ -26,10 +25,10 @@ import {
   skopeoCopy,
   startServe,
   stats,
-  submit,
   threadCpu,
   type Serve,
 } from './ferry-serve';
+import { ferryMany as ferryManyAt, pollCost, pool } from './many';
 import { makeManySmall } from './oci-fixture';
 
 const N = Number(process.env.BENCH_SMALL_PUSHES ?? 200);
@@ -38,62 +37,8 @@ const SUBMITS = Number(process.env.BENCH_SUBMIT_CONCURRENCY ?? 32);
 /** Profiling runs: ferry only, skopeo skipped and reported as NaN. */
 const FERRY_ONLY = process.env.BENCH_FERRY_ONLY === '1';
 
-async function pool<T>(items: T[], width: number, f: (x: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(width, items.length) }, async () => {
-      while (next < items.length) await f(items[next++]!);
-    }),
-  );
-}
-
-/** Submits every ref at once (SUBMITS requests in flight) and waits for all; seconds. */
-/** Redis commands the harness's own completion polls cause (subtracted from the per-push count). */
-const pollCost = { polls: 0, rows: 0 };
-
-async function ferryMany(
-  serve: Serve,
-  sources: string[],
-  host: string,
-  run: number,
-): Promise<number> {
-  const t0 = Date.now();
-  const ids = new Set<string>();
-  await pool([...sources.keys()], SUBMITS, async (i) => {
-    ids.add(await submit(serve, sources[i]!, `${host}/small:img${i}-${run}`));
-  });
-  const submitted = Date.now();
-  // Completion from the status index (one request per poll, however many pushes).
-  let last = 0;
-  for (;;) {
-    const done = await api<{ pushes: { id: string; finishedAt?: string }[] }>(
-      serve,
-      'GET',
-      `/v1/pushes?status=succeeded&limit=1000`,
-    );
-    pollCost.polls += 1;
-    pollCost.rows += done.body.pushes.length;
-    const mine = done.body.pushes.filter((p) => ids.has(p.id));
-    if (mine.length === ids.size) {
-      for (const p of mine) last = Math.max(last, Date.parse(p.finishedAt!));
-      break;
-    }
-    const failed = await api<{ pushes: { id: string }[] }>(
-      serve,
-      'GET',
-      `/v1/pushes?status=failed&limit=1000`,
-    );
-    pollCost.polls += 1;
-    pollCost.rows += failed.body.pushes.length;
-    const bad = failed.body.pushes.filter((p) => ids.has(p.id));
-    if (bad.length) throw new Error(`${bad.length} pushes failed, e.g. ${bad[0]!.id}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  process.stderr.write(
-    `  submitted ${sources.length} in ${((submitted - t0) / 1000).toFixed(2)} s\n`,
-  );
-  return (last - t0) / 1000;
-}
+const ferryMany = (serve: Serve, sources: string[], host: string, run: number) =>
+  ferryManyAt(serve, sources, host, run, SUBMITS);
 
 async function skopeoMany(sources: string[], host: string, run: number): Promise<number> {
   const t0 = process.hrtime.bigint();

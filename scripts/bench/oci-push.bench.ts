@@ -19,8 +19,10 @@
  *
  * Env: BENCH_OCI_MB (raw total, default 400), BENCH_OCI_LAYERS (8),
  * BENCH_RUNS (3), BENCH_REPUSH_RUNS (5), BENCH_FERRY_ONLY=1 (profiling: skip
- * the peers); see ferry-serve.ts for
- * BENCH_PROFILE_DIR and BENCH_FERRY_ENV.
+ * the peers), BENCH_FERRY_ENV_B (a second serve process with these settings,
+ * pushing layouts of its own in every run right after the first: settings
+ * compared in one run); see ferry-serve.ts for BENCH_PROFILE_DIR and
+ * BENCH_FERRY_ENV.
  */
 import { join } from 'node:path';
 import type { BenchRow } from './common';
@@ -31,6 +33,7 @@ import {
   commandStats,
   cpuSeconds,
   diffStats,
+  extraFerryEnv,
   fmt,
   helpers,
   restPush,
@@ -50,6 +53,26 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const REPUSH_RUNS = Number(process.env.BENCH_REPUSH_RUNS ?? 5);
 /** Profiling runs: ferry only, the peers (skopeo, CLI, PUTs) skipped and reported as NaN. */
 const FERRY_ONLY = process.env.BENCH_FERRY_ONLY === '1';
+/** A second serve process with these settings, measured beside the first in every run. */
+const B_ENV = process.env.BENCH_FERRY_ENV_B ? extraFerryEnv('BENCH_FERRY_ENV_B') : undefined;
+
+/** Ferry's two REST pushes of one run into fresh registries: new blobs, then the same again. */
+async function ferryRound(
+  serve: Serve,
+  src: string,
+  tag: string,
+): Promise<{ cold: number; known: number; cpu: number; knownCpu: number }> {
+  const { startRegistry } = helpers();
+  const out = { cold: 0, known: 0, cpu: 0, knownCpu: 0 };
+  for (const which of ['cold', 'known'] as const) {
+    const reg = await startRegistry();
+    const c0 = cpuSeconds(serve.pid);
+    out[which] = (await restPush(serve, src, `${reg.host}/app:${tag}${which}`)).s;
+    out[which === 'cold' ? 'cpu' : 'knownCpu'] = cpuSeconds(serve.pid) - c0;
+    await reg.stop();
+  }
+  return out;
+}
 
 /** 8 parallel monolithic uploads (POST a session, then curl PUT ?digest= with the file). */
 async function parallelPuts(fx: OciFixture, host: string): Promise<number> {
@@ -82,29 +105,46 @@ async function main(): Promise<void> {
   const layerBytes = Math.floor((TOTAL_MB * MB) / LAYERS);
   process.stderr.write(`making a ${LAYERS}-layer OCI layout, ${TOTAL_MB} MB raw …\n`);
   // One layout for the warm-up and re-push, one per measured run (blobs ferry has never seen).
+  // (B: another RUNS layouts for the second serve process, so it too sees new blobs.)
   const fxs: OciFixture[] = [];
-  for (let i = 0; i <= RUNS; i++) {
+  const count = 1 + RUNS * (B_ENV ? 2 : 1);
+  for (let i = 0; i < count; i++) {
     fxs.push(await makeOciLayout(join(root, `oci8-${i}`), LAYERS, layerBytes));
   }
   const fx = fxs[0]!;
   const source = `oci:${fx.layout}:latest`;
   const runSource = (i: number) => `oci:${fxs[i + 1]!.layout}:latest`;
-  process.stderr.write(`  ${(fx.gzipBytes / MB).toFixed(1)} MB gzip, ${RUNS + 1} layouts\n`);
+  const runSourceB = (i: number) => `oci:${fxs[1 + RUNS + i]!.layout}:latest`;
+  process.stderr.write(`  ${(fx.gzipBytes / MB).toFixed(1)} MB gzip, ${count} layouts\n`);
 
   const redis = await startRedis();
   let serve: Serve | undefined;
+  let serveB: Serve | undefined;
   const rows: BenchRow[] = [
     {
       metric: 'ferry serve settings (BENCH_FERRY_ENV)',
       value: process.env.BENCH_FERRY_ENV || 'defaults',
     },
   ];
+  if (B_ENV)
+    rows.push({
+      metric: 'B: a second serve with (BENCH_FERRY_ENV_B)',
+      value: process.env.BENCH_FERRY_ENV_B!,
+    });
+  const b = {
+    cold: [] as number[],
+    known: [] as number[],
+    cpu: [] as number[],
+    knownCpu: [] as number[],
+  };
   try {
     serve = await startServe(redis, root, 'oci-push');
+    if (B_ENV) serveB = await startServe(redis, root, 'oci-push-b', B_ENV);
     // Warm-up: one push into a throw-away registry (JIT, connections, scripts loaded).
-    {
+    for (const s of [serve, serveB]) {
+      if (!s) continue;
       const reg = await startRegistry();
-      await restPush(serve, source, `${reg.host}/warm:1`);
+      await restPush(s, source, `${reg.host}/warm:1`);
       await reg.stop();
     }
 
@@ -150,6 +190,11 @@ async function main(): Promise<void> {
         await serve.eld();
         knownCpu.push(cpuSeconds(serve.pid) - c0);
         await reg.stop();
+      }
+      if (serveB) {
+        const r = await ferryRound(serveB, runSourceB(i), `b${i}`);
+        for (const k of ['cold', 'known', 'cpu', 'knownCpu'] as const) b[k].push(r[k]);
+        process.stderr.write(`  B: rest ${r.cold.toFixed(3)} known ${r.known.toFixed(3)}\n`);
       }
       if (FERRY_ONLY) {
         t.skopeo.push(NaN);
@@ -259,6 +304,28 @@ async function main(): Promise<void> {
         unit: 's',
       },
     );
+    if (serveB)
+      rows.push(
+        {
+          metric: 'B: first push, ferry REST (new blobs) / the same again (known), s',
+          value: `${fmt(b.cold)} / ${fmt(b.known)}`,
+        },
+        {
+          metric: 'B: first push, ferry REST ÷ skopeo, new blobs / known blobs',
+          value: `${(med(b.cold) / med(t.skopeo)).toFixed(3)} / ${(med(b.known) / med(t.skopeo)).toFixed(3)}`,
+          unit: '×',
+        },
+        {
+          metric: 'B ÷ A (same run): new blobs / known blobs',
+          value: `${(med(b.cold) / med(t.rest)).toFixed(3)} / ${(med(b.known) / med(t.known)).toFixed(3)}`,
+          unit: '×',
+        },
+        {
+          metric: 'B: ferry serve CPU per push, new blobs / known blobs',
+          value: `${fmt(b.cpu)} / ${fmt(b.knownCpu)}`,
+          unit: 's',
+        },
+      );
     const lastCmds = cmds[cmds.length - 1]!;
     const totalCmds = Object.values(lastCmds).reduce((a, b) => a + b, 0);
     rows.push({
@@ -362,6 +429,7 @@ async function main(): Promise<void> {
       await reg.stop();
     }
   } finally {
+    await serveB?.stop();
     await serve?.stop();
     await redis.stop();
   }
