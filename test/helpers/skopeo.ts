@@ -4,6 +4,8 @@ import { findBinary, INSTALL_HINT } from './runtime';
 export interface SkopeoOptions {
   /** Kill skopeo after this long; default 120 000 ms. */
   timeoutMs?: number;
+  /** Added to the environment (e.g. GNUPGHOME for standalone-verify). */
+  env?: Record<string, string>;
 }
 
 /**
@@ -19,7 +21,10 @@ export async function skopeo(
   if (!bin) throw new Error(`skopeo not found — ${INSTALL_HINT}`);
   const timeoutMs = opts.timeoutMs ?? 120_000;
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(bin, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
