@@ -11,6 +11,7 @@ import {
   type Renderer,
 } from './render';
 import { ROLES, type Role } from './roles';
+import type { KeygenOpts, VerifyOpts } from './signing';
 import { absolutizeSource } from './source-arg';
 
 export interface CliIo {
@@ -28,7 +29,11 @@ function processInterrupts(handler: () => void): () => void {
 }
 
 const DEFAULT_URL = 'http://127.0.0.1:8080';
-const NOT_YET = 'not implemented yet: signing arrives with the signing issue';
+
+/** keygen / verify, loaded only when run: `ferry push` never loads the signing library. */
+function signingCommands(): typeof import('./signing') {
+  return require('./signing') as typeof import('./signing');
+}
 
 interface ServerOpts {
   server?: string;
@@ -360,19 +365,26 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
 
   program
     .command('keygen')
-    .description('make signing keys')
-    .option('--out <dir>', 'where to write the keys')
-    .action(() => {
-      throw new CliError('FERRY_NOT_IMPLEMENTED', NOT_YET, 2);
-    });
+    .description(
+      'write a new signing key pair into DIR: EC P-256 cosign.key (0600) and cosign.pub; --rsa: an RSA key with a self-signed certificate (schema1.key, .pub, .crt)',
+    )
+    .requiredOption(
+      '--out <dir>',
+      'where to write the keys (created if missing; existing files are never overwritten)',
+    )
+    .option('--rsa', 'an RSA 3072 key and a self-signed X.509 certificate (schema1 x5c) instead')
+    .action(async (opts: KeygenOpts) => setExit(await signingCommands().keygen(opts, io)));
   program
     .command('verify')
-    .description('verify the signatures of TARGET')
+    .description(
+      'verify the cosign signatures of TARGET (HOST[:PORT]/REPO[:TAG|@DIGEST]) in its registry with a public key; exit 0 when at least one verifies (credentials: $FERRY_DOCKER_CONFIG or ~/.docker/config.json)',
+    )
     .argument('<target>')
-    .option('--key <pub>', 'public key')
-    .action(() => {
-      throw new CliError('FERRY_NOT_IMPLEMENTED', NOT_YET, 2);
-    });
+    .requiredOption('--key <pub>', 'PEM public key (cosign.pub) or certificate')
+    .option('--json', 'print the result as one JSON object')
+    .action(async (target: string, opts: VerifyOpts) =>
+      setExit(await signingCommands().verify(target, opts, io)),
+    );
   return program;
 }
 
