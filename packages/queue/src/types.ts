@@ -210,7 +210,7 @@ export interface PushError {
   message: string;
 }
 
-/** Signatures the coordinator made (shape owned by the signing issue). */
+/** A signature the coordinator made: kind (cosign, pgp, schema1), the signed digest, the key fingerprint, and where it is (tag, lookaside path). */
 export type SignatureRecord = Record<string, unknown>;
 
 /** How one target of a (fan-out) push ended. */
