@@ -366,6 +366,53 @@ describe('ferry CLI against the API and a fake pipeline', function () {
     }
   });
 
+  it('push SRC DST DST: one push to every target (REST target + targets); --all-tags / --no-signatures sent only when given', async () => {
+    const proxy = await recordingProxy(server);
+    try {
+      const r = await runCli(
+        [
+          'push',
+          `dir:${root}/images/app`,
+          '127.0.0.1:59999/team/app:fan',
+          'localhost:59998/team/app:fan',
+          '--no-wait',
+        ],
+        { env: { ...env(), FERRY_URL: proxy.url } },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      const sent = JSON.parse(proxy.requests.filter((q) => q.method === 'POST')[0].body);
+      assert.equal(sent.target, '127.0.0.1:59999/team/app:fan');
+      assert.deepEqual(sent.targets, ['localhost:59998/team/app:fan']);
+      assert.equal(sent.allTags, undefined);
+      assert.equal(sent.copySignatures, undefined);
+      const state = await api.store.get(r.stdout.trim());
+      assert.deepEqual(state?.request.targets, [
+        '127.0.0.1:59999/team/app:fan',
+        'localhost:59998/team/app:fan',
+      ]);
+      // A copy's flags go as REST fields (the server refuses them for other sources).
+      const copy = await runCli(
+        [
+          'push',
+          'docker://127.0.0.1:59997/src/app',
+          '127.0.0.1:59999/team/app',
+          '--all-tags',
+          '--no-signatures',
+          '--no-wait',
+        ],
+        { env: { ...env(), FERRY_URL: proxy.url } },
+      );
+      assert.equal(copy.code, 0, copy.stderr);
+      const posts = proxy.requests.filter((q) => q.method === 'POST');
+      const body = JSON.parse(posts[posts.length - 1].body);
+      assert.equal(body.source, 'docker://127.0.0.1:59997/src/app');
+      assert.equal(body.allTags, true);
+      assert.equal(body.copySignatures, false);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('push with a bad --owners/--mtime: one line naming the flag, exit 2, nothing sent', async () => {
     const proxy = await recordingProxy(server);
     try {
