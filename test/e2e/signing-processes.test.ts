@@ -84,6 +84,7 @@ describe('e2e: signing with the roles as separate processes', function () {
   let pgp: Awaited<ReturnType<typeof generatePgpKey>>;
   let other: Awaited<ReturnType<typeof generatePgpKey>>;
   let pushed: { digest: string; target: string };
+  let passphrase: string;
 
   const gnupg = (home: string, args: string[]) =>
     execFileSync(findBinary('gpg') ?? 'gpg', ['--homedir', home, '--batch', ...args], {
@@ -101,8 +102,11 @@ describe('e2e: signing with the roles as separate processes', function () {
       startRegistry(),
     ]);
     root = tmpDir('signing-processes');
-    ec = await generateKeys(join(root, 'keys'));
-    pgp = await generatePgpKey({ name: 'Ferry test', email: 'ferry@example.invalid' });
+    // Both keys encrypted with one passphrase (FERRY_KEY_PASSPHRASE_FILE), which never leaks either.
+    passphrase = randomBytes(12).toString('hex');
+    ec = await generateKeys(join(root, 'keys'), { passphrase });
+    pgp = await generatePgpKey({ name: 'Ferry test', email: 'ferry@example.invalid', passphrase });
+    writeFileSync(join(root, 'keys', 'passphrase'), passphrase + '\n', { mode: 0o600 });
     other = await generatePgpKey({ name: 'Someone else' });
     writeFileSync(join(root, 'keys', 'pgp.key'), pgp.privateKeyArmored, { mode: 0o600 });
     copyHello(root);
@@ -122,6 +126,7 @@ describe('e2e: signing with the roles as separate processes', function () {
     const keyEnv = {
       FERRY_SIGNING_KEY: ec.privateKeyPath,
       FERRY_PGP_KEY: join(root, 'keys', 'pgp.key'),
+      FERRY_KEY_PASSPHRASE_FILE: join(root, 'keys', 'passphrase'),
     };
     for (const role of ['coordinator', 'lookup', 'upload', 'api'] as const) {
       const healthPort = role === 'api' ? undefined : await freePort();
@@ -294,7 +299,9 @@ describe('e2e: signing with the roles as separate processes', function () {
   it('no private key byte is in Redis (keys, values, job data) or in any role’s log', async () => {
     const pem = readFileSync(ec.privateKeyPath, 'utf8');
     const body = pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, '');
-    const jwk = createPrivateKey(pem).export({ format: 'jwk' }) as { d: string };
+    const jwk = createPrivateKey({ key: pem, passphrase }).export({ format: 'jwk' }) as {
+      d: string;
+    };
     const scalar = Buffer.from(jwk.d, 'base64url');
     const armoredBody = pgp.privateKeyArmored
       .split('\n')
@@ -307,6 +314,7 @@ describe('e2e: signing with the roles as separate processes', function () {
       scalar.toString('base64'),
       armoredBody.slice(40, 100),
       'PRIVATE KEY',
+      passphrase,
     ];
     const haystacks = {
       redis: await dumpRedis(redis.url),
@@ -319,12 +327,13 @@ describe('e2e: signing with the roles as separate processes', function () {
   });
 
   it('a coordinator with another key refuses to start, naming both fingerprints', async () => {
-    const second = await generateKeys(join(root, 'keys2'));
+    const second = await generateKeys(join(root, 'keys2'), { passphrase });
     const child = spawn(process.execPath, [bin, 'serve', '--role', 'coordinator'], {
       env: {
         ...process.env,
         ...env,
         FERRY_SIGNING_KEY: second.privateKeyPath,
+        FERRY_KEY_PASSPHRASE_FILE: join(root, 'keys', 'passphrase'),
         FERRY_HEALTH_PORT: String(await freePort()),
       },
       cwd: dirname(bin),
