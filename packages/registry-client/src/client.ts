@@ -160,7 +160,7 @@ export class RegistryClient {
     reference: string,
     accept: string[] = [...MANIFEST_ACCEPT],
     call?: CallOptions,
-  ): Promise<{ body: Buffer; mediaType: string; digest: string }> {
+  ): Promise<{ body: Buffer; mediaType: string; digest: string; statedDigest?: string }> {
     return manifests.getManifest(this.rq, repo, reference, accept, call);
   }
 

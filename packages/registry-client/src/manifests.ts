@@ -121,7 +121,7 @@ export async function getManifest(
   reference: string,
   accept: string[] = [...MANIFEST_ACCEPT],
   call: CallOptions = {},
-): Promise<{ body: Buffer; mediaType: string; digest: string }> {
+): Promise<{ body: Buffer; mediaType: string; digest: string; statedDigest?: string }> {
   const { reg, name } = rq.transport.checkRepo(repo);
   checkManifestRef(reference);
   const what = `GET manifest ${reg}/${name}:${reference}`;
@@ -146,7 +146,9 @@ export async function getManifest(
       },
     );
   }
-  return { body, mediaType, digest };
+  // What the registry says the manifest is (a tag's answer): the caller may hold the bytes to it.
+  const stated = header(res, 'docker-content-digest');
+  return { body, mediaType, digest, ...(stated ? { statedDigest: stated } : {}) };
 }
 
 export async function headManifest(
