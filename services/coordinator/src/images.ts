@@ -47,6 +47,8 @@ export function layerResults(
     if (!v || typeof v !== 'object' || typeof v.imageIndex !== 'number') continue;
     if (v.state === 'resolved' || v.layerIndex < 0) continue;
     const t = target !== undefined ? v.targets?.[target] : undefined;
+    // A fan-out job's result that does not name this target (an upload for other targets) says nothing of it.
+    if (target !== undefined && v.targets && !t) continue;
     const r: LayerOutcome = t ? { ...v, ...t, targets: undefined } : v;
     const k = `${v.imageIndex}/${v.layerIndex}`;
     const prev = out.get(k);

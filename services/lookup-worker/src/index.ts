@@ -206,6 +206,7 @@ export function lookupProcessor(deps: LookupDeps) {
       ...(d.dirOptions ? { dirOptions: d.dirOptions } : {}),
       ...(d.pin ? { pin: d.pin } : {}),
       ...(diffId ? { diffId } : {}),
+      // A fan-out's upload job names its targets even when one lacks the blob: its failure is that target's alone.
       ...(targets.length > 1 ? { targets: missing } : {}),
     };
     for (const t of missing) per[t] = { state: 'upload', digest: layer.digest, size: layer.size };

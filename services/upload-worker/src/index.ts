@@ -122,7 +122,8 @@ export function uploadProcessor(deps: UploadDeps) {
     const layer = await layerOf(sources, d);
     const diffId = layer.diffId ?? d.diffId;
     const blobs = targets.map((t) => blobJobOf(deps, d, job, layer, diffId, t, opened));
-    const fanOut = targets.length > 1;
+    // A job of a fan-out push carries `targets` (maybe one): a permanent failure is per target then.
+    const fanOut = d.targets !== undefined && d.targets.length > 0;
     const per: Record<string, TargetLayer> = {};
 
     // The blob may be in a target already (another push put it there), or mountable.
