@@ -384,7 +384,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     r.problems.push({ variable: 'FERRY_QUEUE_PREFIX', message: 'may not contain ":"' });
   }
   // One chunk is held in memory per upload (to re-send it after a failed PATCH): capped at 512 MiB.
-  const chunk = r.int('FERRY_UPLOAD_CHUNK_SIZE', 33554432, 0, MAX_UPLOAD_CHUNK_SIZE);
+  const chunk = r.int('FERRY_UPLOAD_CHUNK_SIZE', 8388608, 0, MAX_UPLOAD_CHUNK_SIZE);
   if (chunk !== 0 && chunk < 1024) {
     r.problems.push({
       variable: 'FERRY_UPLOAD_CHUNK_SIZE',
@@ -420,7 +420,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     pgpKey: r.optional('FERRY_PGP_KEY'),
     keyPassphraseFile: r.optional('FERRY_KEY_PASSPHRASE_FILE'),
     lookupConcurrency: r.int('FERRY_LOOKUP_CONCURRENCY', 5, 1, 1000),
-    uploadConcurrency: r.int('FERRY_UPLOAD_CONCURRENCY', 2, 1, 1000),
+    uploadConcurrency: r.int('FERRY_UPLOAD_CONCURRENCY', 6, 1, 1000),
     uploadChunkSize: chunk,
     gzipLevel: r.int('FERRY_GZIP_LEVEL', 6, 1, 9),
     queuePrefix,

@@ -11,7 +11,9 @@ describe('config', () => {
     assert.equal(c.port, 8080);
     assert.equal(c.sourceRoot, '/srv');
     assert.deepEqual(c.registryAllow, ['localhost', '127.0.0.1']);
-    assert.equal(c.uploadChunkSize, 33554432);
+    // 6 uploads at once in 8 MiB chunks (issue 14: oci-push and blob-upload-rss benches).
+    assert.equal(c.uploadConcurrency, 6);
+    assert.equal(c.uploadChunkSize, 8388608);
     assert.equal(c.queuePrefix, '{ferry}');
     assert.ok(Object.isFrozen(c));
   });
