@@ -140,7 +140,7 @@ async function main(): Promise<void> {
         pass: chunked.allPresent === true && chunkedDefault.allPresent === true,
       },
       {
-        metric: 'chunked throughput, both layers (info; node defaults)',
+        metric: 'chunked throughput, all layers (info; node defaults)',
         value: `${(mb(chunked.size) / chunked.seconds).toFixed(1)} (${(mb(chunkedDefault.size) / chunkedDefault.seconds).toFixed(1)})`,
         unit: 'MB/s',
       },
