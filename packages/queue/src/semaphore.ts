@@ -205,7 +205,8 @@ export class Semaphore {
     try {
       return await fn(control);
     } finally {
-      await control.release().catch(() => undefined);
+      // Not awaited: the caller goes on at once (a permit whose release is lost expires).
+      void control.release().catch(() => undefined);
     }
   }
 

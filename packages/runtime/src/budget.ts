@@ -91,7 +91,8 @@ export class RetryBudget {
   async atStart(job: BudgetJob): Promise<void> {
     const pushId = job.data.pushId;
     if (!RetryBudget.isRetry(job)) {
-      if ((job.attemptsStarted ?? 1) <= 1) await this.progress(pushId);
+      // Best effort, not waited for: it only moves the budget's start forward.
+      if ((job.attemptsStarted ?? 1) <= 1) void this.progress(pushId).catch(() => undefined);
       return;
     }
     const reading = await this.store.budget(pushId);

@@ -248,8 +248,8 @@ export function wrapProcessor<T extends { pushId: string }, R>(
       if (isPermanent(err)) return failForGood(opts, ctx, job, err);
       return retryLater(opts, ctx, budget, job, token, err, Date.now() - started);
     }
-    // A job finished: progress. Best effort — the push goes on either way.
-    await budget.progress(job.data.pushId).catch(() => undefined);
+    // A job finished: progress. Best effort, not waited for — the push goes on either way.
+    void budget.progress(job.data.pushId).catch(() => undefined);
     return result;
   };
 }

@@ -198,21 +198,26 @@ export async function pushImages(
   const { ctx, client, logger } = deps;
   const pushed: PushedImage[] = [];
   let keptAll = true;
+  // Redis writes overlap the registry requests; all of them are done before this returns.
+  const writes: Promise<unknown>[] = [];
   for (const [i, image] of opened.images.entries()) {
     const { config, manifest } = assembleImage(image, i, results, format);
     if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
     await pushBlobIfMissing(ctx, client, repo, config, logger);
-    await ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest);
+    writes.push(ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest));
     await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
-    await ctx.store.appendEvent(pushId, {
-      type: 'manifest',
-      digest: manifest.digest,
-      mediaType: manifest.mediaType,
-      size: manifest.size,
-      ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
-    });
+    writes.push(
+      ctx.store.appendEvent(pushId, {
+        type: 'manifest',
+        digest: manifest.digest,
+        mediaType: manifest.mediaType,
+        size: manifest.size,
+        ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
+      }),
+    );
     pushed.push({ manifest, platform: image.platform });
   }
+  await Promise.all(writes);
   return { pushed, keptAll };
 }
 

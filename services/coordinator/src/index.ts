@@ -177,12 +177,15 @@ async function pushToTarget(
     tops.push({ tags, ...one });
   }
   if (await ctx.store.isCancelled(pushId)) return { cancelled: true };
+  // Each tag's event is written while the next tag is PUT; all are written before the push ends.
+  const events: Promise<unknown>[] = [];
   for (const { tags, top } of tops) {
     for (const tag of tags) {
       await client.putManifest(repo, tag, top.bytes, top.mediaType);
-      await ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest });
+      events.push(ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest }));
     }
   }
+  await Promise.all(events);
   const { top } = tops[0];
   logger.info(
     `push ${pushId}: ${target} is ${top.digest}${tops.length > 1 ? ` (+${tops.length - 1} tags)` : ''}`,
@@ -220,7 +223,11 @@ export function assembleProcessor(deps: CoordinatorDeps) {
   const defaultGzipLevel = deps.gzipLevel ?? 6;
   return async (job: Job<AssembleJob>): Promise<PushResult | undefined> => {
     const { pushId } = job.data;
-    const status = await ctx.store.status(pushId);
+    // Both reads at once (one round trip).
+    const [status, values] = await Promise.all([
+      ctx.store.status(pushId),
+      job.getChildrenValues<LayerOutcome>(),
+    ]);
     if (status !== 'queued' && status !== 'running') {
       logger.info(`push ${pushId} is ${status ?? 'gone'}; nothing assembled`);
       return undefined;
@@ -235,7 +242,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
       ...(request.platform !== undefined ? { platform: request.platform } : {}),
       ...(request.dirOptions ? { dirOptions: request.dirOptions } : {}),
     });
-    const children = (await job.getChildrenValues<LayerOutcome>()) as Record<string, LayerOutcome>;
+    const children = values as Record<string, LayerOutcome>;
     const targets = request.targets?.length ? request.targets : [request.target];
     const fanOut = targets.length > 1;
     const done: TargetResult[] = [];

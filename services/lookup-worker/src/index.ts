@@ -30,7 +30,7 @@ import {
 } from '@ferry/queue';
 import type { RegistryClient } from '@ferry/registry-client';
 import {
-  assertActive,
+  CancelledError,
   currentLayerJob,
   isPermanent,
   PermanentError,
@@ -142,8 +142,11 @@ export function lookupProcessor(deps: LookupDeps) {
   const { ctx, sources, requests } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
     const d = await currentLayerJob<LookupJob>(job.data, requests);
-    await assertActive(ctx, d.pushId);
-    await ctx.store.setStatus(d.pushId, 'running');
+    // One round trip: marks the push running, and says if it has ended (cancelled, failed).
+    const r = await ctx.store.setStatus(d.pushId, 'running');
+    if (!r.ok && r.previous !== 'running') {
+      throw new CancelledError(d.pushId, r.previous ?? 'cancelled');
+    }
     if (d.resolve) return resolveSource(deps, d);
     const opened = await sources.open(sourceRefOf(d));
     const layer = await layerOf(sources, d);
