@@ -251,6 +251,10 @@ async function status(id: string, opts: ServerOpts, io: CliIo): Promise<number> 
     `target:   ${s.target}`,
   ];
   if (s.tags?.length) lines.push(`tags:     ${s.tags.join(', ')}`);
+  for (const t of s.targets ?? []) {
+    const what = t.manifest?.digest ?? (t.error ? `${t.error.code}: ${t.error.message}` : '');
+    lines.push(`  target ${t.target}: ${t.status} ${what}`);
+  }
   lines.push(`created:  ${s.createdAt}`);
   if (s.finishedAt) lines.push(`finished: ${s.finishedAt}`);
   for (const l of s.layers ?? []) {

@@ -182,7 +182,12 @@ function fakePipeline(api: TestApi, redisUrl: string): Worker[] {
       for (const tag of [request.target.split(':').pop() as string, ...request.tags]) {
         await store.appendEvent(pushId, { type: 'tag', tag, digest: MANIFEST });
       }
-      await store.finish(pushId, { manifest });
+      const targets = request.targets?.map((target) => ({
+        target,
+        status: 'succeeded' as const,
+        manifest,
+      }));
+      await store.finish(pushId, { manifest, ...(targets ? { targets } : {}) });
     },
     opts(),
   );
@@ -390,6 +395,13 @@ describe('ferry CLI against the API and a fake pipeline', function () {
         '127.0.0.1:59999/team/app:fan',
         'localhost:59998/team/app:fan',
       ]);
+      // `ferry status` shows how each target ended.
+      for (let i = 0; i < 200; i++) {
+        if ((await api.store.get(r.stdout.trim()))?.status === 'succeeded') break;
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      const st = await runCli(['status', r.stdout.trim()], { env: env() });
+      assert.match(st.stdout, /target localhost:59998\/team\/app:fan: succeeded sha256:/);
       // A copy's flags go as REST fields (the server refuses them for other sources).
       const copy = await runCli(
         [
