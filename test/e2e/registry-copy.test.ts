@@ -28,7 +28,14 @@ import {
   writeOciImage,
   writeOciIndex,
 } from '../../packages/image-source/test/support/images';
-import { pushAndWait, stackConfig, startWorkers, type WorkerStack } from './stack';
+import {
+  pushAndWait,
+  stackConfig,
+  startWorkers,
+  submitPush,
+  waitForPush,
+  type WorkerStack,
+} from './stack';
 
 const COSIGN_LAYER = 'application/vnd.dev.cosign.simplesigning.v1+json';
 
@@ -317,6 +324,48 @@ describe('e2e: docker:// sources and fan-out', function () {
       }
     } finally {
       await client.close();
+    }
+  });
+
+  it('the tag moved while the copy runs: the digest pinned at the start is what the target gets', async () => {
+    // The source tag names the amd64 image; the copy's first blob PATCH to the target is held
+    // while the tag is moved to the arm64 image, then let go.
+    const tls = ['--src-tls-verify=false', '--dest-tls-verify=false'];
+    const src = `${a.host}/src/moving`;
+    await skopeo([
+      'copy',
+      ...tls,
+      `docker://${a.host}/src/app@${platformManifests[0]}`,
+      `docker://${src}:v1`,
+    ]);
+    const fresh = await startRegistry();
+    const proxy = await startProxy({ host: '127.0.0.1', port: fresh.port });
+    try {
+      const held = proxy.holdNext('PATCH');
+      const id = await submitPush(stack, {
+        source: `docker://${src}:v1`,
+        target: `${proxy.host}/moved/app:v1`,
+      });
+      await held;
+      await skopeo([
+        'copy',
+        ...tls,
+        `docker://${a.host}/src/app@${platformManifests[1]}`,
+        `docker://${src}:v1`,
+      ]);
+      const moved = await skopeoInspect(`docker://${src}:v1`, ['--raw']);
+      assert.ok(moved, 'the tag was moved');
+      proxy.release();
+      const state = await waitForPush(stack.ctx, id, 120_000);
+      assert.equal(state.status, 'succeeded', JSON.stringify(state.error));
+      assert.equal(state.manifest?.digest, platformManifests[0], 'the digest pinned at the start');
+      const client = new RegistryClient({ allow: ['127.0.0.1'] });
+      const m = await client.getManifest({ registry: proxy.host, repository: 'moved/app' }, 'v1');
+      await client.close();
+      assert.equal(m.digest, platformManifests[0]);
+    } finally {
+      await proxy.stop();
+      await fresh.stop();
     }
   });
 
