@@ -143,6 +143,32 @@ export class Semaphore {
       throw new Error(`semaphore lease must be >= 10 ms, got ${this.leaseMs}`);
   }
 
+  /** Callers of acquire() in this process sleeping between tries, by key: woken by a local release. */
+  private readonly sleepers = new Map<string, Set<() => void>>();
+
+  /** Wakes this process's waiters for key at once (a slot just came free here). */
+  private wake(key: string): void {
+    const set = this.sleepers.get(key);
+    if (!set) return;
+    this.sleepers.delete(key);
+    for (const w of set) w();
+  }
+
+  /** Sleeps up to ms, or less when a permit of key is released in this process. */
+  private sleep(key: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      let set = this.sleepers.get(key);
+      if (!set) this.sleepers.set(key, (set = new Set()));
+      const done = () => {
+        clearTimeout(timer);
+        set.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      set.add(done);
+    });
+  }
+
   /** A Permit handle for a holder id (no Redis call). */
   permit(key: string, holder: string): Permit {
     const k = this.keys.semaphore(this.name, key);
@@ -155,6 +181,8 @@ export class Semaphore {
         if (released) return;
         released = true;
         await this.redis.zrem(k, holder);
+        // Waiters in this process try again now rather than at their next poll; others poll.
+        this.wake(key);
       },
     };
   }
@@ -185,7 +213,7 @@ export class Semaphore {
         left,
         base * Math.min(8, 2 ** Math.min(attempt, 3)) * (0.5 + Math.random()),
       );
-      await new Promise((r) => setTimeout(r, delay));
+      await this.sleep(key, delay);
     }
   }
 

@@ -258,6 +258,21 @@ describe('@ferry/queue coordination (lease fencing, permits, scripts, shared fol
       assert.equal(await result, 'FERRY_PERMIT_LOST');
     });
 
+    it('a waiter in the same process takes a released slot at once, not at its next poll', async () => {
+      const sem = new Semaphore(conn, { prefix: prefix(), name: 'lookup', limit: 1 });
+      const held = await sem.acquire('reg');
+      assert.ok(held);
+      // Polling every 10 s or more: only the local wake-up can get it the slot within seconds.
+      const started = Date.now();
+      const waiting = sem.acquire('reg', { pollMs: 10_000, timeoutMs: 60_000 });
+      await new Promise((r) => setTimeout(r, 100));
+      await held.release();
+      const next = await waiting;
+      assert.ok(next, 'the waiter got the slot');
+      assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`);
+      await next.release();
+    });
+
     it('the old callback signature still works', async () => {
       const sem = new Semaphore(conn, { prefix: prefix(), name: 'lookup', limit: 1 });
       assert.equal(await sem.use('reg', async () => 42), 42);
