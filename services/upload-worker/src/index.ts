@@ -141,7 +141,7 @@ export function uploadProcessor(deps: UploadDeps) {
     let computed: string | undefined;
     if (ups.length > 0) {
       const held = await acquireLeases(deps, ups, job, token, owner, leaseMs);
-      if (!held) return waitForOtherUpload(deps, ups[0], token);
+      if (!held) return waitForOtherUpload(deps, ups[0], token, fanOut);
       try {
         computed = await uploadAll(deps, ups, held, fanOut, per);
       } finally {
@@ -250,6 +250,33 @@ async function acquireLeases(
 ): Promise<HeldLease[] | null> {
   const { ctx } = deps;
   const held: HeldLease[] = [];
+  const giveBack = async () => {
+    for (const h of held) {
+      h.keeper.stop();
+      await ctx.uploadLease
+        .release(h.lease.key, h.lease.owner, h.lease.token)
+        .catch(() => undefined);
+    }
+  };
+  try {
+    return await acquireAll(ctx, ups, job, token, owner, leaseMs, held, giveBack);
+  } catch (err) {
+    // Redis failed half way: nothing stays held (a kept lease would block this blob until restart).
+    await giveBack();
+    throw err;
+  }
+}
+
+async function acquireAll(
+  ctx: QueueContext,
+  ups: BlobJob[],
+  job: Job<UploadJob>,
+  token: string | undefined,
+  owner: string,
+  leaseMs: number,
+  held: HeldLease[],
+  giveBack: () => Promise<void>,
+): Promise<HeldLease[] | null> {
   for (const b of ups) {
     // Unique per run of the job: a stalled run and its successor never share the lease.
     const lease: LeaseRef = {
@@ -259,12 +286,7 @@ async function acquireLeases(
     };
     const fence = await ctx.uploadLease.acquire(b.leaseKey, lease.owner, leaseMs);
     if (fence === null) {
-      for (const h of held) {
-        h.keeper.stop();
-        await ctx.uploadLease
-          .release(h.lease.key, h.lease.owner, h.lease.token)
-          .catch(() => undefined);
-      }
+      await giveBack();
       return null;
     }
     lease.token = fence;
@@ -390,8 +412,10 @@ async function waitForOtherUpload(
   deps: UploadDeps,
   b: BlobJob,
   token: string | undefined,
+  fanOut = false,
 ): Promise<LayerOutcome> {
-  const found = await presentOrMount(deps, b);
+  // A fan-out job looks at every target again when it runs next (one present is not all present).
+  const found = fanOut ? undefined : await presentOrMount(deps, b);
   if (found) return found;
   const waits = (b.d.waits ?? 0) + 1;
   // The job's own data (every target), not this target's view of it.

@@ -80,7 +80,9 @@ export class LayerTee<S extends TeeSourceStream> {
         this.resolveShared(s);
       },
       (err: unknown) => {
-        for (const out of this.attached.values()) out.destroy(err as Error);
+        // No consumer holds these streams yet (their branches wait on `shared`, which carries
+        // the error): end them without one, or an unheard 'error' would crash the process.
+        for (const out of this.attached.values()) out.destroy();
         this.rejectShared(err);
       },
     );
