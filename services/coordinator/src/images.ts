@@ -48,7 +48,7 @@ export function layerResults(
     if (v.state === 'resolved' || v.layerIndex < 0) continue;
     const t = target !== undefined ? v.targets?.[target] : undefined;
     // A fan-out job's result that does not name this target (an upload for other targets) says nothing of it.
-    if (target !== undefined && v.targets && !t) continue;
+    if (target !== undefined && !t) continue;
     const r: LayerOutcome = t ? { ...v, ...t, targets: undefined } : v;
     const k = `${v.imageIndex}/${v.layerIndex}`;
     const prev = out.get(k);

@@ -112,7 +112,22 @@ async function pushOne(
   // A copy brings the source's cosign signatures of that digest along (they sign the same bytes).
   const src = opened.registrySource;
   if (src && request.copySignatures !== false) {
-    const n = await copySignatures(client, src, repo, top.digest);
+    // Under the lock signers of this tag take: a concurrent signature is merged, never lost.
+    const tag = signatureTag(top.digest);
+    const n = await ctx.signing
+      .withLock(`${repo.registry}/${repo.repository}/${tag}`, () =>
+        copySignatures(client, src, repo, top.digest),
+      )
+      .catch(async (err: unknown) => {
+        // An extra: a signature that cannot be copied (gone, too large) does not fail the image.
+        if (!isPermanent(err)) throw err;
+        await ctx.store.appendEvent(pushId, {
+          type: 'log',
+          level: 'warn',
+          message: `the source's cosign signatures of ${top.digest} were not copied: ${(err as Error).message}`,
+        });
+        return 0;
+      });
     if (n > 0) {
       await ctx.store.appendEvent(pushId, {
         type: 'log',
