@@ -231,8 +231,11 @@ export function lookupProcessor(deps: LookupDeps) {
   };
 }
 
-/** cosign's signature, attestation and SBOM tags: they follow their images, never copied as images. */
-const COSIGN_TAG = /^sha256-[0-9a-f]{64}\.(sig|att|sbom)$/;
+/**
+ * cosign's signature, attestation and SBOM tags, and the OCI 1.1 referrers fallback tag
+ * (`sha256-<hex>`): they follow their images, never copied as images.
+ */
+const COSIGN_TAG = /^sha256-[0-9a-f]{64}(\.(sig|att|sbom))?$/;
 
 /**
  * `--all-tags`: every tag of the source repository, each resolved to the
