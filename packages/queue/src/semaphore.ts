@@ -146,8 +146,12 @@ export class Semaphore {
   /** Callers of acquire() in this process sleeping between tries, by key: woken by a local release. */
   private readonly sleepers = new Map<string, Set<() => void>>();
 
+  /** Local releases per key so far: a waiter that saw one since its try does not sleep. */
+  private readonly releases = new Map<string, number>();
+
   /** Wakes this process's waiters for key at once (a slot just came free here). */
   private wake(key: string): void {
+    this.releases.set(key, (this.releases.get(key) ?? 0) + 1);
     const set = this.sleepers.get(key);
     if (!set) return;
     this.sleepers.delete(key);
@@ -205,10 +209,13 @@ export class Semaphore {
     const holder = opts.holder ?? randomUUID();
     for (let attempt = 0; ; attempt++) {
       if (opts.signal?.aborted) return null;
+      const seen = this.releases.get(key) ?? 0;
       const p = await this.tryAcquire(key, holder);
       if (p) return p;
       const left = deadline - Date.now();
       if (left <= 0) return null;
+      // A slot came free here while we asked: ask again at once (the wake-up found no sleeper).
+      if ((this.releases.get(key) ?? 0) !== seen) continue;
       const delay = Math.min(
         left,
         base * Math.min(8, 2 ** Math.min(attempt, 3)) * (0.5 + Math.random()),

@@ -76,13 +76,28 @@ export class SigningStore {
    * as containers/image builds lookaside paths). Returns its number n (from
    * 1); a signature already there keeps its number.
    */
-  async addLookaside(repoPath: string, digest: string, signature: Buffer): Promise<number> {
+  async addLookaside(
+    repoPath: string,
+    digest: string,
+    signature: Buffer,
+    identity?: string,
+  ): Promise<number> {
     const k = this.lookasideKey(repoPath, digest);
     const b64 = signature.toString('base64');
+    // One signature per signer and reference (`identity`): signing again (a re-push, a retry)
+    // replaces it in place — OpenPGP signatures carry a time, so they never repeat byte for byte.
+    if (identity !== undefined) {
+      const n = Number(await this.redis.hget(`${k}:ids`, identity));
+      if (Number.isInteger(n) && n >= 1 && (await this.redis.llen(k)) >= n) {
+        await this.redis.lset(k, n - 1, b64);
+        return n;
+      }
+    }
     const have = await this.redis.lrange(k, 0, MAX_LOOKASIDE - 1);
     const at = have.indexOf(b64);
     if (at >= 0) return at + 1;
     const n = await this.redis.rpush(k, b64);
+    if (identity !== undefined) await this.redis.hset(`${k}:ids`, identity, String(n));
     return n;
   }
 

@@ -6,6 +6,7 @@ import {
   Lease,
   PushStore,
   Semaphore,
+  SigningStore,
   createConnection,
   waitReady,
   type PermitControl,
@@ -276,6 +277,49 @@ describe('@ferry/queue coordination (lease fencing, permits, scripts, shared fol
     it('the old callback signature still works', async () => {
       const sem = new Semaphore(conn, { prefix: prefix(), name: 'lookup', limit: 1 });
       assert.equal(await sem.use('reg', async () => 42), 42);
+    });
+  });
+
+  describe('SigningStore', () => {
+    it('lookaside: one signature per signer and reference, replaced in place when signed again', async () => {
+      const store = new SigningStore(conn, { prefix: prefix() });
+      const digest = 'sha256:' + 'a'.repeat(64);
+      const n1 = await store.addLookaside(
+        'team/app',
+        digest,
+        Buffer.from('sig-1'),
+        'K|r/team/app:1',
+      );
+      const n2 = await store.addLookaside(
+        'team/app',
+        digest,
+        Buffer.from('sig-2'),
+        'K|r/team/app:2',
+      );
+      // A re-push signs tag 1 again (a new time, so new bytes): the same slot, not a new one.
+      const again = await store.addLookaside(
+        'team/app',
+        digest,
+        Buffer.from('sig-1b'),
+        'K|r/team/app:1',
+      );
+      assert.deepEqual([n1, n2, again], [1, 2, 1]);
+      assert.equal((await store.getLookaside('team/app', digest, 1))?.toString(), 'sig-1b');
+      assert.equal((await store.getLookaside('team/app', digest, 2))?.toString(), 'sig-2');
+      assert.equal(await store.getLookaside('team/app', digest, 3), undefined);
+    });
+
+    it('publishing another key than the one published is refused, naming the published one', async () => {
+      const store = new SigningStore(conn, { prefix: prefix() });
+      assert.deepEqual(await store.publishKey('cosign', { key: 'A', fingerprint: 'fa' }), {
+        ok: true,
+      });
+      assert.deepEqual(await store.publishKey('cosign', { key: 'A', fingerprint: 'fa' }), {
+        ok: true,
+      });
+      const r = await store.publishKey('cosign', { key: 'B', fingerprint: 'fb' });
+      assert.equal(r.ok, false);
+      assert.equal(!r.ok && r.published.fingerprint, 'fa');
     });
   });
 

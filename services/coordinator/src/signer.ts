@@ -171,7 +171,12 @@ export async function signPushed(
         manifestDigest: t.digest,
         creator: 'Ferry',
       });
-      const n = await ctx.signing.addLookaside(t.repo.repository, t.digest, signature);
+      const n = await ctx.signing.addLookaside(
+        t.repo.repository,
+        t.digest,
+        signature,
+        `${signer.pgp.fingerprint}|${name}:${tag}`,
+      );
       await ctx.store.appendEvent(pushId, { type: 'signature', kind: 'pgp', digest: t.digest });
       out.push({
         kind: 'pgp',
