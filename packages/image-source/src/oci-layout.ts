@@ -136,7 +136,8 @@ export async function flatten(
   return nested;
 }
 
-function platformOfConfig(configBytes: Buffer): ImagePlatform | undefined {
+/** An image's platform as its config states it (os, architecture, variant), if it does. */
+export function platformOfConfig(configBytes: Buffer): ImagePlatform | undefined {
   try {
     const c = JSON.parse(configBytes.toString('utf8')) as Record<string, unknown>;
     if (typeof c.os === 'string' && typeof c.architecture === 'string') {
@@ -152,7 +153,22 @@ function platformOfConfig(configBytes: Buffer): ImagePlatform | undefined {
   return undefined;
 }
 
-function statedDiffIds(
+/** The platform of a manifest descriptor in an index, as an ImagePlatform. */
+export function descriptorPlatform(p: Descriptor['platform']): ImagePlatform | undefined {
+  if (!p) return undefined;
+  return {
+    os: p.os,
+    architecture: p.architecture,
+    ...(p.variant ? { variant: p.variant } : {}),
+  };
+}
+
+/**
+ * The diff_ids an image config states, one per layer of the manifest;
+ * undefined for an artifact's config (nothing stated); FERRY_MANIFEST_INVALID
+ * when the config is not a valid image config or the counts differ.
+ */
+export function statedDiffIds(
   configDesc: Descriptor,
   configBytes: Buffer,
   m: ParsedManifest,
@@ -249,13 +265,7 @@ export async function openImage(
   });
   const n = m.layers!.length;
   const layers = m.layers!.map((d, index) => blobLayer(layout, d, index, n, diffIds?.[index]));
-  const platform = cand.desc.platform
-    ? {
-        os: cand.desc.platform.os,
-        architecture: cand.desc.platform.architecture,
-        ...(cand.desc.platform.variant ? { variant: cand.desc.platform.variant } : {}),
-      }
-    : platformOfConfig(configBytes);
+  const platform = descriptorPlatform(cand.desc.platform) ?? platformOfConfig(configBytes);
   const img: SourceImage = {
     layers,
     configBytes,

@@ -20,11 +20,17 @@ import {
 } from '@ferry/manifest';
 import { ErrorCodes, RegistryError } from '@ferry/registry-client';
 import { SourceError, SourceErrorCodes } from './errors';
-import { invalid, parseOrThrow } from './oci-layout';
+import {
+  descriptorPlatform,
+  invalid,
+  parseOrThrow,
+  platformOfConfig,
+  statedDiffIds,
+} from './oci-layout';
 import { registryLayer, type BlobLocation } from './registry-source-blob';
 import { sourceChanged, type RegistryManifestPin, type RegistrySnapshot } from './snapshot';
 import type { DockerSourceSpec } from './spec';
-import type { ImagePlatform, OpenOptions, OpenedSource, SourceImage } from './types';
+import type { OpenOptions, OpenedSource, SourceImage } from './types';
 
 /** What a docker:// source asks for: schema2 and OCI, never schema1 (refused when served anyway). */
 export const REGISTRY_SOURCE_ACCEPT: readonly string[] = [
@@ -157,58 +163,6 @@ async function fetchSmallBlob(ctx: Ctx, d: Descriptor, what: string): Promise<Bu
   return bytes;
 }
 
-function platformOfConfig(configBytes: Buffer): ImagePlatform | undefined {
-  try {
-    const c = JSON.parse(configBytes.toString('utf8')) as Record<string, unknown>;
-    if (typeof c.os === 'string' && typeof c.architecture === 'string') {
-      return {
-        os: c.os,
-        architecture: c.architecture,
-        ...(typeof c.variant === 'string' ? { variant: c.variant } : {}),
-      };
-    }
-  } catch {
-    // not JSON: an image config is checked below when diff_ids are read
-  }
-  return undefined;
-}
-
-function shortPlatform(p: Descriptor['platform']): ImagePlatform | undefined {
-  if (!p) return undefined;
-  return {
-    os: p.os,
-    architecture: p.architecture,
-    ...(p.variant ? { variant: p.variant } : {}),
-  };
-}
-
-/** The config's diff_ids (image configs only), one per layer, or FERRY_MANIFEST_INVALID. */
-function diffIdsOf(config: Descriptor, bytes: Buffer, layers: number, where: string): string[] {
-  if (config.mediaType !== MediaTypes.ociConfig && config.mediaType !== MediaTypes.dockerConfig) {
-    return []; // an artifact's config: no diffIDs to state
-  }
-  let ids: unknown;
-  try {
-    ids = (JSON.parse(bytes.toString('utf8')) as { rootfs?: { diff_ids?: unknown } })?.rootfs
-      ?.diff_ids;
-  } catch (e) {
-    throw invalid(
-      `config ${config.digest} of ${where} is not JSON: ${(e as Error).message}`,
-      where,
-    );
-  }
-  if (!Array.isArray(ids) || !ids.every((x) => typeof x === 'string')) {
-    throw invalid(`config ${config.digest} of ${where} has no rootfs.diff_ids array`, where);
-  }
-  if (ids.length !== layers) {
-    throw invalid(
-      `manifest ${where} has ${layers} layers but its config lists ${ids.length} diff_ids`,
-      where,
-    );
-  }
-  return ids as string[];
-}
-
 /** Opens one image manifest (already fetched and verified): its config (verified) and layers. */
 async function openImage(
   ctx: Ctx,
@@ -228,11 +182,11 @@ async function openImage(
     }
   }
   const configBytes = await fetchSmallBlob(ctx, configDesc, `config of ${where}`);
-  const diffIds = diffIdsOf(configDesc, configBytes, layers.length, where);
+  const diffIds = statedDiffIds(configDesc, configBytes, m.parsed, where);
   const n = layers.length;
-  const platform = shortPlatform(descPlatform) ?? platformOfConfig(configBytes);
+  const platform = descriptorPlatform(descPlatform) ?? platformOfConfig(configBytes);
   const img: SourceImage = {
-    layers: layers.map((d, i) => registryLayer(ctx, d, i, n, diffIds[i])),
+    layers: layers.map((d, i) => registryLayer(ctx, d, i, n, diffIds?.[i])),
     configBytes,
     configMediaType: configDesc.mediaType,
     manifestBytes: m.bytes,
@@ -344,7 +298,7 @@ function pinOf(
   platform: Descriptor['platform'],
 ): RegistryManifestPin {
   const p: RegistryManifestPin = { digest, mediaType, size };
-  const short = shortPlatform(platform);
+  const short = descriptorPlatform(platform);
   if (short) p.platform = short;
   return p;
 }
