@@ -87,13 +87,6 @@ export class SourceCache {
     return this.registry;
   }
 
-  /** Closes the registry connections docker:// sources opened. */
-  async close(): Promise<void> {
-    const r = this.registry;
-    this.registry = undefined;
-    await r?.close();
-  }
-
   open(ref: SourceRef): Promise<OpenedImages> {
     const key = sourceKey(ref);
     const now = Date.now();

@@ -36,6 +36,7 @@ import {
   PermanentError,
   sourceRefOf,
   tagSource,
+  type OpenedImages,
   type SourceRef,
   type TagsSnapshot,
   targetsOf,
@@ -276,15 +277,18 @@ async function resolveSource(deps: LookupDeps, d: LookupJob): Promise<LayerOutco
   const { ctx, sources, logger } = deps;
   const known = await deps.requests.get(d.pushId);
   const { pin: _none, ...unpinned } = sourceRefOf(d);
-  const pin: SourcePin =
-    known?.pin ??
-    (known?.allTags
-      ? await pinAllTags(deps, unpinned)
-      : await sources.open(unpinned).then((opened) => ({
-          key: snapshotKey(opened.snapshot),
-          snapshot: { ...opened.snapshot } as Record<string, unknown>,
-        })));
-  const opened = await sources.open({ ...sourceRefOf(d), pin });
+  let pin: SourcePin | undefined = known?.pin;
+  let opened: OpenedImages | undefined;
+  if (!pin && !known?.allTags) {
+    // Opened once: the snapshot of this opening is the pin, and its images the layout.
+    opened = await sources.open(unpinned);
+    pin = {
+      key: snapshotKey(opened.snapshot),
+      snapshot: { ...opened.snapshot } as Record<string, unknown>,
+    };
+  }
+  pin ??= await pinAllTags(deps, unpinned);
+  opened ??= await sources.open({ ...sourceRefOf(d), pin });
   const layout = { images: opened.images.map((i) => ({ layers: i.layers.length })) };
   await ctx.store.recordPin(d.pushId, pin, layout);
   deps.requests.forget(d.pushId);
