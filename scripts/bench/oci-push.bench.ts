@@ -364,6 +364,8 @@ async function main(): Promise<void> {
       let bytesSent = 0;
       let skopeoBytes = 0;
       let reCmds: Record<string, number> = {};
+      // Profiled runs: the re-pushes get a profile window of their own.
+      if (process.env.BENCH_PROFILE_DIR) await serve.eld();
       for (let i = 0; i < REPUSH_RUNS; i++) {
         proxy.resetCounters();
         const s0 = commandStats(redis);
@@ -386,6 +388,7 @@ async function main(): Promise<void> {
         re.cli.push((await cliPush(serve, source, `${proxy.host}/app:rc${i}`)).s);
         re.node.push((await timedRun(process.execPath, ['-e', '0'])).s);
       }
+      if (process.env.BENCH_PROFILE_DIR) await serve.eld();
       const reRatio = med(re.rest) / med(re.skopeo);
       const noBlobs = restPatches === 0 && bytesSent === 0 && restBytes < 64 * 1024;
       const totalRe = Object.values(reCmds).reduce((a, b) => a + b, 0);

@@ -186,7 +186,11 @@ function topIndex(
   );
 }
 
-/** Each image's config blob and manifest, by digest. */
+/**
+ * Each image's config blob and manifest, by digest. With byTag (one image, no
+ * index, nothing to sign or copy before the tags) the manifest is left to the
+ * tag PUTs: the first of them stores it, one registry request less.
+ */
 export async function pushImages(
   deps: CoordinatorDeps,
   pushId: string,
@@ -194,6 +198,7 @@ export async function pushImages(
   opened: OpenedSource,
   results: Map<string, LayerOutcome>,
   format: ManifestFormat,
+  byTag = false,
 ): Promise<{ pushed: PushedImage[]; keptAll: boolean }> {
   const { ctx, client, logger } = deps;
   const pushed: PushedImage[] = [];
@@ -205,20 +210,29 @@ export async function pushImages(
     if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
     await pushBlobIfMissing(ctx, client, repo, config, logger);
     writes.push(ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest));
-    await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
-    writes.push(
-      ctx.store.appendEvent(pushId, {
-        type: 'manifest',
-        digest: manifest.digest,
-        mediaType: manifest.mediaType,
-        size: manifest.size,
-        ...(image.platform ? { platform: formatPlatform(image.platform) } : {}),
-      }),
-    );
     pushed.push({ manifest, platform: image.platform });
+    if (byTag && opened.images.length === 1 && !opened.indexBytes) break;
+    await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
+    writes.push(manifestEvent(deps, pushId, manifest, image.platform));
   }
   await Promise.all(writes);
   return { pushed, keptAll };
+}
+
+/** The `manifest` event of a manifest the registry now holds. */
+export function manifestEvent(
+  deps: CoordinatorDeps,
+  pushId: string,
+  manifest: Canonical,
+  platform?: SourceImage['platform'],
+): Promise<unknown> {
+  return deps.ctx.store.appendEvent(pushId, {
+    type: 'manifest',
+    digest: manifest.digest,
+    mediaType: manifest.mediaType,
+    size: manifest.size,
+    ...(platform ? { platform: formatPlatform(platform) } : {}),
+  });
 }
 
 /** What the tags will name: the one manifest, or the index of a multi-platform (or stored-index) source. */

@@ -39,7 +39,14 @@ import {
   type RoleHandle,
 } from '@ferry/runtime';
 import { copySignatures, signatureTag } from './copy-signatures';
-import { MANIFEST_FAMILY, layerResults, pushImages, pushTop } from './images';
+import {
+  MANIFEST_FAMILY,
+  layerResults,
+  manifestEvent,
+  pushImages,
+  pushTop,
+  type PushedImage,
+} from './images';
 import { pushSchema1 } from './schema1';
 import { loadSigner, publishKeys, signPushed, wanted, type Signer } from './signer';
 
@@ -103,15 +110,21 @@ async function pushOne(
   opened: OpenedSource,
   results: Map<string, LayerOutcome>,
   tags: string[],
-): Promise<{ top: Canonical; manifests: TaggedManifest[]; signatures: SignatureRecord[] }> {
+): Promise<Omit<Pushed, 'tags'>> {
   const { ctx, client } = deps;
   const format: ManifestFormat = sourceFormat(opened) ?? request.format ?? 'oci';
-  const images = await pushImages(deps, pushId, repo, opened, results, format);
+  const src = opened.registrySource;
+  const copying = src !== undefined && request.copySignatures !== false;
+  const signing = deps.signer ? wanted(request.sign, deps.signer) : undefined;
+  // Nothing happens between the manifest and its tags: the tag PUTs store it.
+  const byTag = !copying && !signing?.cosign && !signing?.pgp;
+  const images = await pushImages(deps, pushId, repo, opened, results, format, byTag);
   const pushed = await pushTop(deps, pushId, repo, opened, images, format);
   const { top } = pushed;
+  const unstored =
+    byTag && images.pushed.length === 1 && !opened.indexBytes ? images.pushed[0] : undefined;
   // A copy brings the source's cosign signatures of that digest along (they sign the same bytes).
-  const src = opened.registrySource;
-  if (src && request.copySignatures !== false) {
+  if (src && copying) {
     // Under the lock signers of this tag take: a concurrent signature is merged, never lost.
     const tag = signatureTag(top.digest);
     const n = await ctx.signing
@@ -145,7 +158,7 @@ async function pushOne(
         tags,
       })
     : [];
-  return { ...pushed, signatures };
+  return { ...pushed, signatures, ...(unstored ? { unstored } : {}) };
 }
 
 /** A top manifest of a target with the tags that will name it and its signatures. */
@@ -154,6 +167,8 @@ export interface Pushed {
   top: Canonical;
   manifests: TaggedManifest[];
   signatures: SignatureRecord[];
+  /** Not yet in the registry: the first tag PUT stores it (its manifest event goes then). */
+  unstored?: PushedImage;
 }
 
 /**
@@ -194,9 +209,12 @@ async function pushToTarget(
   if (await ctx.store.isCancelled(pushId)) return { cancelled: true };
   // Each tag's event is written while the next tag is PUT; all are written before the push ends.
   const events: Promise<unknown>[] = [];
-  for (const { tags, top } of tops) {
-    for (const tag of tags) {
+  for (const { tags, top, unstored } of tops) {
+    for (const [i, tag] of tags.entries()) {
       await client.putManifest(repo, tag, top.bytes, top.mediaType);
+      if (i === 0 && unstored) {
+        events.push(manifestEvent(deps, pushId, unstored.manifest, unstored.platform));
+      }
       events.push(ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest }));
     }
   }

@@ -157,6 +157,37 @@ describe('coordinator: assembleProcessor (real redis-server and docker-registry)
     }
   });
 
+  it('nothing to sign: the manifest is stored by its tag PUTs (none by digest), its event before the tags', async () => {
+    const img = copyHello(env.root);
+    const { client, role } = await startAssembler();
+    try {
+      const host = env.registry.host;
+      const p = await createPush(env, `dir:${img}`, `${host}/bytag/app:1`, { tags: ['two'] });
+      await enqueue(env, p);
+      const done = await waitForPush(env.ctx, p.id);
+      assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+      const digest = done.manifest!.digest;
+      // One PUT per tag and none by digest: the first tag PUT stored the manifest.
+      assert.deepEqual(
+        client.calls.filter((c) => c.op === 'manifest').map((c) => c.reference),
+        ['1', 'two'],
+      );
+      // The registry serves it by digest and by both tags.
+      const byDigest = await skopeoInspect(`docker://${host}/bytag/app@${digest}`, ['--raw']);
+      assert.equal(byDigest.schemaVersion, 2);
+      assert.equal(await tagDigest(`${host}/bytag/app:1`), digest);
+      assert.equal(await tagDigest(`${host}/bytag/app:two`), digest);
+      // Events keep their order: the manifest, then each tag.
+      const events = (await env.ctx.store.readEvents(p.id))
+        .map((e) => e.event)
+        .filter((e) => e.type === 'manifest' || e.type === 'tag')
+        .map((e) => `${e.type} ${'tag' in e ? e.tag : e.digest}`);
+      assert.deepEqual(events, [`manifest ${digest}`, 'tag 1', 'tag two']);
+    } finally {
+      await role.close();
+    }
+  });
+
   it('a dir: config.json edited after the push was accepted: FERRY_SOURCE_CHANGED, nothing written', async () => {
     const parent = join(env.root, 'edited');
     mkdirSync(parent, { recursive: true });
