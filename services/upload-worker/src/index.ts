@@ -126,10 +126,13 @@ export function uploadProcessor(deps: UploadDeps) {
     const fanOut = d.targets !== undefined && d.targets.length > 0;
     const per: Record<string, TargetLayer> = {};
 
-    // The blob may be in a target already (another push put it there), or mountable.
+    // The blob may be in a target already (another push put it there), or mountable. A
+    // first attempt with one target skips this look: its lookup has just looked, and
+    // uploadAll looks again once the lease is held (the one look that must come first).
     const todo: BlobJob[] = [];
+    const fresh = !fanOut && job.attemptsMade === 0 && !d.waits;
     for (const b of blobs) {
-      const found = await presentOrMount(deps, b);
+      const found = fresh ? undefined : await presentOrMount(deps, b);
       if (found) per[b.d.target] = targetLayerOf(found);
       else todo.push(b);
     }

@@ -137,6 +137,42 @@ describe('upload-worker: uploadProcessor (real redis-server and docker-registry)
     }
   });
 
+  it('a first attempt looks once (HEAD under the lease, none before it); a job that waited looks first', async () => {
+    const img = writeDirImage(env.root, 'looks', { '01-a': 'looked at once\n' });
+    const target = `${env.proxy.host}/looks/img:1`;
+    const push = await createPush(env, `dir:${img}`, target);
+    const [layer] = await layersOf(env, push.request);
+    const facts = await layerFacts(layer);
+    // The compressed digest is known, so each look is a HEAD on the registry.
+    await env.ctx.blobs.cacheCompressed(facts.diffId, 1, zlibIdentity(1), facts.digest, facts.size);
+    const processor = uploadProcessor({
+      ctx: env.ctx,
+      client: env.client,
+      sources,
+      logger: env.logger,
+      chunkSize: 1024 * 1024,
+    });
+    const heads = env.proxy.requests('HEAD');
+    const first = await env.ctx.queues.upload.add('upload', uploadData(push, 0, facts.diffId), {
+      jobId: 'looks-0',
+    });
+    const up = await processor(first, undefined);
+    assert.equal(up.state, 'uploaded');
+    assert.equal(env.proxy.requests('HEAD') - heads, 1);
+    // A job that waited for another owner's lease looks before taking one: present, nothing sent.
+    const heads2 = env.proxy.requests('HEAD');
+    const puts = env.proxy.requests('PUT');
+    const again = await env.ctx.queues.upload.add(
+      'upload',
+      { ...uploadData(push, 0, facts.diffId), waits: 1 },
+      { jobId: 'looks-1' },
+    );
+    const found = await processor(again, undefined);
+    assert.equal(found.state, 'exists');
+    assert.equal(env.proxy.requests('HEAD') - heads2, 1);
+    assert.equal(env.proxy.requests('PUT'), puts);
+  });
+
   it('a lease lost mid-upload stops it with FERRY_LEASE_LOST and publishes nothing', async () => {
     const img = writeDirImage(env.root, 'lost', { '01-data': { mb: 6 } });
     const target = `${env.proxy.host}/lost/img:1`;
