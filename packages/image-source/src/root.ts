@@ -21,6 +21,15 @@ export async function resolveInsideRoot(
   path: string,
   field = 'source',
 ): Promise<string> {
+  return (await resolveWithRoot(root, path, field)).real;
+}
+
+/** resolveInsideRoot, also giving the root's real path it checked against. */
+async function resolveWithRoot(
+  root: string,
+  path: string,
+  field: string,
+): Promise<{ real: string; realRoot: string }> {
   if (!root)
     throw new SourceError(SourceErrorCodes.BAD_SOURCE, 'no source root configured', 'root');
   let realRoot: string;
@@ -81,7 +90,7 @@ export async function resolveInsideRoot(
       field,
     );
   }
-  return real;
+  return { real, realRoot };
 }
 
 /** The real path of the root (for checks on opened descriptors). */
@@ -123,8 +132,8 @@ export async function openInsideRoot(
   path: string,
   field = 'source',
 ): Promise<FileHandle> {
-  const real = await resolveInsideRoot(root, path, field);
-  const realRoot = await realRootOf(root);
+  // The root's real path as the path was checked against it (one realpath of the root, not two).
+  const { real, realRoot } = await resolveWithRoot(root, path, field);
   let fh: FileHandle;
   try {
     fh = await openFile(real, SAFE_READ_FLAGS);

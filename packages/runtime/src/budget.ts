@@ -59,6 +59,9 @@ export function registryOfJob(data: unknown, err?: unknown): string {
 export class RetryBudget {
   private readonly decided = new WeakMap<object, Promise<RetryDecision>>();
   private readonly backoffMs: (attempt: number) => number;
+  /** When this process last recorded progress of a push: one write per push per touchEveryMs. */
+  private readonly touched = new Map<string, number>();
+  private readonly touchEveryMs: number;
 
   /** @param budgetMs FERRY_RETRY_BUDGET in ms */
   constructor(
@@ -68,10 +71,23 @@ export class RetryBudget {
   ) {
     if (!(budgetMs > 0)) throw new Error(`retry budget must be > 0 ms, got ${budgetMs}`);
     this.backoffMs = opts.backoffMs ?? ((n) => ferryBackoffMs(n));
+    this.touchEveryMs = Math.min(1_000, budgetMs / 20);
   }
 
-  /** A job of this push finished, or bytes were accepted: the budget counts again from now. */
+  /**
+   * A job of this push finished, or bytes were accepted: the budget counts
+   * again from now. Written at most once per touchEveryMs (≤ 1 s, ≤ 5 % of the
+   * budget) per push by this process: a push's jobs start and end in bursts.
+   */
   async progress(pushId: string): Promise<void> {
+    const now = Date.now();
+    const last = this.touched.get(pushId);
+    if (last !== undefined && now - last < this.touchEveryMs) return;
+    this.touched.set(pushId, now);
+    if (this.touched.size > 10_000) {
+      for (const [id, at] of this.touched)
+        if (now - at >= this.touchEveryMs) this.touched.delete(id);
+    }
     await this.store.touchProgress(pushId);
   }
 

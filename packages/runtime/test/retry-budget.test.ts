@@ -13,10 +13,11 @@ import {
   QUEUE_NAMES,
   type PushEvent,
   type PushRequest,
+  type PushStore,
   type QueueContext,
 } from '@ferry/queue';
 import { RegistryError } from '@ferry/registry-client';
-import { startWorker, type RoleHandle } from '../src';
+import { RetryBudget, startWorker, type RoleHandle } from '../src';
 import { startRedis, type RedisHandle } from '../../../test/helpers';
 
 const REGISTRY = '127.0.0.1:5999';
@@ -220,5 +221,25 @@ describe('runtime: one retry budget per push', function () {
     } finally {
       for (const h of hung) h();
     }
+  });
+});
+
+describe('runtime: RetryBudget.progress writes at most once per interval per push', () => {
+  it('a burst of job starts and ends of one push is one write; another push or a later one writes again', async () => {
+    const touched: string[] = [];
+    const store = {
+      touchProgress: async (id: string) => {
+        touched.push(id);
+        return true;
+      },
+    } as unknown as PushStore;
+    // A 4 s budget: at most one write per 200 ms (5 % of it).
+    const budget = new RetryBudget(store, 4_000);
+    for (let i = 0; i < 5; i++) await budget.progress('a');
+    await budget.progress('b');
+    assert.deepEqual(touched, ['a', 'b']);
+    await new Promise((r) => setTimeout(r, 250));
+    await budget.progress('a');
+    assert.deepEqual(touched, ['a', 'b', 'a']);
   });
 });
