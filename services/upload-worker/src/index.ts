@@ -128,7 +128,7 @@ export function uploadProcessor(deps: UploadDeps) {
 
     // The blob may be in a target already (another push put it there), or mountable. A
     // first attempt with one target skips this look: its lookup has just looked, and
-    // uploadAll looks again once the lease is held (the one look that must come first).
+    // uploadAll looks again once the lease is held where Ferry may have put it since.
     const todo: BlobJob[] = [];
     const fresh = !fanOut && job.attemptsMade === 0 && !d.waits;
     for (const b of blobs) {
@@ -146,7 +146,7 @@ export function uploadProcessor(deps: UploadDeps) {
       const held = await acquireLeases(deps, ups, job, token, owner, leaseMs);
       if (!held) return waitForOtherUpload(deps, ups[0], token, fanOut);
       try {
-        computed = await uploadAll(deps, ups, held, fanOut, per);
+        computed = await uploadAll(deps, ups, held, fanOut, per, fresh);
       } finally {
         for (const h of held) {
           h.keeper.stop();
@@ -310,14 +310,18 @@ async function uploadAll(
   held: HeldLease[],
   fanOut: boolean,
   per: Record<string, TargetLayer>,
+  fresh = false,
 ): Promise<string | undefined> {
   const tee =
     ups.length > 1 ? new LayerTee((offset) => ups[0].layer.open(offset), ups.length) : undefined;
   const settled = await Promise.allSettled(
     ups.map(async (b, i) => {
       try {
-        // The holder before us may have finished it.
-        const found = await presentOrMount(deps, b);
+        // The holder before us may have finished it. (A first attempt asks the registry only when
+        // Ferry's blob index knows the blob in that registry: an upload is recorded there before
+        // its lease is let go, so with no record no Ferry upload finished since the lookup looked.)
+        const look = !fresh || (await knownInRegistry(deps, b));
+        const found = look ? await presentOrMount(deps, b) : undefined;
         if (found) return found;
         const shared = tee ? { tee, branch: i } : undefined;
         return await upload(deps, b, held[i].lease, held[i].keeper.signal, shared);
@@ -384,6 +388,21 @@ async function dropEarlierSession(deps: UploadDeps, b: BlobJob): Promise<void> {
   await deps.ctx.connection.del(b.sessionKey);
 }
 
+/** The blob's digest (stated, or from the compressed-digest cache), if known. */
+async function digestOf(deps: UploadDeps, b: BlobJob): Promise<string | undefined> {
+  if (b.layer.digest) return b.layer.digest;
+  if (!b.diffId) return undefined;
+  const level = b.d.gzipLevel;
+  return (await deps.ctx.blobs.lookupCompressed(b.diffId, level, zlibIdentity(level)))?.digest;
+}
+
+/** Does Ferry's blob index know a repository of the target's registry that holds the blob? */
+async function knownInRegistry(deps: UploadDeps, b: BlobJob): Promise<boolean> {
+  const digest = await digestOf(deps, b);
+  if (!digest) return false;
+  return (await deps.ctx.blobs.reposWithBlob(b.repo.registry, digest)).length > 0;
+}
+
 /** The blob is in the target already, or can be mounted there: no bytes to send. */
 async function presentOrMount(
   deps: UploadDeps,
@@ -391,11 +410,7 @@ async function presentOrMount(
   mountFrom: string[] = [],
 ): Promise<LayerOutcome | undefined> {
   const { ctx, client } = deps;
-  let digest = b.layer.digest;
-  if (!digest && b.diffId) {
-    const level = b.d.gzipLevel;
-    digest = (await ctx.blobs.lookupCompressed(b.diffId, level, zlibIdentity(level)))?.digest;
-  }
+  const digest = await digestOf(deps, b);
   if (!digest) return undefined;
   const found = await findInRegistry(ctx, client, b.repo, digest, {
     logger: deps.logger,

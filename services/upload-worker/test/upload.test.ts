@@ -137,13 +137,13 @@ describe('upload-worker: uploadProcessor (real redis-server and docker-registry)
     }
   });
 
-  it('a first attempt looks once (HEAD under the lease, none before it); a job that waited looks first', async () => {
+  it('a first attempt asks the registry only where Ferry knows the blob; a job that waited looks first', async () => {
     const img = writeDirImage(env.root, 'looks', { '01-a': 'looked at once\n' });
     const target = `${env.proxy.host}/looks/img:1`;
     const push = await createPush(env, `dir:${img}`, target);
     const [layer] = await layersOf(env, push.request);
     const facts = await layerFacts(layer);
-    // The compressed digest is known, so each look is a HEAD on the registry.
+    // The compressed digest is known, so each look would be a HEAD on the registry.
     await env.ctx.blobs.cacheCompressed(facts.diffId, 1, zlibIdentity(1), facts.digest, facts.size);
     const processor = uploadProcessor({
       ctx: env.ctx,
@@ -152,25 +152,40 @@ describe('upload-worker: uploadProcessor (real redis-server and docker-registry)
       logger: env.logger,
       chunkSize: 1024 * 1024,
     });
-    const heads = env.proxy.requests('HEAD');
-    const first = await env.ctx.queues.upload.add('upload', uploadData(push, 0, facts.diffId), {
-      jobId: 'looks-0',
+    const run = async (jobId: string, data: UploadJob) => {
+      const heads = env.proxy.requests('HEAD');
+      const puts = env.proxy.requests('PUT');
+      const job = await env.ctx.queues.upload.add('upload', data, { jobId });
+      const out = await processor(job, undefined);
+      return {
+        state: out.state,
+        heads: env.proxy.requests('HEAD') - heads,
+        puts: env.proxy.requests('PUT') - puts,
+      };
+    };
+    // 1. The lookup has just looked, and the blob index knows no repository of this registry
+    //    holding it: no HEAD at all, uploaded.
+    assert.deepEqual(await run('looks-0', uploadData(push, 0, facts.diffId)), {
+      state: 'uploaded',
+      heads: 0,
+      puts: 1,
     });
-    const up = await processor(first, undefined);
-    assert.equal(up.state, 'uploaded');
-    assert.equal(env.proxy.requests('HEAD') - heads, 1);
-    // A job that waited for another owner's lease looks before taking one: present, nothing sent.
-    const heads2 = env.proxy.requests('HEAD');
-    const puts = env.proxy.requests('PUT');
-    const again = await env.ctx.queues.upload.add(
-      'upload',
-      { ...uploadData(push, 0, facts.diffId), waits: 1 },
-      { jobId: 'looks-1' },
-    );
-    const found = await processor(again, undefined);
-    assert.equal(found.state, 'exists');
-    assert.equal(env.proxy.requests('HEAD') - heads2, 1);
-    assert.equal(env.proxy.requests('PUT'), puts);
+    assert.deepEqual(await env.ctx.blobs.reposWithBlob(env.proxy.host, facts.digest), [
+      'looks/img',
+    ]);
+    // 2. Another repository of the registry, now that the index knows the blob there: it looks
+    //    (HEAD, absent) under the lease and mounts instead of sending the bytes.
+    const other = await createPush(env, `dir:${img}`, `${env.proxy.host}/looks/other:1`);
+    const mounted = await run('looks-1', uploadData(other, 0, facts.diffId));
+    assert.equal(mounted.state, 'mounted');
+    assert.equal(mounted.puts, 0);
+    assert.ok(mounted.heads >= 1);
+    // 3. A job that waited for another owner's lease looks before taking one: present, nothing sent.
+    assert.deepEqual(await run('looks-2', { ...uploadData(push, 0, facts.diffId), waits: 1 }), {
+      state: 'exists',
+      heads: 1,
+      puts: 0,
+    });
   });
 
   it('a lease lost mid-upload stops it with FERRY_LEASE_LOST and publishes nothing', async () => {
