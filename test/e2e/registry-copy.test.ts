@@ -328,8 +328,9 @@ describe('e2e: docker:// sources and fan-out', function () {
   });
 
   it('the tag moved while the copy runs: the digest pinned at the start is what the target gets', async () => {
-    // The source tag names the amd64 image; the copy's first blob PATCH to the target is held
-    // while the tag is moved to the arm64 image, then let go.
+    // The source tag names the amd64 image; the copy's first blob PUT to the target (a small
+    // blob's one body-carrying request) is held while the tag is moved to the arm64 image, then
+    // let go.
     const tls = ['--src-tls-verify=false', '--dest-tls-verify=false'];
     const src = `${a.host}/src/moving`;
     await skopeo([
@@ -341,7 +342,7 @@ describe('e2e: docker:// sources and fan-out', function () {
     const fresh = await startRegistry();
     const proxy = await startProxy({ host: '127.0.0.1', port: fresh.port });
     try {
-      const held = proxy.holdNext('PATCH');
+      const held = proxy.holdNext('PUT');
       const id = await submitPush(stack, {
         source: `docker://${src}:v1`,
         target: `${proxy.host}/moved/app:v1`,

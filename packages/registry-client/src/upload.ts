@@ -1,7 +1,7 @@
 /**
  * One blob upload in an open session: a monolithic PUT, one streamed PATCH,
- * or Content-Range chunks from one reused buffer; then PUT ?digest= with the
- * digest computed from the bytes. A failed chunk is re-sent from the buffer
+ * or Content-Range chunks from one reused buffer, the last of them sent as the
+ * body of PUT ?digest= with the digest computed from the bytes. A failed chunk is re-sent from the buffer
  * where the registry kept the session; otherwise the upload resumes from the
  * offset the registry reports (reopening the source there) or, when the
  * session is gone, starts a fresh one from byte 0. (go-containerregistry:
@@ -44,6 +44,8 @@ export class Upload {
   /** The offset the registry should hold after the PATCH in flight. */
   private expected = 0;
   private buffer?: ChunkBuffer;
+  /** The last chunk of a chunked upload, held for the PUT (sent once the digest is known). */
+  private tail?: Buffer;
   readonly call: CallOptions;
 
   constructor(
@@ -200,6 +202,7 @@ export class Upload {
       bs.done.catch(() => undefined);
       if (this.opts.monolithic) return await monolithicUpload(this, bs);
       counter = this.counted(bs, this.offset, this.chunkSize === 0);
+      this.tail = undefined;
       if (this.chunkSize === 0) await this.patchWith(counter, {}, () => this.pos);
       else await this.chunked(counter);
       const { digest, size } = await settle(bs.done, DONE_TIMEOUT_MS, 'the blob source');
@@ -338,8 +341,8 @@ export class Upload {
         }
       }
     }
-    if (buf.length > 0) await this.sendChunk(buf.bytes);
-    buf.clear();
+    // The last (partial) chunk goes out with the PUT, once the source has said its digest.
+    this.tail = buf.length > 0 ? buf.bytes : undefined;
   }
 
   /** PATCHes one chunk; after a failure where the registry kept the session, re-sends from the buffer. */
@@ -370,13 +373,33 @@ export class Upload {
     if (this.offset < start || this.offset > end) throw new ReopenSignal();
   }
 
-  /** Checks what the source produced, then PUT ?digest=. */
+  /**
+   * Checks what the source produced, then PUT ?digest= — with the held last
+   * chunk as its body (one request less than a PATCH and an empty PUT). After
+   * a failed PUT the registry's offset says what of the chunk to send again.
+   */
   private async finish(digest: string, size: number): Promise<Outcome> {
     this.checkProduced(digest, size);
-    if (this.offset !== size) {
+    const tail = this.tail;
+    this.tail = undefined;
+    const start = this.offset;
+    const end = start + (tail?.length ?? 0);
+    if (end !== size) {
       throw new RestartSignal(`the session holds ${this.offset} bytes but the blob has ${size}`);
     }
-    return this.put(digest, size, null, { 'content-length': '0' });
+    if (!tail) return this.put(digest, size, null, { 'content-length': '0' });
+    for (;;) {
+      const piece = tail.subarray(this.offset - start);
+      this.sent(piece.length, end);
+      try {
+        return await this.put(digest, size, piece.length > 0 ? piece : null, {
+          'content-length': String(piece.length),
+        });
+      } catch (e) {
+        if (e instanceof RestartSignal) throw e;
+        await this.recoverChunk(e, start, end);
+      }
+    }
   }
 
   checkProduced(digest: string, size: number): void {

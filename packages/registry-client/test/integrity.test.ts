@@ -245,9 +245,58 @@ describe('registry client integrity (fake registry)', function () {
         `${2 * chunk}-${3 * chunk - 1}`,
         `${2 * chunk}-${3 * chunk - 1}`,
         `${3 * chunk}-${4 * chunk - 1}`,
-        `${4 * chunk}-${4 * chunk + 98}`,
       ],
     );
+    // The last 99 bytes went with the PUT.
+    const puts = fake.requests.filter((q) => q.method === 'PUT');
+    assert.deepEqual(
+      puts.map((p) => p.headers['content-length']),
+      ['99'],
+    );
+  });
+
+  it('the last chunk rides on the PUT; a failed PUT is sent again from the buffer (source opened once)', async () => {
+    const chunk = 64 * 1024;
+    const data = randomBytes(2 * chunk + 500);
+    fake.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, action: { status: 503 } });
+    const src = recordingSource(data);
+    const r = await client.uploadBlob(repo(), src, { chunkSize: chunk });
+    assert.deepEqual(src.opens, [0], 'the layer was not rebuilt');
+    assert.equal(r.resumes, 1);
+    assert.equal(r.restarts, 0);
+    assert.ok(fake.blobs.get(r.digest)!.equals(data));
+    assert.equal(r.bytesSent, data.length + 500, 'the held 500 bytes went out twice');
+    const methods = fake.requests
+      .filter((q) => q.method !== 'GET')
+      .map((q) => `${q.method} ${q.status}`);
+    assert.deepEqual(methods, ['POST 202', 'PATCH 202', 'PATCH 202', 'PUT 503', 'PUT 201']);
+  });
+
+  it('a PUT cut part-way through the last chunk sends only the rest, then commits', async () => {
+    const chunk = 64 * 1024;
+    const data = randomBytes(chunk + 5000);
+    fake.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, action: { cutAfter: 1200 } });
+    const src = recordingSource(data);
+    const r = await client.uploadBlob(repo(), src, { chunkSize: chunk });
+    assert.deepEqual(src.opens, [0]);
+    assert.ok(fake.blobs.get(r.digest)!.equals(data));
+    const puts = fake.requests.filter((q) => q.method === 'PUT');
+    assert.deepEqual(
+      puts.map((p) => p.headers['content-length']),
+      ['5000', String(5000 - 1200)],
+    );
+  });
+
+  it('a blob smaller than one chunk is one POST and one PUT that carries it', async () => {
+    const data = randomBytes(777);
+    const r = await client.uploadBlob(repo(), recordingSource(data), { chunkSize: 64 * 1024 });
+    assert.ok(fake.blobs.get(r.digest)!.equals(data));
+    const blobRequests = fake.requests.filter((q) => q.path.includes('/blobs/'));
+    assert.deepEqual(
+      blobRequests.map((q) => q.method),
+      ['POST', 'PUT'],
+    );
+    assert.equal(blobRequests[1]!.headers['content-length'], '777');
   });
 
   it('re-sends only the tail of a chunk the registry partly kept', async () => {
