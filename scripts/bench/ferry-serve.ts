@@ -48,9 +48,16 @@ export function extraFerryEnv(variable = 'BENCH_FERRY_ENV'): Record<string, stri
   return out;
 }
 
+/** Where a stack keeps its push-status indexes: the harness counts finished pushes there. */
+export interface StatusIndex {
+  redisUrl: string;
+  prefix: string;
+}
+
 export interface Serve {
   url: string;
   token: string;
+  index: StatusIndex;
   env: Record<string, string>;
   pid: number;
   service: ServiceHandle;
@@ -122,6 +129,7 @@ export async function startServe(
   return {
     url: env.FERRY_URL!,
     token,
+    index: { redisUrl: redis.url, prefix: env.FERRY_QUEUE_PREFIX! },
     env,
     pid: service.pid,
     service,
@@ -152,6 +160,7 @@ export async function startServe(
 export interface Split {
   url: string;
   token: string;
+  index: StatusIndex;
   /** pid of each process by role (upload: one per process). */
   pids: { api: number; lookup: number; coordinator: number; upload: number[] };
   /** Every process's pid. */
@@ -206,6 +215,7 @@ export async function startSplit(
   return {
     url: `http://127.0.0.1:${port}`,
     token,
+    index: { redisUrl: redis.url, prefix },
     pids: {
       api: api!.pid,
       lookup: lookup!.pid,

@@ -87,6 +87,7 @@ async function main(): Promise<void> {
         await serve.eld();
         pollCost.polls = 0;
         pollCost.rows = 0;
+        pollCost.zcards = 0;
         const s = await ferryMany(serve, sources, reg.host, i);
         const e = await serve.eld();
         if (e) elds.push(e);
@@ -96,6 +97,7 @@ async function main(): Promise<void> {
           ['hmget', pollCost.rows],
           ['zrevrange', pollCost.polls],
           ['zremrangebyscore', pollCost.polls],
+          ['zcard', pollCost.zcards],
         ] as const)
           if (cmds[k] !== undefined) cmds[k] = Math.max(0, cmds[k]! - v);
         serveCpu.push((cpuSeconds(serve.pid) - c0) / N);
