@@ -71,7 +71,8 @@ describe('e2e: docker:// sources and fan-out', function () {
       startRegistry(),
       startRegistry(),
       startRegistry({ auth: 'basic' }),
-      startRegistry({ auth: 'token' }),
+      // Tokens for locked/* grant pull only: a push there is refused.
+      startRegistry({ auth: 'token', readOnlyRepositories: /^locked\// }),
     ]);
     [proxyA, proxyB] = await Promise.all([
       startProxy({ host: '127.0.0.1', port: a.port }),
@@ -282,6 +283,27 @@ describe('e2e: docker:// sources and fan-out', function () {
     assert.equal(byTarget[`localhost:${basic.port}/half/app:v1`]?.status, 'failed');
     const raw = await skopeoInspect(`docker://${b.host}/half/app:v1`, ['--raw']);
     assert.equal(raw.schemaVersion, 2);
+  });
+
+  it('fan-out to two repositories of one registry, the first refusing pushes: the second is still pushed', async () => {
+    // Same registry, so one upload would serve both (the second mounting from the first);
+    // the first refuses, and the second must get its own upload rather than that failure.
+    const locked = `${token.host}/locked/app:v1`;
+    const open = `${token.host}/open/app:v1`;
+    const state = await pushAndWait(stack, {
+      source: `docker://${a.host}/src/app:v1`,
+      target: locked,
+      targets: [open],
+      platform: 'linux/amd64',
+    });
+    assert.equal(state.status, 'failed');
+    const byTarget = Object.fromEntries((state.targets ?? []).map((t) => [t.target, t]));
+    assert.equal(byTarget[locked]?.status, 'failed', JSON.stringify(byTarget[locked]));
+    assert.equal(byTarget[open]?.status, 'succeeded', JSON.stringify(byTarget[open]));
+    assert.equal(byTarget[open]?.manifest?.digest, platformManifests[0]);
+    const raw = await skopeoInspect(`docker://${open}`, ['--raw', '--authfile', authfile]);
+    assert.equal(raw.layers.length, state.layers.length);
+    await assert.rejects(skopeoInspect(`docker://${locked}`, ['--raw', '--authfile', authfile]));
   });
 
   it('--all-tags copies every tag of a repository as one push, digests equal', async () => {

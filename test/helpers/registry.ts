@@ -22,6 +22,8 @@ export interface RegistryOptions {
   users?: { username: string; password: string }[];
   /** Initial token lifetime in seconds (token auth); default 300. */
   tokenTtlSeconds?: number;
+  /** Token auth: repositories whose tokens grant `pull` only (pushes there are refused). */
+  readOnlyRepositories?: RegExp;
 }
 
 export interface RegistryTokenServer extends TokenServer {
@@ -213,6 +215,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
           issuer: 'ferry-test-token-server',
           users,
           ttlSeconds: opts.tokenTtlSeconds,
+          readOnlyRepositories: opts.readOnlyRepositories,
         });
         writeFileSync(rootBundle, tokenServer.rootCertPem);
         config.auth = {

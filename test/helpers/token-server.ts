@@ -24,6 +24,8 @@ export interface TokenServerOptions {
   ttlSeconds?: number;
   /** Let requests without credentials have tokens (for pull-only anonymous tests); default false. */
   allowAnonymous?: boolean;
+  /** Repositories whose tokens grant `pull` only: a push there is refused (insufficient scope). */
+  readOnlyRepositories?: RegExp;
 }
 
 export interface TokenServer {
@@ -125,7 +127,15 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
       ...(keyIn !== 'x5c' ? { kid: keyId } : {}),
       ...(keyIn !== 'kid' ? { x5c: [signing.certDer.toString('base64')] } : {}),
     };
-    const access = scopes.map(parseScope).filter((a): a is Access => a !== undefined);
+    const readOnly = opts.readOnlyRepositories;
+    const access = scopes
+      .map(parseScope)
+      .filter((a): a is Access => a !== undefined)
+      .map((a) =>
+        readOnly && a.type === 'repository' && readOnly.test(a.name)
+          ? { ...a, actions: a.actions.filter((x) => x === 'pull') }
+          : a,
+      );
     const claims = {
       iss: opts.issuer,
       sub: account,

@@ -137,16 +137,19 @@ export function uploadProcessor(deps: UploadDeps) {
       else todo.push(b);
     }
     // One upload per registry; a second target in the same registry mounts from the first.
-    const leaders = new Map<string, BlobJob>();
-    for (const b of todo) if (!leaders.has(b.repo.registry)) leaders.set(b.repo.registry, b);
-    const ups = [...leaders.values()];
+    // A target whose registry's upload failed for good (that repository refused, say) is not
+    // failed with it: it leads a round of its own, so a failure stays the one target's.
     // The diffID the upload computed from the bytes it read (dir: layers), for the config.
     let computed: string | undefined;
-    if (ups.length > 0) {
+    let round = todo;
+    while (round.length > 0) {
+      const leaders = new Map<string, BlobJob>();
+      for (const b of round) if (!leaders.has(b.repo.registry)) leaders.set(b.repo.registry, b);
+      const ups = [...leaders.values()];
       const held = await acquireLeases(deps, ups, job, token, owner, leaseMs);
       if (!held) return waitForOtherUpload(deps, ups[0], token, fanOut);
       try {
-        computed = await uploadAll(deps, ups, held, fanOut, per, fresh);
+        computed = (await uploadAll(deps, ups, held, fanOut, per, fresh)) ?? computed;
       } finally {
         for (const h of held) {
           h.keeper.stop();
@@ -155,25 +158,26 @@ export function uploadProcessor(deps: UploadDeps) {
             .catch(() => undefined);
         }
       }
-    }
-    for (const b of todo) {
-      if (per[b.d.target]) continue;
-      const leader = leaders.get(b.repo.registry);
-      const from = leader ? per[leader.d.target] : undefined;
-      if (from?.state === 'failed') {
-        per[b.d.target] = from;
-        continue;
+      const next: BlobJob[] = [];
+      for (const b of round) {
+        if (per[b.d.target]) continue;
+        const leader = leaders.get(b.repo.registry)!;
+        if (per[leader.d.target]?.state === 'failed') {
+          next.push(b);
+          continue;
+        }
+        const found = await presentOrMount(deps, b, [leader.repo.repository]);
+        per[b.d.target] = found
+          ? targetLayerOf(found)
+          : {
+              state: 'failed',
+              error: {
+                code: 'FERRY_LAYER_MISSING',
+                message: `${b.layer.description} could not be mounted into ${b.d.target}`,
+              },
+            };
       }
-      const found = await presentOrMount(deps, b, leader ? [leader.repo.repository] : []);
-      per[b.d.target] = found
-        ? targetLayerOf(found)
-        : {
-            state: 'failed',
-            error: {
-              code: 'FERRY_LAYER_MISSING',
-              message: `${b.layer.description} could not be mounted into ${b.d.target}`,
-            },
-          };
+      round = next;
     }
     const head = per[targets[0]];
     if (!fanOut && head.state === 'failed')
