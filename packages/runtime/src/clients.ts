@@ -101,6 +101,18 @@ export class SourceCache {
     return value;
   }
 
+  /**
+   * Takes an opening made elsewhere in this process (the API's, when it pinned
+   * the push) for the pin it was pinned with, unless one is cached already.
+   */
+  seed(ref: SourceRef, opened: OpenedImages): void {
+    const key = sourceKey(ref);
+    if (key === undefined) return;
+    const now = Date.now();
+    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
+    if (!this.entries.has(key)) this.entries.set(key, { at: now, value: Promise.resolve(opened) });
+  }
+
   /** Every tag of an `--all-tags` pin, each read through its own snapshot, images in a row. */
   private async openTags(ref: SourceRef): Promise<OpenedImages> {
     const pin = ref.pin?.snapshot as unknown as TagsSnapshot;
@@ -147,6 +159,15 @@ const shared = new Map<string, SourceCache>();
  * serve`) open each pinned source once instead of once per role. Sharing is safe
  * because entries are keyed by the pin, never by path.
  */
+/**
+ * The API's opening of a source it has just pinned, for the workers of this
+ * process (`ferry serve` with several roles): they would open the same pin
+ * again. A no-op where no worker role shares this process's SourceCache.
+ */
+export function offerOpenedSource(config: FerryConfig, ref: SourceRef, opened: OpenedImages): void {
+  shared.get(config.sourceRoot)?.seed(ref, opened);
+}
+
 export function sharedSourceCache(config: FerryConfig, logger?: Logger): SourceCache {
   let cache = shared.get(config.sourceRoot);
   if (!cache) {

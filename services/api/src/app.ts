@@ -6,7 +6,8 @@ import { Auth, type Principal } from './auth';
 import { registerBoard } from './board';
 import { ApiError } from './errors';
 import { installJsonParser } from './json-body';
-import { defaultInspector, type Inspector } from './inspect';
+import { makeInspector, type Inspector } from './inspect';
+import { offerOpenedSource } from '@ferry/runtime';
 import { pushRoutes } from './routes-pushes';
 import { serviceRoutes } from './routes-service';
 import { routeDoc, type RouteDoc } from './schemas';
@@ -93,7 +94,9 @@ function isRedisDown(err: unknown): boolean {
 /** The REST API, SSE, Bull Board, health and metrics — on the given connection, queues and store. */
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, store, queues, logger } = deps;
-  const inspector = deps.inspector ?? defaultInspector;
+  // In `ferry serve` the workers of this process take the API's opening of a pinned source.
+  const inspector =
+    deps.inspector ?? makeInspector((ref, opened) => offerOpenedSource(config, ref, opened));
   const auth = new Auth(config.tokens);
   const keepAliveMs = deps.sseKeepAliveMs ?? 15_000;
   const app = Fastify({

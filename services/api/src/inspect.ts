@@ -1,12 +1,14 @@
 import {
   formatSource,
   openSource,
+  type OpenedSource,
   snapshotKey,
   SourceError,
   SourceErrorCodes,
 } from '@ferry/image-source';
 import type { DirOptions, PushLayout, SourcePin } from '@ferry/queue';
 import { isAllowed, normalizeHost, parseReference } from '@ferry/registry-client';
+import type { SourceRef } from '@ferry/runtime';
 import { ApiError } from './errors';
 
 /*
@@ -50,35 +52,62 @@ const REQUEST_ERRORS = new Set<string>([
   SourceErrorCodes.PLATFORM_NOT_FOUND,
 ]);
 
-export const defaultInspector: Inspector = {
-  async inspectSource(source, opts) {
-    try {
-      const opened = await openSource(source, {
-        root: opts.root,
-        platform: opts.platform,
-        gzipLevel: opts.gzipLevel,
-        ...(opts.dirOptions ? { dirOptions: opts.dirOptions } : {}),
-      });
-      return {
-        source: formatSource({ ...opened.spec, path: opened.realPath }),
-        layout: { images: opened.images.map((i) => ({ layers: i.layers.length })) },
-        pin: {
-          key: snapshotKey(opened.snapshot),
-          snapshot: opened.snapshot as unknown as Record<string, unknown>,
+/** Told of each source the inspector opened and pinned (the workers of this process may reuse it). */
+export type OnOpened = (ref: SourceRef, opened: OpenedSource) => void;
+
+/** The inspector; `onOpened` gets each pinned opening as the jobs will name it. */
+export function makeInspector(onOpened?: OnOpened): Inspector {
+  return { ...defaultInspector, inspectSource: (s, o) => inspect(s, o, onOpened) };
+}
+
+async function inspect(
+  source: string,
+  opts: Parameters<Inspector['inspectSource']>[1],
+  onOpened?: OnOpened,
+): Promise<InspectedSource> {
+  try {
+    const opened = await openSource(source, {
+      root: opts.root,
+      platform: opts.platform,
+      gzipLevel: opts.gzipLevel,
+      ...(opts.dirOptions ? { dirOptions: opts.dirOptions } : {}),
+    });
+    const inspected = {
+      source: formatSource({ ...opened.spec, path: opened.realPath }),
+      layout: { images: opened.images.map((i) => ({ layers: i.layers.length })) },
+      pin: {
+        key: snapshotKey(opened.snapshot),
+        snapshot: opened.snapshot as unknown as Record<string, unknown>,
+      },
+    };
+    if (onOpened && opts.gzipLevel !== undefined) {
+      onOpened(
+        {
+          source: inspected.source,
+          pin: inspected.pin,
+          gzipLevel: opts.gzipLevel,
+          ...(opts.platform !== undefined ? { platform: opts.platform } : {}),
+          ...(opts.dirOptions ? { dirOptions: opts.dirOptions } : {}),
         },
-      };
-    } catch (err) {
-      if (!(err instanceof SourceError)) throw err;
-      if (err.code === SourceErrorCodes.XATTRS_UNAVAILABLE) {
-        throw new ApiError(err.code, err.message);
-      }
-      if (REQUEST_ERRORS.has(err.code)) {
-        const field = err.field === 'platform' || err.field === 'source' ? err.field : 'source';
-        throw new ApiError(err.code, err.message, field);
-      }
-      throw new SourceContentError(err.code, err.message);
+        opened,
+      );
     }
-  },
+    return inspected;
+  } catch (err) {
+    if (!(err instanceof SourceError)) throw err;
+    if (err.code === SourceErrorCodes.XATTRS_UNAVAILABLE) {
+      throw new ApiError(err.code, err.message);
+    }
+    if (REQUEST_ERRORS.has(err.code)) {
+      const field = err.field === 'platform' || err.field === 'source' ? err.field : 'source';
+      throw new ApiError(err.code, err.message, field);
+    }
+    throw new SourceContentError(err.code, err.message);
+  }
+}
+
+export const defaultInspector: Inspector = {
+  inspectSource: (source, opts) => inspect(source, opts),
 
   checkTarget(target, allow) {
     let ref;
