@@ -1,11 +1,11 @@
 /**
  * One blob upload in an open session: a monolithic PUT, one streamed PATCH,
  * or Content-Range chunks from one reused buffer, the last of them sent as the
- * body of PUT ?digest= with the digest computed from the bytes. A failed chunk is re-sent from the buffer
- * where the registry kept the session; otherwise the upload resumes from the
- * offset the registry reports (reopening the source there) or, when the
- * session is gone, starts a fresh one from byte 0. (go-containerregistry:
- * remote/write.go's streamBlob / commitBlob.)
+ * body of PUT ?digest= with the digest computed from the bytes. A failed chunk
+ * is re-sent from the buffer where the registry kept the session; otherwise
+ * the upload resumes from the offset the registry reports (reopening the
+ * source there) or, when the session is gone, starts a fresh one from byte 0.
+ * (go-containerregistry: remote/write.go's streamBlob / commitBlob.)
  */
 import { Readable, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';

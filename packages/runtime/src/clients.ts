@@ -94,7 +94,7 @@ export class SourceCache {
     if (hit && now - hit.at < this.ttlMs) return hit.value;
     const tags = ref.pin?.snapshot.kind === 'registry-tags';
     const value = tags ? this.openTags(ref) : this.openOne(ref);
-    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
+    this.prune(now);
     if (key === undefined) return value;
     this.entries.set(key, { at: now, value });
     value.catch(() => this.entries.delete(key));
@@ -109,8 +109,13 @@ export class SourceCache {
     const key = sourceKey(ref);
     if (key === undefined) return;
     const now = Date.now();
-    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
+    this.prune(now);
     if (!this.entries.has(key)) this.entries.set(key, { at: now, value: Promise.resolve(opened) });
+  }
+
+  /** Forgets openings older than the TTL. */
+  private prune(now: number): void {
+    for (const [k, e] of this.entries) if (now - e.at >= this.ttlMs) this.entries.delete(k);
   }
 
   /** Every tag of an `--all-tags` pin, each read through its own snapshot, images in a row. */
@@ -159,15 +164,6 @@ const shared = new Map<string, SourceCache>();
  * serve`) open each pinned source once instead of once per role. Sharing is safe
  * because entries are keyed by the pin, never by path.
  */
-/**
- * The API's opening of a source it has just pinned, for the workers of this
- * process (`ferry serve` with several roles): they would open the same pin
- * again. A no-op where no worker role shares this process's SourceCache.
- */
-export function offerOpenedSource(config: FerryConfig, ref: SourceRef, opened: OpenedImages): void {
-  shared.get(config.sourceRoot)?.seed(ref, opened);
-}
-
 export function sharedSourceCache(config: FerryConfig, logger?: Logger): SourceCache {
   let cache = shared.get(config.sourceRoot);
   if (!cache) {
@@ -175,4 +171,13 @@ export function sharedSourceCache(config: FerryConfig, logger?: Logger): SourceC
     shared.set(config.sourceRoot, cache);
   }
   return cache;
+}
+
+/**
+ * The API's opening of a source it has just pinned, for the workers of this
+ * process (`ferry serve` with several roles): they would open the same pin
+ * again. A no-op where no worker role shares this process's SourceCache.
+ */
+export function offerOpenedSource(config: FerryConfig, ref: SourceRef, opened: OpenedImages): void {
+  shared.get(config.sourceRoot)?.seed(ref, opened);
 }

@@ -2,12 +2,12 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { FerryConfig } from '@ferry/config';
 import type { Logger } from '@ferry/log';
 import { SigningStore, type FerryQueues, type PushStore, type RedisConnection } from '@ferry/queue';
+import { offerOpenedSource } from '@ferry/runtime';
 import { Auth, type Principal } from './auth';
 import { registerBoard } from './board';
 import { ApiError } from './errors';
 import { installJsonParser } from './json-body';
 import { makeInspector, type Inspector } from './inspect';
-import { offerOpenedSource } from '@ferry/runtime';
 import { pushRoutes } from './routes-pushes';
 import { serviceRoutes } from './routes-service';
 import { routeDoc, type RouteDoc } from './schemas';

@@ -199,7 +199,7 @@ export async function pushImages(
   results: Map<string, LayerOutcome>,
   format: ManifestFormat,
   byTag = false,
-): Promise<{ pushed: PushedImage[]; keptAll: boolean }> {
+): Promise<{ pushed: PushedImage[]; keptAll: boolean; unstored?: PushedImage }> {
   const { ctx, client, logger } = deps;
   const pushed: PushedImage[] = [];
   let keptAll = true;
@@ -210,8 +210,12 @@ export async function pushImages(
     if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
     await pushBlobIfMissing(ctx, client, repo, config, logger);
     writes.push(ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest));
-    pushed.push({ manifest, platform: image.platform });
-    if (byTag && opened.images.length === 1 && !opened.indexBytes) break;
+    const one: PushedImage = { manifest, platform: image.platform };
+    pushed.push(one);
+    if (byTag && opened.images.length === 1 && !opened.indexBytes) {
+      await Promise.all(writes);
+      return { pushed, keptAll, unstored: one };
+    }
     await client.putManifest(repo, manifest.digest, manifest.bytes, manifest.mediaType);
     writes.push(manifestEvent(deps, pushId, manifest, image.platform));
   }

@@ -121,8 +121,7 @@ async function pushOne(
   const images = await pushImages(deps, pushId, repo, opened, results, format, byTag);
   const pushed = await pushTop(deps, pushId, repo, opened, images, format);
   const { top } = pushed;
-  const unstored =
-    byTag && images.pushed.length === 1 && !opened.indexBytes ? images.pushed[0] : undefined;
+  const { unstored } = images;
   // A copy brings the source's cosign signatures of that digest along (they sign the same bytes).
   if (src && copying) {
     // Under the lock signers of this tag take: a concurrent signature is merged, never lost.

@@ -151,12 +151,7 @@ export function uploadProcessor(deps: UploadDeps) {
       try {
         computed = (await uploadAll(deps, ups, held, fanOut, per, fresh)) ?? computed;
       } finally {
-        for (const h of held) {
-          h.keeper.stop();
-          await ctx.uploadLease
-            .release(h.lease.key, h.lease.owner, h.lease.token)
-            .catch(() => undefined);
-        }
+        await releaseLeases(ctx, held);
       }
       const next: BlobJob[] = [];
       for (const b of round) {
@@ -257,49 +252,36 @@ async function acquireLeases(
 ): Promise<HeldLease[] | null> {
   const { ctx } = deps;
   const held: HeldLease[] = [];
-  const giveBack = async () => {
-    for (const h of held) {
-      h.keeper.stop();
-      await ctx.uploadLease
-        .release(h.lease.key, h.lease.owner, h.lease.token)
-        .catch(() => undefined);
-    }
-  };
   try {
-    return await acquireAll(ctx, ups, job, token, owner, leaseMs, held, giveBack);
+    for (const b of ups) {
+      // Unique per run of the job: a stalled run and its successor never share the lease.
+      const lease: LeaseRef = {
+        key: b.leaseKey,
+        owner: `${owner}-${job.id}-${token ?? job.attemptsMade}`,
+        token: 0,
+      };
+      const fence = await ctx.uploadLease.acquire(b.leaseKey, lease.owner, leaseMs);
+      if (fence === null) {
+        await releaseLeases(ctx, held);
+        return null;
+      }
+      lease.token = fence;
+      held.push({ lease, keeper: ctx.uploadLease.keep(b.leaseKey, lease.owner, fence, leaseMs) });
+    }
+    return held;
   } catch (err) {
     // Redis failed half way: nothing stays held (a kept lease would block this blob until restart).
-    await giveBack();
+    await releaseLeases(ctx, held);
     throw err;
   }
 }
 
-async function acquireAll(
-  ctx: QueueContext,
-  ups: BlobJob[],
-  job: Job<UploadJob>,
-  token: string | undefined,
-  owner: string,
-  leaseMs: number,
-  held: HeldLease[],
-  giveBack: () => Promise<void>,
-): Promise<HeldLease[] | null> {
-  for (const b of ups) {
-    // Unique per run of the job: a stalled run and its successor never share the lease.
-    const lease: LeaseRef = {
-      key: b.leaseKey,
-      owner: `${owner}-${job.id}-${token ?? job.attemptsMade}`,
-      token: 0,
-    };
-    const fence = await ctx.uploadLease.acquire(b.leaseKey, lease.owner, leaseMs);
-    if (fence === null) {
-      await giveBack();
-      return null;
-    }
-    lease.token = fence;
-    held.push({ lease, keeper: ctx.uploadLease.keep(b.leaseKey, lease.owner, fence, leaseMs) });
+/** Stops keeping the leases and gives them back (best effort: a lease not given back expires). */
+async function releaseLeases(ctx: QueueContext, held: HeldLease[]): Promise<void> {
+  for (const h of held) {
+    h.keeper.stop();
+    await ctx.uploadLease.release(h.lease.key, h.lease.owner, h.lease.token).catch(() => undefined);
   }
-  return held;
 }
 
 /**
@@ -324,8 +306,12 @@ async function uploadAll(
         // The holder before us may have finished it. (A first attempt asks the registry only when
         // Ferry's blob index knows the blob in that registry: an upload is recorded there before
         // its lease is let go, so with no record no Ferry upload finished since the lookup looked.)
-        const look = !fresh || (await knownInRegistry(deps, b));
-        const found = look ? await presentOrMount(deps, b) : undefined;
+        const digest = await digestOf(deps, b);
+        const look =
+          !fresh ||
+          (digest !== undefined &&
+            (await deps.ctx.blobs.reposWithBlob(b.repo.registry, digest)).length > 0);
+        const found = look ? await presentOrMount(deps, b, [], digest) : undefined;
         if (found) return found;
         const shared = tee ? { tee, branch: i } : undefined;
         return await upload(deps, b, held[i].lease, held[i].keeper.signal, shared);
@@ -400,21 +386,15 @@ async function digestOf(deps: UploadDeps, b: BlobJob): Promise<string | undefine
   return (await deps.ctx.blobs.lookupCompressed(b.diffId, level, zlibIdentity(level)))?.digest;
 }
 
-/** Does Ferry's blob index know a repository of the target's registry that holds the blob? */
-async function knownInRegistry(deps: UploadDeps, b: BlobJob): Promise<boolean> {
-  const digest = await digestOf(deps, b);
-  if (!digest) return false;
-  return (await deps.ctx.blobs.reposWithBlob(b.repo.registry, digest)).length > 0;
-}
-
 /** The blob is in the target already, or can be mounted there: no bytes to send. */
 async function presentOrMount(
   deps: UploadDeps,
   b: BlobJob,
   mountFrom: string[] = [],
+  known?: string,
 ): Promise<LayerOutcome | undefined> {
   const { ctx, client } = deps;
-  const digest = await digestOf(deps, b);
+  const digest = known ?? (await digestOf(deps, b));
   if (!digest) return undefined;
   const found = await findInRegistry(ctx, client, b.repo, digest, {
     logger: deps.logger,
