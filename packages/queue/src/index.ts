@@ -24,6 +24,7 @@ export {
   type LayerRequest,
   removePushJobs,
   assembleJobId,
+  imageLookupJobId,
   lookupJobId,
   uploadJobId,
   assertPushId,

@@ -118,6 +118,11 @@ export function lookupJobId(pushId: string, imageIndex: number, layerIndex: numb
   return `${pushId}-i${imageIndex}-l${layerIndex}`;
 }
 
+/** The lookup job id of every layer of one image of a push (PushLayout.lookupPerImage). */
+export function imageLookupJobId(pushId: string, imageIndex: number): string {
+  return `${pushId}-i${imageIndex}-layers`;
+}
+
 /** The upload job id of one layer of a push. */
 export function uploadJobId(pushId: string, imageIndex: number, layerIndex: number): string {
   return `${pushId}-i${imageIndex}-l${layerIndex}-up`;
@@ -139,7 +144,6 @@ export interface EnqueuePushOptions {
   gzipLevel: number;
 }
 
-/** The lookup job of one layer of a push. */
 /** What of a push request its layer jobs carry. */
 export type LayerRequest = Pick<
   PushRequest,
@@ -152,12 +156,14 @@ function lookupData(
   img: number,
   l: number,
   gzipLevel: number,
+  layers = 1,
 ): LookupJob {
   return {
     v: JOB_VERSION,
     pushId,
     imageIndex: img,
     layerIndex: l,
+    ...(layers !== 1 ? { layers } : {}),
     source: request.source,
     target: request.target,
     gzipLevel,
@@ -168,13 +174,31 @@ function lookupData(
   };
 }
 
-/** Every layer of a layout, as (image, layer) positions. */
-function* layerPositions(layout: PushLayout): Generator<[number, number]> {
-  for (let img = 0; img < layout.images.length; img++) {
-    const n = layout.images[img].layers;
+/**
+ * The lookup jobs of a layout (id and payload): one per image that has layers
+ * when every layer states its digest (lookupPerImage), else one per layer.
+ */
+function lookupSpecs(
+  pushId: string,
+  request: LayerRequest,
+  layout: PushLayout,
+  gzipLevel: number,
+): { id: string; data: LookupJob }[] {
+  if (layout.images.length === 0) throw new Error('push layout has no image');
+  const specs: { id: string; data: LookupJob }[] = [];
+  layout.images.forEach(({ layers: n }, img) => {
     if (!Number.isInteger(n) || n < 0) throw new Error(`image ${img}: bad layer count ${n}`);
-    for (let l = 0; l < n; l++) yield [img, l];
-  }
+    if (layout.lookupPerImage && n > 0) {
+      const data = lookupData(pushId, request, img, 0, gzipLevel, n);
+      specs.push({ id: imageLookupJobId(pushId, img), data });
+      return;
+    }
+    for (let l = 0; l < n; l++) {
+      const data = lookupData(pushId, request, img, l, gzipLevel);
+      specs.push({ id: lookupJobId(pushId, img, l), data });
+    }
+  });
+  return specs;
 }
 
 /** The job id of a docker:// push's resolve job (its first child). */
@@ -184,8 +208,9 @@ export function resolveJobId(pushId: string): string {
 
 /**
  * Adds a push as one BullMQ flow: the assemble job (`push-<id>`) is the parent,
- * one lookup job per layer (`<id>-i<img>-l<n>`) its children, each failing the
- * parent when it fails for good. A push whose layout is not known yet (a
+ * the lookup jobs its children — one per image (`<id>-i<img>-layers`) when
+ * every layer states its digest, else one per layer (`<id>-i<img>-l<n>`) —
+ * each failing the parent when it fails for good. A push whose layout is not known yet (a
  * docker:// source: the API cannot read the registry) gets one `resolve` child
  * instead, which adds the layer jobs once it has pinned the source
  * (addLayerChildren). Enqueuing the same push id again adds nothing (the ids
@@ -208,13 +233,12 @@ export async function enqueuePush(
       opts: childOptions(queues.policy, resolveJobId(pushId)),
     });
   } else {
-    if (layout.images.length === 0) throw new Error('push layout has no image');
-    for (const [img, l] of layerPositions(layout)) {
+    for (const { id, data } of lookupSpecs(pushId, request, layout, opts.gzipLevel)) {
       children.push({
         name: JOB_NAMES.lookup,
         queueName: QUEUE_NAMES.lookup,
-        data: lookupData(pushId, request, img, l, opts.gzipLevel),
-        opts: childOptions(queues.policy, lookupJobId(pushId, img, l)),
+        data,
+        opts: childOptions(queues.policy, id),
       });
     }
   }
@@ -236,7 +260,7 @@ export async function enqueuePush(
 
 /**
  * Called by a docker:// push's resolve job (before it completes) once the
- * source is pinned: one lookup job per layer, added to the same flow (the
+ * source is pinned: the lookup jobs of the layout, added to the same flow (the
  * parent, already waiting, waits for them too). `request` carries the pin.
  * Running it again (a retried resolve) adds nothing: the ids collapse.
  */
@@ -248,12 +272,11 @@ export async function addLayerChildren(
   gzipLevel: number,
 ): Promise<void> {
   assertPushId(pushId);
-  if (layout.images.length === 0) throw new Error('push layout has no image');
   const parent = { id: assembleJobId(pushId), queue: queues.assemble.qualifiedName };
-  const jobs = [...layerPositions(layout)].map(([img, l]) => ({
+  const jobs = lookupSpecs(pushId, request, layout, gzipLevel).map(({ id, data }) => ({
     name: JOB_NAMES.lookup,
-    data: lookupData(pushId, request, img, l, gzipLevel),
-    opts: { ...childOptions(queues.policy, lookupJobId(pushId, img, l)), parent },
+    data,
+    opts: { ...childOptions(queues.policy, id), parent },
   }));
   await queues.lookup.addBulk(jobs);
 }
@@ -333,6 +356,7 @@ export async function removePushJobs(
   }
   if (layout) {
     layout.images.forEach((img, i) => {
+      ids.add(`${queues.lookup.qualifiedName}:${imageLookupJobId(pushId, i)}`);
       for (let l = 0; l < img.layers; l++) {
         ids.add(`${queues.lookup.qualifiedName}:${lookupJobId(pushId, i, l)}`);
         ids.add(`${queues.upload.qualifiedName}:${uploadJobId(pushId, i, l)}`);

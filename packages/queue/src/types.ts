@@ -80,10 +80,12 @@ export interface PushRequest {
  * knows (JOB_VERSIONS_KNOWN); a payload without `v` is version 1 (before
  * snapshots: no pin, platform read back from the push state). Version 3 adds
  * `targets` (fan-out) and the `resolve` job of a docker:// source; a version-2
- * payload is a version-3 one with one target.
+ * payload is a version-3 one with one target. Version 4 adds a lookup job
+ * covering several layers of an image (`layers`); a version-3 payload is a
+ * version-4 one of one layer.
  */
-export const JOB_VERSION = 3;
-export const JOB_VERSIONS_KNOWN: readonly number[] = [1, 2, 3];
+export const JOB_VERSION = 4;
+export const JOB_VERSIONS_KNOWN: readonly number[] = [1, 2, 3, 4];
 
 /** The version of a job payload (1 when it has none). */
 export function jobVersion(data: unknown): number {
@@ -118,13 +120,19 @@ export interface LayerJob {
 }
 
 /**
- * One layer of one image: a lookup job. With `resolve`, the first job of a
- * docker:// push instead: it pins the source (tag → digest, in a worker, which
+ * A lookup job: one layer of one image, or every layer of it (`layers`).
+ * With `resolve`, the first job of a docker:// push instead: it pins the source (tag → digest, in a worker, which
  * holds the registry credentials), records the pin and layout in the push
  * state and adds the layer jobs to the flow (imageIndex and layerIndex are 0).
  */
 export interface LookupJob extends LayerJob {
   resolve?: boolean;
+  /**
+   * How many layers the job looks up, from `layerIndex` on (absent: 1). A
+   * source whose layers all state their digests gets one job per image: its
+   * HEADs run side by side in one job, not one job each.
+   */
+  layers?: number;
 }
 
 /** One blob missing from the target: an upload job, added by the lookup worker. */
@@ -146,9 +154,15 @@ export interface AssembleJob {
   gzipLevel: number;
 }
 
-/** How many layers each image has, so the flow gets one lookup job per layer. */
+/** How many layers each image has, so the flow gets a lookup job for each. */
 export interface PushLayout {
   images: { layers: number }[];
+  /**
+   * Every layer states its digest (nothing for a lookup to hash): one lookup
+   * job per image. Otherwise (absent) one per layer, so the hashing of many
+   * layers spreads over the lookup workers.
+   */
+  lookupPerImage?: boolean;
 }
 
 export const PUSH_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;

@@ -1,4 +1,4 @@
-import type { Layer } from '@ferry/image-source';
+import type { Layer, SourceImage } from '@ferry/image-source';
 import type { Logger } from '@ferry/log';
 import {
   parseReference,
@@ -12,6 +12,7 @@ import {
   jobVersion,
   type LayerJob,
   type PermitControl,
+  type PushLayout,
   type PushRequest,
   type PushStore,
   type QueueContext,
@@ -44,6 +45,21 @@ export interface LayerOutcome {
   mountedFrom?: string;
   /** Per target (fan-out; version-3 jobs): how the layer stands there. */
   targets?: Record<string, TargetLayer>;
+  /** A lookup job of several layers (version 4): each layer's outcome; the fields above are the first's. */
+  layers?: LayerOutcome[];
+}
+
+/**
+ * The flow's layout of opened images: their layer counts, and one lookup job
+ * per image when every layer states its digest (a lookup that must hash a
+ * layer keeps a job of its own, so that work spreads over the workers).
+ */
+export function pushLayoutOf(images: readonly SourceImage[]): PushLayout {
+  const stated = images.every((i) => i.layers.every((l) => l.digest !== undefined));
+  return {
+    images: images.map((i) => ({ layers: i.layers.length })),
+    ...(stated ? { lookupPerImage: true } : {}),
+  };
 }
 
 /** host[:port] + repository of a push target. */
@@ -93,8 +109,8 @@ export async function currentLayerJob<T extends LayerJob>(
 ): Promise<T> {
   const version = jobVersion(data);
   if (version === JOB_VERSION) return data as T;
-  // Version 2 is version 3 with one target and no resolve job.
-  if (version === 2) return { ...data, v: JOB_VERSION } as T;
+  // Version 2 is version 3 with one target and no resolve job; version 3 is version 4 of one layer.
+  if (version === 2 || version === 3) return { ...data, v: JOB_VERSION } as T;
   if (version !== 1) {
     throw new PermanentError(
       'FERRY_JOB_VERSION',

@@ -134,16 +134,20 @@ describe('runtime: currentLayerJob reads every payload version it knows', () => 
     assert.deepEqual(await currentLayerJob<LookupJob>(v1, requests), { ...v1, v: JOB_VERSION });
   });
 
-  it('reads a version-2 payload (one target, no resolve job) as version 3, without reading the push state', async () => {
-    const { requests, reads } = requestsOf(request);
-    const v2 = { ...v1, v: 2 } as unknown as LookupJob;
-    assert.deepEqual(await currentLayerJob<LookupJob>(v2, requests), { ...v1, v: JOB_VERSION });
-    assert.equal(reads(), 0);
-  });
+  for (const old of [2, 3]) {
+    it(`reads a version-${old} payload (one layer${old === 2 ? ', one target' : ''}) as version ${JOB_VERSION}, without reading the push state`, async () => {
+      const { requests, reads } = requestsOf(request);
+      const job = { ...v1, v: old } as unknown as LookupJob;
+      const got = await currentLayerJob<LookupJob>(job, requests);
+      assert.deepEqual(got, { ...v1, v: JOB_VERSION });
+      assert.equal(got.layers, undefined, 'one layer');
+      assert.equal(reads(), 0);
+    });
+  }
 
   it('refuses a version it does not know with FERRY_JOB_VERSION (permanent), never misreads it', async () => {
     const { requests, reads } = requestsOf(request);
-    for (const v of [4, 0, 'two', 1.5, null]) {
+    for (const v of [JOB_VERSION + 1, 0, 'two', 1.5, null]) {
       await assert.rejects(
         currentLayerJob<LookupJob>({ ...v1, v } as unknown as LookupJob, requests),
         (err: unknown) => {

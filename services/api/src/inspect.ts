@@ -8,7 +8,7 @@ import {
 } from '@ferry/image-source';
 import type { DirOptions, PushLayout, SourcePin } from '@ferry/queue';
 import { isAllowed, normalizeHost, parseReference } from '@ferry/registry-client';
-import type { SourceRef } from '@ferry/runtime';
+import { pushLayoutOf, type SourceRef } from '@ferry/runtime';
 import { ApiError } from './errors';
 
 /*
@@ -74,7 +74,7 @@ async function inspect(
     });
     const inspected = {
       source: formatSource({ ...opened.spec, path: opened.realPath }),
-      layout: { images: opened.images.map((i) => ({ layers: i.layers.length })) },
+      layout: pushLayoutOf(opened.images),
       pin: {
         key: snapshotKey(opened.snapshot),
         snapshot: opened.snapshot as unknown as Record<string, unknown>,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { lookupJobId } from '@ferry/queue';
+import { imageLookupJobId, lookupJobId } from '@ferry/queue';
 import { startRedis, type RedisHandle } from '../../../test/helpers/redis';
 import { AUTH, makeApi, makeSourceRoot, writeOciLayout, type TestApi } from './helpers';
 
@@ -36,7 +36,7 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
     });
   }
 
-  it('an OCI index gets one lookup job per layer of every platform', async () => {
+  it('an OCI index gets one lookup job per platform, covering its layers (digests stated)', async () => {
     const res = await post({
       source: `oci:${src.root}/oci-multi:1.0`,
       target: '127.0.0.1:59999/team/multi:1.0',
@@ -48,8 +48,24 @@ describe('api: layouts from real sources (@ferry/image-source, metadata only)', 
       state?.layers.map((l) => `${l.imageIndex}/${l.index}`),
       ['0/0', '1/0', '1/1'],
     );
-    assert.ok(await api.queues.lookup.getJob(lookupJobId(id, 1, 1)));
-    assert.equal(await api.queues.lookup.getJob(lookupJobId(id, 0, 1)), undefined);
+    const jobs = await Promise.all(
+      [0, 1].map((i) => api.queues.lookup.getJob(imageLookupJobId(id, i))),
+    );
+    assert.deepEqual(
+      jobs.map((j) => [j?.data.imageIndex, j?.data.layerIndex, j?.data.layers ?? 1]),
+      [
+        [0, 0, 1],
+        [1, 0, 2],
+      ],
+    );
+    // No job of its own for any layer.
+    for (const [i, l] of [
+      [0, 0],
+      [1, 0],
+      [1, 1],
+    ]) {
+      assert.equal(await api.queues.lookup.getJob(lookupJobId(id, i, l)), undefined);
+    }
   });
 
   it('platform picks one image; an unknown platform is 422 FERRY_PLATFORM_NOT_FOUND', async () => {

@@ -43,7 +43,11 @@ export function layerResults(
   target?: string,
 ): Map<string, LayerOutcome> {
   const out = new Map<string, LayerOutcome>();
-  for (const v of Object.values(values)) {
+  // A lookup job of a whole image answers for each of its layers.
+  const each = Object.values(values).flatMap((v) =>
+    v && typeof v === 'object' && Array.isArray(v.layers) ? v.layers : [v],
+  );
+  for (const v of each) {
     if (!v || typeof v !== 'object' || typeof v.imageIndex !== 'number') continue;
     if (v.state === 'resolved' || v.layerIndex < 0) continue;
     const t = target !== undefined ? v.targets?.[target] : undefined;

@@ -60,4 +60,28 @@ describe('coordinator: layerResults per target of a fan-out', () => {
     assert.equal(r.size, 1);
     assert.equal(r.get('0/0')?.state, 'uploaded');
   });
+
+  it("a lookup job of a whole image answers for each of its layers; an upload's result still wins", () => {
+    const E = 'sha256:' + 'e'.repeat(64);
+    const layer1 = { ...base, layerIndex: 1, state: 'upload', digest: E } as LayerOutcome;
+    const layer0 = { ...base, state: 'exists', digest: D, size: 10 } as LayerOutcome;
+    const image: LayerOutcome = { ...layer0, layers: [layer0, layer1] };
+    const upload = {
+      ...base,
+      layerIndex: 1,
+      state: 'uploaded',
+      digest: E,
+      size: 7,
+    } as LayerOutcome;
+    for (const values of [
+      { l: image, u: upload },
+      { u: upload, l: image },
+    ]) {
+      const r = layerResults(values);
+      assert.deepEqual([...r.entries()].map(([k, v]) => [k, v.state, v.size]).sort(), [
+        ['0/0', 'exists', 10],
+        ['0/1', 'uploaded', 7],
+      ]);
+    }
+  });
 });

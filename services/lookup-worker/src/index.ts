@@ -46,6 +46,7 @@ import {
   markPresent,
   layerOf,
   PushRequests,
+  pushLayoutOf,
   SourceCache,
   sharedSourceCache,
   startWorker,
@@ -62,6 +63,8 @@ export interface LookupDeps {
   logger: Logger;
   /** How long to wait for a lookup permit before giving the job back (transient). */
   permitTimeoutMs?: number;
+  /** Layers a job of a whole image looks up at once (FERRY_LOOKUP_CONCURRENCY; default 5). */
+  parallel?: number;
 }
 
 /** The blob's candidate digest: stated by the source, or suggested by the compressed-digest cache. */
@@ -140,7 +143,7 @@ function sourceMounts(opened: OpenedSource, target: string): string[] {
 }
 
 export function lookupProcessor(deps: LookupDeps) {
-  const { ctx, sources, requests } = deps;
+  const { ctx, requests } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
     const d = await currentLayerJob<LookupJob>(job.data, requests);
     // One round trip: marks the push running, and says if it has ended (cancelled, failed).
@@ -149,87 +152,137 @@ export function lookupProcessor(deps: LookupDeps) {
       throw new CancelledError(d.pushId, r.previous ?? 'cancelled');
     }
     if (d.resolve) return resolveSource(deps, d);
-    const opened = await sources.open(sourceRefOf(d));
-    const layer = await layerOf(sources, d);
-    const key = { imageIndex: d.imageIndex, index: d.layerIndex };
-    const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
-    const targets = targetsOf(d);
-
-    if (layer.foreign) {
-      // Left as a reference, as skopeo does: the manifest names it, no registry gets its bytes.
-      await ctx.store.updateLayer(d.pushId, key, {
-        state: 'exists',
-        ...(layer.digest ? { digest: layer.digest } : {}),
-        ...(layer.size !== undefined ? { size: layer.size } : {}),
-      });
-      await ctx.store.appendEvent(d.pushId, {
-        type: 'log',
-        level: 'info',
-        message: `layer ${layer.digest ?? layer.index} is a foreign (non-distributable) layer: left as a reference, not copied`,
-      });
-      const foreign: TargetLayer = { state: 'foreign', digest: layer.digest, size: layer.size };
-      return {
-        ...base,
-        ...foreign,
-        diffId: layer.diffId,
-        targets: Object.fromEntries(targets.map((t) => [t, foreign])),
-      };
+    const n = d.layers ?? 1;
+    if (!Number.isInteger(n) || n < 1) {
+      throw new PermanentError('FERRY_BAD_JOB', `lookup job ${job.id}: bad layer count ${n}`);
     }
-
-    // 1. The candidate digest; 2. HEAD in every target; 3. else a mount from where it is known.
-    const { digest, size, diffId, total } = await candidateDigest(ctx, d, layer);
-    const per: Record<string, TargetLayer> = {};
-    const missing: string[] = [];
-    for (const target of targets) {
-      const found = digest
-        ? await lookInTarget(
-            deps,
-            d,
-            target,
-            digest,
-            size,
-            sourceMounts(opened, target),
-            targets.length > 1,
-          )
-        : undefined;
-      if (found) per[target] = found;
-      else missing.push(target);
-    }
-    if (missing.length === 0) return { ...base, ...per[targets[0]], diffId, targets: per };
-
-    // 4. Missing somewhere: one upload job for every target that lacks it, added before this job completes.
-    const upload: UploadJob = {
-      v: JOB_VERSION,
-      pushId: d.pushId,
-      imageIndex: d.imageIndex,
-      layerIndex: d.layerIndex,
-      source: d.source,
-      target: missing[0],
-      gzipLevel: d.gzipLevel,
-      ...(d.platform !== undefined ? { platform: d.platform } : {}),
-      ...(d.dirOptions ? { dirOptions: d.dirOptions } : {}),
-      ...(d.pin ? { pin: d.pin } : {}),
-      ...(diffId ? { diffId } : {}),
-      // A fan-out's upload job names its targets even when one lacks the blob: its failure is that target's alone.
-      ...(targets.length > 1 ? { targets: missing } : {}),
-    };
-    for (const t of missing) per[t] = { state: 'upload', digest: layer.digest, size: layer.size };
-    // Written before the hand-off: the upload job may finish (and write its state) at once.
-    await ctx.store.updateLayer(
-      d.pushId,
-      key,
-      {
-        state: 'pending',
-        ...(layer.digest ? { digest: layer.digest } : {}),
-        ...(layer.size !== undefined ? { size: layer.size } : {}),
-        ...(total !== undefined ? { total } : {}),
-      },
-      { event: false },
+    if (n === 1) return lookUpLayer(deps, job, d);
+    const layers = await eachLayer(d.layerIndex, n, deps.parallel ?? DEFAULT_PARALLEL, (l) =>
+      lookUpLayer(deps, job, { ...d, layerIndex: l, layers: undefined }),
     );
-    await addUploadChild(ctx.queues, job, upload);
-    const head = per[targets[0]];
-    return { ...base, ...head, digest: head.digest ?? layer.digest, diffId, targets: per };
+    return { ...layers[0], layers };
   };
+}
+
+/** Layers a lookup job of a whole image looks up at once (each HEAD also waits for a registry permit). */
+const DEFAULT_PARALLEL = 5;
+
+/**
+ * Runs `look` for layers first … first+n-1, at most `parallel` at a time, and
+ * waits for every one before answering: a failure is thrown only once no
+ * layer of the job is still at work (a permanent one before a transient one),
+ * so a retried job never races its previous try. Outcomes in layer order.
+ */
+async function eachLayer(
+  first: number,
+  n: number,
+  parallel: number,
+  look: (layerIndex: number) => Promise<LayerOutcome>,
+): Promise<LayerOutcome[]> {
+  const settled: PromiseSettledResult<LayerOutcome>[] = new Array(n);
+  let next = 0;
+  const lane = async () => {
+    while (next < n) {
+      const i = next++;
+      settled[i] = await look(first + i).then(
+        (value) => ({ status: 'fulfilled', value }) as const,
+        (reason: unknown) => ({ status: 'rejected', reason }) as const,
+      );
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, parallel), n) }, lane));
+  const failures = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason] : []));
+  if (failures.length > 0) throw failures.find((e) => isPermanent(e)) ?? failures[0];
+  return settled.map((r) => (r as PromiseFulfilledResult<LayerOutcome>).value);
+}
+
+/** One layer: HEAD in every target, else a mount, else an upload job added to the flow. */
+async function lookUpLayer(
+  deps: LookupDeps,
+  job: Job<LookupJob>,
+  d: LookupJob,
+): Promise<LayerOutcome> {
+  const { ctx, sources } = deps;
+  const opened = await sources.open(sourceRefOf(d));
+  const layer = await layerOf(sources, d);
+  const key = { imageIndex: d.imageIndex, index: d.layerIndex };
+  const base = { imageIndex: d.imageIndex, layerIndex: d.layerIndex, mediaType: layer.mediaType };
+  const targets = targetsOf(d);
+
+  if (layer.foreign) {
+    // Left as a reference, as skopeo does: the manifest names it, no registry gets its bytes.
+    await ctx.store.updateLayer(d.pushId, key, {
+      state: 'exists',
+      ...(layer.digest ? { digest: layer.digest } : {}),
+      ...(layer.size !== undefined ? { size: layer.size } : {}),
+    });
+    await ctx.store.appendEvent(d.pushId, {
+      type: 'log',
+      level: 'info',
+      message: `layer ${layer.digest ?? layer.index} is a foreign (non-distributable) layer: left as a reference, not copied`,
+    });
+    const foreign: TargetLayer = { state: 'foreign', digest: layer.digest, size: layer.size };
+    return {
+      ...base,
+      ...foreign,
+      diffId: layer.diffId,
+      targets: Object.fromEntries(targets.map((t) => [t, foreign])),
+    };
+  }
+
+  // 1. The candidate digest; 2. HEAD in every target; 3. else a mount from where it is known.
+  const { digest, size, diffId, total } = await candidateDigest(ctx, d, layer);
+  const per: Record<string, TargetLayer> = {};
+  const missing: string[] = [];
+  for (const target of targets) {
+    const found = digest
+      ? await lookInTarget(
+          deps,
+          d,
+          target,
+          digest,
+          size,
+          sourceMounts(opened, target),
+          targets.length > 1,
+        )
+      : undefined;
+    if (found) per[target] = found;
+    else missing.push(target);
+  }
+  if (missing.length === 0) return { ...base, ...per[targets[0]], diffId, targets: per };
+
+  // 4. Missing somewhere: one upload job for every target that lacks it, added before this job completes.
+  const upload: UploadJob = {
+    v: JOB_VERSION,
+    pushId: d.pushId,
+    imageIndex: d.imageIndex,
+    layerIndex: d.layerIndex,
+    source: d.source,
+    target: missing[0],
+    gzipLevel: d.gzipLevel,
+    ...(d.platform !== undefined ? { platform: d.platform } : {}),
+    ...(d.dirOptions ? { dirOptions: d.dirOptions } : {}),
+    ...(d.pin ? { pin: d.pin } : {}),
+    ...(diffId ? { diffId } : {}),
+    // A fan-out's upload job names its targets even when one lacks the blob: its failure is that target's alone.
+    ...(targets.length > 1 ? { targets: missing } : {}),
+  };
+  for (const t of missing) per[t] = { state: 'upload', digest: layer.digest, size: layer.size };
+  // Written before the hand-off: the upload job may finish (and write its state) at once.
+  await ctx.store.updateLayer(
+    d.pushId,
+    key,
+    {
+      state: 'pending',
+      ...(layer.digest ? { digest: layer.digest } : {}),
+      ...(layer.size !== undefined ? { size: layer.size } : {}),
+      ...(total !== undefined ? { total } : {}),
+    },
+    { event: false },
+  );
+  await addUploadChild(ctx.queues, job, upload);
+  const head = per[targets[0]];
+  return { ...base, ...head, digest: head.digest ?? layer.digest, diffId, targets: per };
 }
 
 /**
@@ -289,7 +342,7 @@ async function resolveSource(deps: LookupDeps, d: LookupJob): Promise<LayerOutco
   }
   pin ??= await pinAllTags(deps, unpinned);
   opened ??= await sources.open({ ...sourceRefOf(d), pin });
-  const layout = { images: opened.images.map((i) => ({ layers: i.layers.length })) };
+  const layout = pushLayoutOf(opened.images);
   await ctx.store.recordPin(d.pushId, pin, layout);
   deps.requests.forget(d.pushId);
   const top = opened.parts
@@ -330,7 +383,14 @@ export async function start(config: FerryConfig, logger: Logger): Promise<RoleHa
     config,
     logger: log,
     processor: (ctx) =>
-      lookupProcessor({ ctx, client, sources, requests: new PushRequests(ctx.store), logger: log }),
+      lookupProcessor({
+        ctx,
+        client,
+        sources,
+        requests: new PushRequests(ctx.store),
+        logger: log,
+        parallel: config.lookupConcurrency,
+      }),
     closables: [{ name: 'registry client', close: () => client.close() }],
   });
   return handle;

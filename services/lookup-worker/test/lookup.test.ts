@@ -1,9 +1,11 @@
 /**
  * The lookup processor against a real redis-server and docker-registry: a
  * digest the OCI source states and the target has → 'exists', no upload job;
- * a missing one → exactly one upload child in the same flow, a version-2
+ * a missing one → exactly one upload child in the same flow, a current
  * payload carrying platform and pin; a version-1 payload (no `v`, no
- * platform) is read with the platform from the push state's request.
+ * platform) is read with the platform from the push state's request. A job
+ * of a whole image (version 4) does the same for each of its layers in one
+ * job, and fails only once every layer has been looked at.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -11,6 +13,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import {
+  imageLookupJobId,
   JOB_VERSION,
   lookupJobId,
   uploadJobId,
@@ -93,7 +96,8 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     await env?.stop();
   });
 
-  async function runLookups(name: string, v1: boolean) {
+  /** An OCI layout of two layers, a push of it, and the target holding layer 0 already. */
+  async function preparePush(name: string) {
     const { dir, layers } = writeOciLayout(env.root, name);
     const repo = { registry: env.registry.host, repository: `lookup/${name}` };
     // The target has layer 0 already.
@@ -113,14 +117,31 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         platform: 'linux/amd64',
       },
     );
-    await enqueue(env, push);
-    const processor = lookupProcessor({
+    return { push, layers };
+  }
+
+  function processor() {
+    return lookupProcessor({
       ctx: env.ctx,
       client: env.client,
       sources: new SourceCache(env.config),
       requests: new PushRequests(env.ctx.store),
       logger: env.logger,
     });
+  }
+
+  /** The uploads the push's lookups added. */
+  async function uploadsOf(pushId: string) {
+    const uploads = await env.ctx.queues.upload.getJobs(['waiting', 'delayed', 'active']);
+    return uploads.filter((j) => j.data.pushId === pushId);
+  }
+
+  /** One lookup job per layer (as for a source Ferry compresses, or an older API). */
+  async function runLookups(name: string, v1: boolean) {
+    const { push, layers } = await preparePush(name);
+    assert.equal(push.layout.lookupPerImage, true, 'an OCI layout states its digests');
+    await enqueue(env, { ...push, layout: { images: push.layout.images } });
+    const run = processor();
     const outcomes = [];
     for (const l of [0, 1]) {
       const job = await env.ctx.queues.lookup.getJob(lookupJobId(push.id, 0, l));
@@ -131,7 +152,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         await job.updateData(old as LookupJob);
         assert.equal(job.data.v, undefined);
       }
-      outcomes.push(await processor(job));
+      outcomes.push(await run(job));
     }
     return { push, layers, outcomes };
   }
@@ -143,8 +164,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
       assert.equal(outcomes[0].digest, layers[0].digest);
       assert.equal(outcomes[1].state, 'upload');
       assert.equal(outcomes[1].digest, layers[1].digest);
-      const uploads = await env.ctx.queues.upload.getJobs(['waiting', 'delayed', 'active']);
-      const mine = uploads.filter((j) => j.data.pushId === push.id);
+      const mine = await uploadsOf(push.id);
       assert.deepEqual(
         mine.map((j) => j.id),
         [uploadJobId(push.id, 0, 1)],
@@ -161,4 +181,65 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
       assert.equal(state?.layers[1].state, 'pending');
     });
   }
+
+  it('one job of the whole image (version 4): each layer looked at, the missing one handed to one upload child', async () => {
+    const { push, layers } = await preparePush('image');
+    await enqueue(env, push);
+    const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
+    assert.ok(job, 'one job for the image');
+    assert.equal(job.data.v, JOB_VERSION);
+    assert.equal(job.data.layers, 2);
+    assert.equal(await env.ctx.queues.lookup.getJob(lookupJobId(push.id, 0, 1)), undefined);
+    const outcome = await processor()(job);
+    assert.deepEqual(
+      outcome.layers?.map((o) => [o.layerIndex, o.state, o.digest]),
+      [
+        [0, 'exists', layers[0].digest],
+        [1, 'upload', layers[1].digest],
+      ],
+    );
+    // The top fields are the first layer's (what an older coordinator reads of a one-layer job).
+    assert.equal(outcome.layerIndex, 0);
+    assert.equal(outcome.state, 'exists');
+    const mine = await uploadsOf(push.id);
+    assert.deepEqual(
+      mine.map((j) => [j.id, j.data.layerIndex, j.parent?.id]),
+      [[uploadJobId(push.id, 0, 1), 1, `push-${push.id}`]],
+    );
+    const state = await env.ctx.store.get(push.id);
+    assert.deepEqual(
+      state?.layers.map((l) => l.state),
+      ['exists', 'pending'],
+    );
+  });
+
+  it('a job of several layers fails only after every layer was looked at (no upload hand-off cut short)', async () => {
+    const { push, layers } = await preparePush('short');
+    await enqueue(env, push);
+    const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
+    assert.ok(job);
+    // A third layer the source does not have (only a payload that disagrees with its pin can say so).
+    await job.updateData({ ...job.data, layers: 3 });
+    await assert.rejects(processor()(job), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'FERRY_SOURCE_CHANGED');
+      assert.match(err.message, /no layer 2 in image 0/);
+      return true;
+    });
+    // Layers 0 and 1 were still looked at: present marked, missing handed to its upload.
+    const state = await env.ctx.store.get(push.id);
+    assert.deepEqual(
+      state?.layers.map((l) => [l.state, l.digest]),
+      [
+        ['exists', layers[0].digest],
+        ['pending', layers[1].digest],
+      ],
+    );
+    assert.deepEqual(
+      (await uploadsOf(push.id)).map((j) => j.id),
+      [uploadJobId(push.id, 0, 1)],
+    );
+    // A bad count is refused before anything is looked at.
+    await job.updateData({ ...job.data, layers: 0 });
+    await assert.rejects(processor()(job), /bad layer count 0/);
+  });
 });

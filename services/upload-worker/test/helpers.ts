@@ -18,6 +18,7 @@ import {
   type QueueContext,
 } from '@ferry/queue';
 import { RegistryClient } from '@ferry/registry-client';
+import { pushLayoutOf } from '@ferry/runtime';
 import {
   startProxy,
   startRedis,
@@ -138,7 +139,8 @@ export async function createPush(
       snapshot: opened.snapshot as unknown as Record<string, unknown>,
     },
   };
-  const layout = { images: opened.images.map((i) => ({ layers: i.layers.length })) };
+  // As the API lays it out: one lookup job per image when every layer states its digest.
+  const layout = pushLayoutOf(opened.images);
   const id = randomUUID();
   await env.ctx.store.create(id, request, { layout });
   return { id, request, layout };
