@@ -78,13 +78,24 @@ export class BlobIndex {
 
   /** Records that `registry` (host[:port]) holds `digest` in `repository`. */
   async recordBlob(registry: string, repository: string, digest: string): Promise<void> {
-    const k = this.keys.blobRepos(registry, digest);
-    await this.redis
-      .multi()
-      .zadd(k, Date.now(), repository)
-      .zremrangebyrank(k, 0, -this.max - 1)
-      .expire(k, this.ttl)
-      .exec();
+    await this.recordBlobs([{ registry, repository, digest }]);
+  }
+
+  /** recordBlob for several blobs, in one transaction (one round trip). */
+  async recordBlobs(
+    blobs: { registry: string; repository: string; digest: string }[],
+  ): Promise<void> {
+    if (blobs.length === 0) return;
+    const multi = this.redis.multi();
+    const now = Date.now();
+    for (const b of blobs) {
+      const k = this.keys.blobRepos(b.registry, b.digest);
+      multi
+        .zadd(k, now, b.repository)
+        .zremrangebyrank(k, 0, -this.max - 1)
+        .expire(k, this.ttl);
+    }
+    await multi.exec();
   }
 
   /** Repositories of `registry` known to hold `digest`, most recently recorded first. */

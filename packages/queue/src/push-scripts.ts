@@ -72,41 +72,49 @@ return {1, cur, eid}
 `,
 );
 
-// KEYS: hash, events. ARGV: ttl, field prefix, imageIndex, index, emit ('1'/'0'), at, attr/value pairs
-// (an attr written '+name' adds the integer value to the attribute: bytesSent across attempts)
+// KEYS: hash, events. ARGV: ttl, emit ('1'/'0'), at, then per layer: field prefix, imageIndex,
+// index, n, and n attr/value pairs (an attr written '+name' adds the integer value to the
+// attribute: bytesSent across attempts). Returns each layer's event id ('' without events).
 export const LAYER_UPDATE = new Script(
-  'ferryPushLayerUpdate',
+  'ferryPushLayersUpdate',
   `
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local p = ARGV[2]
--- 'cancelled' is final: a worker's late progress report never turns it back into 'uploading'.
-local sticky = redis.call('HGET', KEYS[1], p .. 'state') == '"cancelled"'
-for i = 7, #ARGV, 2 do
-  if sticky and ARGV[i] == 'state' then
-    -- keep the cancelled state
-  elseif string.sub(ARGV[i], 1, 1) == '+' then
-    redis.call('HINCRBY', KEYS[1], p .. string.sub(ARGV[i], 2), ARGV[i + 1])
-  else
-    redis.call('HSET', KEYS[1], p .. ARGV[i], ARGV[i + 1])
-  end
-end
-local eid = ''
-if ARGV[5] == '1' then
-  local names = {${LAYER_ATTRS.map((a) => `'${a}'`).join(', ')}}
-  local json = '{"type":"layer","imageIndex":' .. ARGV[3] .. ',"index":' .. ARGV[4]
-  for _, n in ipairs(names) do
-    local v = redis.call('HGET', KEYS[1], p .. n)
-    if not v then
-      if n == 'state' then v = '"pending"' elseif n == 'bytesSent' then v = '0' end
+local names = {${LAYER_ATTRS.map((a) => `'${a}'`).join(', ')}}
+local out = {}
+local i = 4
+while i <= #ARGV do
+  local p = ARGV[i]
+  local n = tonumber(ARGV[i + 3])
+  -- 'cancelled' is final: a worker's late progress report never turns it back into 'uploading'.
+  local sticky = redis.call('HGET', KEYS[1], p .. 'state') == '"cancelled"'
+  for j = i + 4, i + 2 + 2 * n, 2 do
+    if sticky and ARGV[j] == 'state' then
+      -- keep the cancelled state
+    elseif string.sub(ARGV[j], 1, 1) == '+' then
+      redis.call('HINCRBY', KEYS[1], p .. string.sub(ARGV[j], 2), ARGV[j + 1])
+    else
+      redis.call('HSET', KEYS[1], p .. ARGV[j], ARGV[j + 1])
     end
-    if v then json = json .. ',"' .. n .. '":' .. v end
   end
-  json = json .. ',"at":"' .. ARGV[6] .. '"}'
-  eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', json)
+  local eid = ''
+  if ARGV[2] == '1' then
+    local json = '{"type":"layer","imageIndex":' .. ARGV[i + 1] .. ',"index":' .. ARGV[i + 2]
+    for _, a in ipairs(names) do
+      local v = redis.call('HGET', KEYS[1], p .. a)
+      if not v then
+        if a == 'state' then v = '"pending"' elseif a == 'bytesSent' then v = '0' end
+      end
+      if v then json = json .. ',"' .. a .. '":' .. v end
+    end
+    json = json .. ',"at":"' .. ARGV[3] .. '"}'
+    eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ${EVENT_MAXLEN}, '*', 'e', json)
+  end
+  out[#out + 1] = eid
+  i = i + 4 + 2 * n
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-return eid
+return out
 `,
 );
 

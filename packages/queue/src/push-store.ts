@@ -308,32 +308,42 @@ export class PushStore {
     patch: LayerPatch,
     opts: { event?: boolean; addBytesSent?: number } = {},
   ): Promise<string | undefined> {
+    const r = await this.updateLayers(id, [{ key, patch, addBytesSent: opts.addBytesSent }], opts);
+    return r?.[0];
+  }
+
+  /**
+   * updateLayer for several layers in one Redis call (one script, each layer's
+   * event in order). Returns the event ids, or undefined when the push is unknown.
+   */
+  async updateLayers(
+    id: string,
+    updates: { key: LayerKey; patch: LayerPatch; addBytesSent?: number }[],
+    opts: { event?: boolean } = {},
+  ): Promise<string[] | undefined> {
     assertPushId(id);
-    const pairs: string[] = [];
-    for (const a of LAYER_ATTRS) {
-      if (patch[a] !== undefined) pairs.push(a, JSON.stringify(patch[a]));
-    }
-    if (opts.addBytesSent !== undefined) {
-      if (!Number.isSafeInteger(opts.addBytesSent) || opts.addBytesSent < 0) {
-        throw new Error(`addBytesSent must be a non-negative integer, got ${opts.addBytesSent}`);
+    if (updates.length === 0) return [];
+    const args: (string | number)[] = [
+      this.ttlSeconds,
+      opts.event === false ? '0' : '1',
+      new Date().toISOString(),
+    ];
+    for (const { key, patch, addBytesSent } of updates) {
+      const pairs: string[] = [];
+      for (const a of LAYER_ATTRS) {
+        if (patch[a] !== undefined) pairs.push(a, JSON.stringify(patch[a]));
       }
-      if (patch.bytesSent !== undefined) throw new Error('bytesSent and addBytesSent together');
-      pairs.push('+bytesSent', String(opts.addBytesSent));
+      if (addBytesSent !== undefined) {
+        if (!Number.isSafeInteger(addBytesSent) || addBytesSent < 0) {
+          throw new Error(`addBytesSent must be a non-negative integer, got ${addBytesSent}`);
+        }
+        if (patch.bytesSent !== undefined) throw new Error('bytesSent and addBytesSent together');
+        pairs.push('+bytesSent', String(addBytesSent));
+      }
+      args.push(layerPrefix(key), key.imageIndex, key.index, pairs.length / 2, ...pairs);
     }
-    const r = await LAYER_UPDATE.run(
-      this.redis,
-      [this.keys.push(id), this.keys.events(id)],
-      [
-        this.ttlSeconds,
-        layerPrefix(key),
-        key.imageIndex,
-        key.index,
-        opts.event === false ? '0' : '1',
-        new Date().toISOString(),
-        ...pairs,
-      ],
-    );
-    return r === null ? undefined : (r as string);
+    const r = await LAYER_UPDATE.run(this.redis, [this.keys.push(id), this.keys.events(id)], args);
+    return r === null ? undefined : (r as string[]);
   }
 
   /**

@@ -511,6 +511,43 @@ describe('@ferry/queue against a real redis-server', function () {
       assert.equal(last.type === 'status' && last.status, 'cancelled');
     });
 
+    it('updates several layers in one call: each its own event, in order; cancelled stays', async () => {
+      await store.create('u1', request, { layout: { images: [{ layers: 3 }] } });
+      await store.updateLayer('u1', { imageIndex: 0, index: 2 }, { state: 'cancelled' });
+      const digest = 'sha256:' + 'e'.repeat(64);
+      const ids = await store.updateLayers('u1', [
+        { key: { imageIndex: 0, index: 0 }, patch: { state: 'exists', digest, size: 5 } },
+        { key: { imageIndex: 0, index: 1 }, patch: { state: 'uploading' }, addBytesSent: 7 },
+        { key: { imageIndex: 0, index: 2 }, patch: { state: 'exists', digest } },
+      ]);
+      assert.equal(ids?.length, 3);
+      const s = await store.get('u1');
+      assert.deepEqual(
+        s?.layers.map((l) => [l.index, l.state, l.digest, l.bytesSent]),
+        [
+          [0, 'exists', digest, 0],
+          [1, 'uploading', undefined, 7],
+          [2, 'cancelled', digest, 0],
+        ],
+      );
+      const layerEvents = (await store.readEvents('u1'))
+        .map((e) => e.event)
+        .flatMap((e) => (e.type === 'layer' ? [[e.index, e.state]] : []));
+      assert.deepEqual(layerEvents, [
+        [2, 'cancelled'],
+        [0, 'exists'],
+        [1, 'uploading'],
+        [2, 'cancelled'],
+      ]);
+      assert.deepEqual(await store.updateLayers('u1', []), []);
+      assert.equal(
+        await store.updateLayers('never', [
+          { key: { imageIndex: 0, index: 0 }, patch: { state: 'exists' } },
+        ]),
+        undefined,
+      );
+    });
+
     it('maps an idempotency key to the first push id', async () => {
       const a = await store.idempotent('key-1', 'id-a', 'fp1');
       assert.deepEqual(a, { id: 'id-a', created: true, sameRequest: true });

@@ -181,19 +181,59 @@ export async function markPresent(
   pushId: string,
   key: { imageIndex: number; index: number },
   repo: RepoRef,
-  found: { state: 'exists' | 'mounted'; digest: string; size?: number; mountedFrom?: string },
+  found: FoundBlob,
 ): Promise<void> {
-  // Three writes sent together: one round trip, not three.
+  await markPresentMany(ctx, pushId, [{ key, repo, found }]);
+}
+
+/** A blob a lookup found in a target: what markPresentMany records. */
+export interface PresentMark {
+  key: { imageIndex: number; index: number };
+  repo: RepoRef;
+  found: FoundBlob;
+}
+
+/**
+ * Records blobs found present (exists / mounted): each layer's state and
+ * event (in layer order), the blob index, the counters — three writes sent
+ * together however many layers, one round trip.
+ */
+export async function markPresentMany(
+  ctx: QueueContext,
+  pushId: string,
+  marks: readonly PresentMark[],
+): Promise<void> {
+  if (marks.length === 0) return;
+  const counts = new Map<string, number>();
+  for (const m of marks) counts.set(m.found.state, (counts.get(m.found.state) ?? 0) + 1);
+  // Events in layer order, whatever order the lookups finished in.
+  const ordered = [...marks].sort(
+    (a, b) => a.key.imageIndex - b.key.imageIndex || a.key.index - b.key.index,
+  );
   await Promise.all([
-    ctx.store.updateLayer(pushId, key, {
-      state: found.state,
-      digest: found.digest,
-      ...(found.size !== undefined ? { size: found.size } : {}),
-      // bytesSent stays: what earlier attempts sent went on the wire (it counts every attempt).
-      ...(found.mountedFrom ? { mountedFrom: found.mountedFrom } : {}),
-    }),
-    ctx.blobs.recordBlob(repo.registry, repo.repository, found.digest),
-    ctx.metrics.inc('ferry_blobs_total', { result: found.state }).catch(() => undefined),
+    ctx.store.updateLayers(
+      pushId,
+      ordered.map(({ key, found }) => ({
+        key,
+        patch: {
+          state: found.state,
+          digest: found.digest,
+          ...(found.size !== undefined ? { size: found.size } : {}),
+          // bytesSent stays: what earlier attempts sent went on the wire (it counts every attempt).
+          ...(found.mountedFrom ? { mountedFrom: found.mountedFrom } : {}),
+        },
+      })),
+    ),
+    ctx.blobs.recordBlobs(
+      marks.map(({ repo, found }) => ({
+        registry: repo.registry,
+        repository: repo.repository,
+        digest: found.digest,
+      })),
+    ),
+    ...[...counts].map(([result, n]) =>
+      ctx.metrics.inc('ferry_blobs_total', { result }, n).catch(() => undefined),
+    ),
   ]);
 }
 

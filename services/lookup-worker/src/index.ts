@@ -43,7 +43,9 @@ import {
   type TargetLayer,
   createRegistryClient,
   findInRegistry,
-  markPresent,
+  markPresentMany,
+  type FoundBlob,
+  type PresentMark,
   layerOf,
   PushRequests,
   pushLayoutOf,
@@ -88,19 +90,18 @@ async function candidateDigest(ctx: QueueContext, d: LookupJob, layer: Layer) {
 }
 
 /**
- * HEAD, else a cross-repository mount, in one target. A permanent error is
- * that target's alone when the push fans out (the others go on); with one
- * target it fails the job, as before.
+ * HEAD, else a cross-repository mount, in one target (recorded by the
+ * caller). A permanent error is that target's alone when the push fans out
+ * (the others go on); with one target it fails the job, as before.
  */
 async function lookInTarget(
   deps: LookupDeps,
-  d: LookupJob,
   target: string,
   digest: string,
   size: number | undefined,
   mountFrom: string[],
   fanOut: boolean,
-): Promise<TargetLayer | undefined> {
+): Promise<FoundBlob | FailedTarget | undefined> {
   const { ctx, client, logger } = deps;
   const repo = targetRepo(target);
   try {
@@ -115,13 +116,6 @@ async function lookInTarget(
       found.state === 'exists'
         ? `layer ${digest} already exists in ${repo.registry}/${repo.repository}, skipping`
         : `layer ${digest} mounted from ${found.mountedFrom} into ${repo.registry}/${repo.repository}`,
-    );
-    await markPresent(
-      ctx,
-      d.pushId,
-      { imageIndex: d.imageIndex, index: d.layerIndex },
-      repo,
-      found,
     );
     return found;
   } catch (err) {
@@ -142,6 +136,12 @@ function sourceMounts(opened: OpenedSource, target: string): string[] {
   return src.registry === targetRepo(target).registry ? [src.repository] : [];
 }
 
+/** A target that refused the layer for good (fan-out): that target's failure alone. */
+interface FailedTarget {
+  state: 'failed';
+  error: { code: string; message: string };
+}
+
 export function lookupProcessor(deps: LookupDeps) {
   const { ctx, requests } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
@@ -156,11 +156,17 @@ export function lookupProcessor(deps: LookupDeps) {
     if (!Number.isInteger(n) || n < 1) {
       throw new PermanentError('FERRY_BAD_JOB', `lookup job ${job.id}: bad layer count ${n}`);
     }
-    if (n === 1) return lookUpLayer(deps, job, d);
-    const layers = await eachLayer(d.layerIndex, n, deps.parallel ?? DEFAULT_PARALLEL, (l) =>
-      lookUpLayer(deps, job, { ...d, layerIndex: l, layers: undefined }),
-    );
-    return { ...layers[0], layers };
+    // Blobs found present are recorded together when the job's layers are done (one round trip).
+    const marks: PresentMark[] = [];
+    try {
+      if (n === 1) return await lookUpLayer(deps, job, d, marks);
+      const layers = await eachLayer(d.layerIndex, n, deps.parallel ?? DEFAULT_PARALLEL, (l) =>
+        lookUpLayer(deps, job, { ...d, layerIndex: l, layers: undefined }, marks),
+      );
+      return { ...layers[0], layers };
+    } finally {
+      await markPresentMany(ctx, d.pushId, marks);
+    }
   };
 }
 
@@ -196,11 +202,16 @@ async function eachLayer(
   return settled.map((r) => (r as PromiseFulfilledResult<LayerOutcome>).value);
 }
 
-/** One layer: HEAD in every target, else a mount, else an upload job added to the flow. */
+/**
+ * One layer: HEAD in every target, else a mount, else an upload job added to
+ * the flow. A layer present in every target is left in `marks` for the job to
+ * record; one handed to an upload is recorded before the hand-off.
+ */
 async function lookUpLayer(
   deps: LookupDeps,
   job: Job<LookupJob>,
   d: LookupJob,
+  marks: PresentMark[],
 ): Promise<LayerOutcome> {
   const { ctx, sources } = deps;
   const opened = await sources.open(sourceRefOf(d));
@@ -234,11 +245,11 @@ async function lookUpLayer(
   const { digest, size, diffId, total } = await candidateDigest(ctx, d, layer);
   const per: Record<string, TargetLayer> = {};
   const missing: string[] = [];
+  const present: PresentMark[] = [];
   for (const target of targets) {
     const found = digest
       ? await lookInTarget(
           deps,
-          d,
           target,
           digest,
           size,
@@ -246,10 +257,15 @@ async function lookUpLayer(
           targets.length > 1,
         )
       : undefined;
-    if (found) per[target] = found;
-    else missing.push(target);
+    if (!found) missing.push(target);
+    else per[target] = found;
+    if (found && found.state !== 'failed') present.push({ key, repo: targetRepo(target), found });
   }
-  if (missing.length === 0) return { ...base, ...per[targets[0]], diffId, targets: per };
+  if (missing.length === 0) {
+    marks.push(...present);
+    return { ...base, ...per[targets[0]], diffId, targets: per };
+  }
+  await markPresentMany(ctx, d.pushId, present);
 
   // 4. Missing somewhere: one upload job for every target that lacks it, added before this job completes.
   const upload: UploadJob = {

@@ -97,18 +97,20 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
   });
 
   /** An OCI layout of two layers, a push of it, and the target holding layer 0 already. */
-  async function preparePush(name: string) {
+  async function preparePush(name: string, present = 1) {
     const { dir, layers } = writeOciLayout(env.root, name);
     const repo = { registry: env.registry.host, repository: `lookup/${name}` };
-    // The target has layer 0 already.
-    await env.client.uploadBlob(repo, {
-      size: layers[0].size,
-      digest: layers[0].digest,
-      open: async () => ({
-        stream: (await import('node:stream')).Readable.from([layers[0].bytes]),
-        done: Promise.resolve({ digest: layers[0].digest, size: layers[0].size }),
-      }),
-    });
+    // The target has the first `present` layers already.
+    for (const l of layers.slice(0, present)) {
+      await env.client.uploadBlob(repo, {
+        size: l.size,
+        digest: l.digest,
+        open: async () => ({
+          stream: (await import('node:stream')).Readable.from([l.bytes]),
+          done: Promise.resolve({ digest: l.digest, size: l.size }),
+        }),
+      });
+    }
     const push = await createPush(
       env,
       `oci:${dir}:latest`,
@@ -241,5 +243,48 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     // A bad count is refused before anything is looked at.
     await job.updateData({ ...job.data, layers: 0 });
     await assert.rejects(processor()(job), /bad layer count 0/);
+  });
+
+  it('records the layers a job found present together: one transaction, one counter write', async () => {
+    const { push, layers } = await preparePush('all-present', 2);
+    await enqueue(env, push);
+    const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
+    assert.ok(job);
+    const redis = env.ctx.connection;
+    const calls = async (): Promise<Record<string, number>> => {
+      const info = (await redis.info('commandstats')) as string;
+      return Object.fromEntries(
+        [...info.matchAll(/^cmdstat_([a-z]+):calls=(\d+)/gm)].map((m) => [m[1], Number(m[2])]),
+      );
+    };
+    const before = await calls();
+    const outcome = await processor()(job);
+    const after = await calls();
+    const delta = (c: string) => (after[c] ?? 0) - (before[c] ?? 0);
+    assert.deepEqual(
+      outcome.layers?.map((o) => o.state),
+      ['exists', 'exists'],
+    );
+    // One per job, not one per layer (the blob index and ferry_blobs_total).
+    assert.equal(delta('multi'), 1, 'blob index: one transaction');
+    assert.equal(delta('hincrbyfloat'), 1, 'ferry_blobs_total: one write for both layers');
+    const state = await env.ctx.store.get(push.id);
+    assert.deepEqual(
+      state?.layers.map((l) => [l.state, l.digest]),
+      layers.map((l) => ['exists', l.digest]),
+    );
+    // Each layer still gets its own event, in layer order.
+    const events = (await env.ctx.store.readEvents(push.id)).map((e) => e.event);
+    assert.deepEqual(
+      events.flatMap((e) => (e.type === 'layer' ? [[e.index, e.state]] : [])),
+      [
+        [0, 'exists'],
+        [1, 'exists'],
+      ],
+    );
+    assert.deepEqual(await env.ctx.blobs.reposWithBlob(env.registry.host, layers[1].digest), [
+      'lookup/all-present',
+    ]);
+    assert.deepEqual(await uploadsOf(push.id), []);
   });
 });
