@@ -255,6 +255,11 @@ export class Transport {
         body: opts.body ?? null,
         signal: opts.signal,
         ...(opts.headersTimeout !== undefined ? { headersTimeout: opts.headersTimeout } : {}),
+        // undici closes a connection after every HEAD, in case a server sends a body with the
+        // reply; registries answer HEAD as HTTP says, and a connection per existence check costs
+        // a TCP connect and an error object each. A server that says `Connection: close` still
+        // gets its connection closed.
+        ...(method === 'HEAD' ? { reset: false } : {}),
       });
       return { status: r.statusCode, headers: r.headers, body: r.body, url };
     } catch (e) {

@@ -223,6 +223,30 @@ describe('registry client against docker-registry 2.8', function () {
       });
     });
 
+    it('keeps its connection across existence checks (HEAD), as for other requests', async () => {
+      const proxy = await startProxy({ host: '127.0.0.1', port: reg.port });
+      const mine = new RegistryClient({
+        allow: ['127.0.0.1'],
+        retry: quick,
+        dockerConfigPath: reg.dockerConfigPath,
+      });
+      try {
+        const r = { registry: proxy.host, repository: 'team/heads' };
+        const blob = randomBytes(100);
+        await mine.uploadBlob(r, bufferBlobSource(blob, digestOf(blob)), { monolithic: true });
+        const before = proxy.connections;
+        for (let i = 0; i < 10; i++) {
+          assert.equal((await mine.blobExists(r, digestOf(blob)))?.size, 100);
+          assert.equal(await mine.blobExists(r, digestOf(Buffer.from(`absent ${i}`))), undefined);
+        }
+        // One after another: one connection (undici alone would open one per HEAD).
+        assert.ok(proxy.connections - before <= 1, `${proxy.connections - before} connections`);
+      } finally {
+        await mine.close();
+        await proxy.stop();
+      }
+    });
+
     it('reports unknown blobs and repositories', async () => {
       assert.equal(
         await client.blobExists(repo(), digestOf(Buffer.from('never pushed'))),
