@@ -156,14 +156,14 @@ function lookupData(
   img: number,
   l: number,
   gzipLevel: number,
-  layers = 1,
+  layers?: number,
 ): LookupJob {
   return {
     v: JOB_VERSION,
     pushId,
     imageIndex: img,
     layerIndex: l,
-    ...(layers !== 1 ? { layers } : {}),
+    ...(layers !== undefined ? { layers } : {}),
     source: request.source,
     target: request.target,
     gzipLevel,

@@ -128,9 +128,10 @@ export interface LayerJob {
 export interface LookupJob extends LayerJob {
   resolve?: boolean;
   /**
-   * How many layers the job looks up, from `layerIndex` on (absent: 1). A
-   * source whose layers all state their digests gets one job per image: its
-   * HEADs run side by side in one job, not one job each.
+   * Set on the job of a whole image (a source whose layers all state their
+   * digests): its layer count, looked up side by side from `layerIndex` 0,
+   * and the image's stated config blob with them. Absent: the one layer
+   * `layerIndex`.
    */
   layers?: number;
 }

@@ -47,6 +47,18 @@ export interface LayerOutcome {
   targets?: Record<string, TargetLayer>;
   /** A lookup job of several layers (version 4): each layer's outcome; the fields above are the first's. */
   layers?: LayerOutcome[];
+  /**
+   * A whole image's lookup job: where it found the image's stated config
+   * blob (per target; a target it could not check is left out, and the
+   * coordinator looks there itself).
+   */
+  config?: ConfigOutcome;
+}
+
+/** The config blob of an image as a lookup found it in each target it checked. */
+export interface ConfigOutcome {
+  digest: string;
+  targets: Record<string, 'exists' | 'mounted' | 'missing'>;
 }
 
 /**

@@ -43,6 +43,21 @@ export function layerResults(
   target?: string,
 ): Map<string, LayerOutcome> {
   const out = new Map<string, LayerOutcome>();
+  for (const v of Object.values(values)) {
+    // A whole image's lookup: where it found the config (`<image>/config`; see configState).
+    const c = v && typeof v === 'object' ? v.config : undefined;
+    if (!c || typeof c.digest !== 'string' || !c.targets) continue;
+    const state = target !== undefined ? c.targets[target] : Object.values(c.targets)[0];
+    if (state) {
+      out.set(configKey(v.imageIndex), {
+        imageIndex: v.imageIndex,
+        layerIndex: -1,
+        mediaType: '',
+        digest: c.digest,
+        state: state === 'missing' ? 'upload' : state,
+      });
+    }
+  }
   // A lookup job of a whole image answers for each of its layers.
   const each = Object.values(values).flatMap((v) =>
     v && typeof v === 'object' && Array.isArray(v.layers) ? v.layers : [v],
@@ -59,6 +74,27 @@ export function layerResults(
     if (!prev || prev.state === 'upload') out.set(k, r);
   }
   return out;
+}
+
+/** Where layerResults keeps what a lookup found of an image's config blob. */
+export function configKey(imageIndex: number): string {
+  return `${imageIndex}/config`;
+}
+
+/**
+ * What the lookup found of this config blob in the target: 'present' (it
+ * HEADed or mounted it), 'missing' (HEAD and mounts found nothing), or
+ * undefined — not looked for, or another config than the one to push.
+ */
+function configState(
+  results: Map<string, LayerOutcome>,
+  imageIndex: number,
+  config: Canonical,
+): 'present' | 'missing' | undefined {
+  const r = results.get(configKey(imageIndex));
+  if (!r || r.digest !== config.digest) return undefined;
+  if (r.state === 'exists' || r.state === 'mounted') return 'present';
+  return r.state === 'upload' ? 'missing' : undefined;
 }
 
 export interface PushedImage {
@@ -212,8 +248,18 @@ export async function pushImages(
   for (const [i, image] of opened.images.entries()) {
     const { config, manifest } = assembleImage(image, i, results, format);
     if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
-    await pushBlobIfMissing(ctx, client, repo, config, logger);
-    writes.push(ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest));
+    // The lookup of the whole image looked for its config beside the layers (and recorded it).
+    const known = configState(results, i, config);
+    if (known === 'missing') {
+      await client.uploadBlob(repo, bufferBlobSource(config.bytes, config.digest), {
+        monolithic: true,
+      });
+    } else if (known !== 'present') {
+      await pushBlobIfMissing(ctx, client, repo, config, logger);
+    }
+    if (known !== 'present') {
+      writes.push(ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest));
+    }
     const one: PushedImage = { manifest, platform: image.platform };
     pushed.push(one);
     if (byTag && opened.images.length === 1 && !opened.indexBytes) {

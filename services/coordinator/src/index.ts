@@ -95,8 +95,9 @@ function shifted(results: Map<string, LayerOutcome>, first: number): Map<string,
   if (first === 0) return results;
   const out = new Map<string, LayerOutcome>();
   for (const [k, v] of results) {
-    const [img, layer] = k.split('/').map(Number);
-    if (img >= first) out.set(`${img - first}/${layer}`, v);
+    const [img, rest] = k.split('/');
+    // `rest`: a layer index, or `config` (configKey)
+    if (Number(img) >= first) out.set(`${Number(img) - first}/${rest}`, v);
   }
   return out;
 }

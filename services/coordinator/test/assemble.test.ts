@@ -27,6 +27,7 @@ import {
   createPush,
   startServiceEnv,
   until,
+  writeOciImage,
   type ServiceEnv,
 } from '../../upload-worker/test/helpers';
 import { enqueue } from '../../upload-worker/test/processes';
@@ -152,6 +153,36 @@ describe('coordinator: assembleProcessor (real redis-server and docker-registry)
       assert.equal(config.config.Labels['org.opencontainers.image.title'], 'ferry-hello');
       assert.equal(await tagDigest(`${host}/mount/b:1`), second.manifest?.digest);
       assert.equal(second.manifest?.digest, first.manifest?.digest);
+    } finally {
+      await role.close();
+    }
+  });
+
+  it('an image whose config the lookup looked for: the coordinator puts it without looking, or leaves it', async () => {
+    const { dir, config } = writeOciImage(env.root, 'config-hint');
+    const { client, role } = await startAssembler();
+    try {
+      const host = env.registry.host;
+      const first = await createPush(env, `oci:${dir}:latest`, `${host}/hint/app:1`);
+      assert.equal(first.layout.lookupPerImage, true);
+      await enqueue(env, first);
+      const a = await waitForPush(env.ctx, first.id);
+      assert.equal(a.status, 'succeeded', JSON.stringify(a.error));
+      const forConfig = () =>
+        client.calls.filter((c) => c.digest === config.digest).map((c) => c.op);
+      // The lookup found it missing: one upload, no HEAD of the coordinator's own.
+      assert.deepEqual(forConfig(), ['upload']);
+      client.calls.length = 0;
+      const again = await createPush(env, `oci:${dir}:latest`, `${host}/hint/app:2`);
+      await enqueue(env, again);
+      const b = await waitForPush(env.ctx, again.id);
+      assert.equal(b.status, 'succeeded', JSON.stringify(b.error));
+      // The lookup found it: the coordinator does not ask the registry about it at all.
+      assert.deepEqual(forConfig(), []);
+      const raw = await skopeoInspect(`docker://${host}/hint/app:2`, ['--raw']);
+      assert.equal(raw.config.digest, config.digest);
+      const read = await skopeoInspect(`docker://${host}/hint/app:2`, ['--config']);
+      assert.equal(read.architecture, 'amd64');
     } finally {
       await role.close();
     }

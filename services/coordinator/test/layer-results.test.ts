@@ -84,4 +84,25 @@ describe('coordinator: layerResults per target of a fan-out', () => {
       ]);
     }
   });
+
+  it("a whole image's lookup says per target where the config is (`<image>/config`)", () => {
+    const C = 'sha256:' + 'c'.repeat(64);
+    const image: LayerOutcome = {
+      ...base,
+      state: 'exists',
+      digest: D,
+      size: 10,
+      layers: [{ ...base, state: 'exists', digest: D, size: 10 }],
+      config: { digest: C, targets: { 'a/x:1': 'exists', 'b/x:1': 'missing' } },
+    };
+    const a = layerResults({ l: image }, 'a/x:1').get('0/config');
+    assert.deepEqual([a?.state, a?.digest, a?.layerIndex], ['exists', C, -1]);
+    assert.equal(layerResults({ l: image }, 'b/x:1').get('0/config')?.state, 'upload');
+    // A target the lookup could not check has no entry: the coordinator looks itself.
+    assert.equal(layerResults({ l: image }, 'c/x:1').get('0/config'), undefined);
+    // One target: its entry.
+    const one = { ...image, config: { digest: C, targets: { 'a/x:1': 'mounted' as const } } };
+    assert.equal(layerResults({ l: one }).get('0/config')?.state, 'mounted');
+    assert.equal(layerResults({ l: one }).get('0/0')?.state, 'exists');
+  });
 });

@@ -44,6 +44,7 @@ import {
   createRegistryClient,
   findInRegistry,
   markPresentMany,
+  type ConfigOutcome,
   type FoundBlob,
   type PresentMark,
   layerOf,
@@ -159,15 +160,65 @@ export function lookupProcessor(deps: LookupDeps) {
     // Blobs found present are recorded together when the job's layers are done (one round trip).
     const marks: PresentMark[] = [];
     try {
-      if (n === 1) return await lookUpLayer(deps, job, d, marks);
-      const layers = await eachLayer(d.layerIndex, n, deps.parallel ?? DEFAULT_PARALLEL, (l) =>
-        lookUpLayer(deps, job, { ...d, layerIndex: l, layers: undefined }, marks),
-      );
-      return { ...layers[0], layers };
+      if (d.layers === undefined) return await lookUpLayer(deps, job, d, marks);
+      // The image's config is looked for beside its layers (it never fails the job).
+      const configCheck = lookConfig(deps, d);
+      try {
+        const layers = await eachLayer(d.layerIndex, n, deps.parallel ?? DEFAULT_PARALLEL, (l) =>
+          lookUpLayer(deps, job, { ...d, layerIndex: l, layers: undefined }, marks),
+        );
+        const config = await configCheck;
+        return { ...layers[0], layers, ...(config ? { config } : {}) };
+      } finally {
+        await configCheck;
+      }
     } finally {
       await markPresentMany(ctx, d.pushId, marks);
     }
   };
+}
+
+/**
+ * A whole image's stated config blob, looked for in every target as a layer
+ * is (HEAD, else a mount), so the coordinator need not look again before the
+ * manifest: found ones are recorded in the blob index. A target that cannot
+ * be checked now is left out of the answer (the coordinator looks there
+ * itself); never throws.
+ */
+async function lookConfig(deps: LookupDeps, d: LookupJob): Promise<ConfigOutcome | undefined> {
+  const { ctx, client, sources, logger } = deps;
+  try {
+    const opened = await sources.open(sourceRefOf(d));
+    const bytes = opened.images[d.imageIndex]?.configBytes;
+    if (!bytes) return undefined;
+    const digest = sha256Digest(bytes);
+    const targets: ConfigOutcome['targets'] = {};
+    const found: { registry: string; repository: string; digest: string }[] = [];
+    for (const target of targetsOf(d)) {
+      const repo = targetRepo(target);
+      try {
+        const f = await findInRegistry(ctx, client, repo, digest, {
+          permitTimeoutMs: deps.permitTimeoutMs,
+          sizeHint: bytes.length,
+          logger,
+          mountFrom: sourceMounts(opened, target),
+        });
+        targets[target] = f ? f.state : 'missing';
+        if (f) found.push({ ...repo, digest });
+      } catch (err) {
+        logger.debug(`config ${digest} in ${target} left to the coordinator: ${errorText(err)}`);
+      }
+    }
+    await ctx.blobs.recordBlobs(found);
+    return { digest, targets };
+  } catch (err) {
+    logger.debug(`config of image ${d.imageIndex} left to the coordinator: ${errorText(err)}`);
+    return undefined;
+  }
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /** Layers a lookup job of a whole image looks up at once (each HEAD also waits for a registry permit). */

@@ -8,10 +8,6 @@
  * job, and fails only once every layer has been looked at.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import {
   imageLookupJobId,
   JOB_VERSION,
@@ -22,68 +18,13 @@ import {
 } from '@ferry/queue';
 import { PushRequests, SourceCache } from '@ferry/runtime';
 import { lookupProcessor } from '@ferry/lookup-worker';
-import { createPush, startServiceEnv, type ServiceEnv } from '../../upload-worker/test/helpers';
+import {
+  createPush,
+  startServiceEnv,
+  writeOciImage,
+  type ServiceEnv,
+} from '../../upload-worker/test/helpers';
 import { enqueue } from '../../upload-worker/test/processes';
-
-const sha = (b: Buffer | string) => 'sha256:' + createHash('sha256').update(b).digest('hex');
-
-/** An OCI layout with one linux/amd64 image of two gzip layers; returns its path and the blobs. */
-function writeOciLayout(root: string, name: string) {
-  const dir = join(root, name);
-  mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
-  const put = (b: Buffer) => {
-    const d = sha(b);
-    writeFileSync(join(dir, 'blobs', 'sha256', d.slice(7)), b);
-    return { digest: d, size: b.length, bytes: b };
-  };
-  const raws = [randomBytes(3000), randomBytes(5000)];
-  const layers = raws.map((r) => put(gzipSync(r)));
-  const config = put(
-    Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        rootfs: { type: 'layers', diff_ids: raws.map((r) => sha(r)) },
-      }),
-    ),
-  );
-  const manifest = put(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: {
-          mediaType: 'application/vnd.oci.image.config.v1+json',
-          digest: config.digest,
-          size: config.size,
-        },
-        layers: layers.map((l) => ({
-          mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
-          digest: l.digest,
-          size: l.size,
-        })),
-      }),
-    ),
-  );
-  writeFileSync(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  writeFileSync(
-    join(dir, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.index.v1+json',
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          digest: manifest.digest,
-          size: manifest.size,
-          platform: { os: 'linux', architecture: 'amd64' },
-          annotations: { 'org.opencontainers.image.ref.name': 'latest' },
-        },
-      ],
-    }),
-  );
-  return { dir, layers };
-}
 
 describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)', function () {
   this.timeout(120_000);
@@ -98,7 +39,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
 
   /** An OCI layout of two layers, a push of it, and the target holding layer 0 already. */
   async function preparePush(name: string, present = 1) {
-    const { dir, layers } = writeOciLayout(env.root, name);
+    const { dir, layers, config } = writeOciImage(env.root, name);
     const repo = { registry: env.registry.host, repository: `lookup/${name}` };
     // The target has the first `present` layers already.
     for (const l of layers.slice(0, present)) {
@@ -119,7 +60,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         platform: 'linux/amd64',
       },
     );
-    return { push, layers };
+    return { push, layers, config };
   }
 
   function processor() {
@@ -184,8 +125,8 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     });
   }
 
-  it('one job of the whole image (version 4): each layer looked at, the missing one handed to one upload child', async () => {
-    const { push, layers } = await preparePush('image');
+  it('one job of the whole image (version 4): each layer looked at, the missing one handed to one upload child, the config looked for', async () => {
+    const { push, layers, config } = await preparePush('image');
     await enqueue(env, push);
     const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
     assert.ok(job, 'one job for the image');
@@ -203,6 +144,11 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     // The top fields are the first layer's (what an older coordinator reads of a one-layer job).
     assert.equal(outcome.layerIndex, 0);
     assert.equal(outcome.state, 'exists');
+    // The config, looked for beside the layers: not in the target yet (the coordinator puts it).
+    assert.deepEqual(outcome.config, {
+      digest: config.digest,
+      targets: { [push.request.target]: 'missing' },
+    });
     const mine = await uploadsOf(push.id);
     assert.deepEqual(
       mine.map((j) => [j.id, j.data.layerIndex, j.parent?.id]),
@@ -243,6 +189,36 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     // A bad count is refused before anything is looked at.
     await job.updateData({ ...job.data, layers: 0 });
     await assert.rejects(processor()(job), /bad layer count 0/);
+  });
+
+  it('a config already in the target is found and recorded in the blob index', async () => {
+    const { push, config } = await preparePush('with-config');
+    const repo = { registry: env.registry.host, repository: 'lookup/with-config' };
+    await env.client.uploadBlob(repo, {
+      size: config.size,
+      digest: config.digest,
+      open: async () => ({
+        stream: (await import('node:stream')).Readable.from([config.bytes]),
+        done: Promise.resolve({ digest: config.digest, size: config.size }),
+      }),
+    });
+    await enqueue(env, push);
+    const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
+    assert.ok(job);
+    const outcome = await processor()(job);
+    assert.deepEqual(outcome.config, {
+      digest: config.digest,
+      targets: { [push.request.target]: 'exists' },
+    });
+    assert.deepEqual(await env.ctx.blobs.reposWithBlob(repo.registry, config.digest), [
+      repo.repository,
+    ]);
+    // A job of one layer (an older API's, or a source Ferry compresses) leaves the config alone.
+    const { push: other } = await preparePush('per-layer-config');
+    await enqueue(env, { ...other, layout: { images: other.layout.images } });
+    const one = await env.ctx.queues.lookup.getJob(lookupJobId(other.id, 0, 0));
+    assert.ok(one);
+    assert.equal((await processor()(one)).config, undefined);
   });
 
   it('records the layers a job found present together: one transaction, one counter write', async () => {

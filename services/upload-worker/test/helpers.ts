@@ -4,9 +4,10 @@
  * prefix, and pushes created in the push state the way the API accepts them
  * (source opened and pinned) — without the API.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { loadConfig, type FerryConfig } from '@ferry/config';
 import { formatSource, openSource, snapshotKey, type Layer } from '@ferry/image-source';
 import { createLogger, type Logger } from '@ferry/log';
@@ -177,4 +178,65 @@ export async function until<T>(fn: () => Promise<T> | T, pollMs = 25): Promise<N
     if (v) return v as NonNullable<T>;
     await new Promise((r) => setTimeout(r, pollMs));
   }
+}
+
+/** An OCI layout with one linux/amd64 image of two gzip layers; returns its path and the blobs (layers, config). */
+export function writeOciImage(root: string, name: string) {
+  const dir = join(root, name);
+  mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
+  const put = (b: Buffer) => {
+    const d = 'sha256:' + createHash('sha256').update(b).digest('hex');
+    writeFileSync(join(dir, 'blobs', 'sha256', d.slice(7)), b);
+    return { digest: d, size: b.length, bytes: b };
+  };
+  const raws = [randomBytes(3000), randomBytes(5000)];
+  const layers = raws.map((r) => put(gzipSync(r)));
+  const config = put(
+    Buffer.from(
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: {
+          type: 'layers',
+          diff_ids: raws.map((r) => 'sha256:' + createHash('sha256').update(r).digest('hex')),
+        },
+      }),
+    ),
+  );
+  const manifest = put(
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: {
+          mediaType: 'application/vnd.oci.image.config.v1+json',
+          digest: config.digest,
+          size: config.size,
+        },
+        layers: layers.map((l) => ({
+          mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+          digest: l.digest,
+          size: l.size,
+        })),
+      }),
+    ),
+  );
+  writeFileSync(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  writeFileSync(
+    join(dir, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [
+        {
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          digest: manifest.digest,
+          size: manifest.size,
+          platform: { os: 'linux', architecture: 'amd64' },
+          annotations: { 'org.opencontainers.image.ref.name': 'latest' },
+        },
+      ],
+    }),
+  );
+  return { dir, layers, config };
 }
