@@ -154,10 +154,24 @@ export class Transport {
     return { reg, name: repo.repository };
   }
 
+  /** Hosts already judged by isInsecure (its subnet entries are parsed on every call). */
+  private readonly insecureHosts = new Map<string, boolean>();
+
+  /** isInsecure against this transport's list, remembered per host (every request asks). */
+  private isInsecure(host: string): boolean {
+    let v = this.insecureHosts.get(host);
+    if (v === undefined) {
+      if (this.insecureHosts.size >= 1000) this.insecureHosts.clear();
+      v = isInsecure(host, this.insecure);
+      this.insecureHosts.set(host, v);
+    }
+    return v;
+  }
+
   /** The URL requests to reg start from (docker.io is served by registry-1.docker.io). */
   baseUrl(reg: string): URL {
     const host = reg === DOCKER_HUB ? 'registry-1.docker.io' : reg;
-    const scheme = isInsecure(host, this.insecure) ? 'http' : 'https';
+    const scheme = this.isInsecure(host) ? 'http' : 'https';
     return new URL(`${scheme}://${host}/`);
   }
 
@@ -175,7 +189,7 @@ export class Transport {
         { registry: reg },
       );
     }
-    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isInsecure(host, this.insecure)))
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && this.isInsecure(host)))
       throw refused(
         reg,
         `${reg}: ${what} ${host} over ${url.protocol} refused (not an insecure host)`,
@@ -202,7 +216,7 @@ export class Transport {
     const target = normalizeHost(url.host);
     if (!this.sameOrigin(reg, url) && !isAllowed(target, this.allow))
       throw refused(reg, `${what}: ${reg} sent us to ${target}, which is not on the allowlist`);
-    if (url.protocol === 'http:' && !isInsecure(target, this.insecure)) {
+    if (url.protocol === 'http:' && !this.isInsecure(target)) {
       throw refused(
         reg,
         `${what}: Location ${target} over plain HTTP refused (not an insecure registry)`,
