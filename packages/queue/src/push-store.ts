@@ -156,10 +156,7 @@ export class PushStore {
    * event only when the status changes: safe to call from every job.
    */
   async setStatus(id: string, status: 'queued' | 'running'): Promise<TransitionResult> {
-    // Cheap check first: every lookup job of a push calls this.
-    if ((await this.redis.hget(this.keys.push(id), 'status')) === status) {
-      return { ok: true, previous: status };
-    }
+    // One round trip even for the first job of a push (no read first: its lookup is often the only one).
     const at = new Date().toISOString();
     // The script changes nothing (and appends no event) when the status is already
     // `status`, so of several workers racing here exactly one records startedAt and the event.

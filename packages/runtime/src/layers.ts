@@ -268,35 +268,69 @@ export function underPermit<T>(
   fn: (call: CallOptions) => Promise<T>,
   timeoutMs: number,
 ): Promise<T> {
+  return ctx.lookupSemaphore.use(registry, (permit) => callUnder(permit, fn), { timeoutMs });
+}
+
+/** A registry's lookup permit held across several calls (one lane of a whole image's lookup). */
+export interface PermitLane {
+  readonly registry: string;
+  /** Runs one registry call under the lane's permit (taken again first if it was let go). */
+  run<T>(fn: (call: CallOptions) => Promise<T>): Promise<T>;
+}
+
+/**
+ * Holds one lookup permit of `registry` while `fn` makes its calls one after
+ * another through the lane: one permit taken and given back for them all,
+ * not one per call. Each call may still give the permit back while it sleeps.
+ */
+export function withPermitLane<T>(
+  ctx: QueueContext,
+  registry: string,
+  timeoutMs: number,
+  fn: (lane: PermitLane) => Promise<T>,
+): Promise<T> {
   return ctx.lookupSemaphore.use(
     registry,
-    async (permit: PermitControl) => {
-      const stop = new AbortController();
-      const watch = () => {
-        const signal = permit.signal;
-        if (signal.aborted) stop.abort(signal.reason);
-        else signal.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
-      };
-      watch();
-      try {
-        return await fn({
-          signal: stop.signal,
-          permit: {
-            release: () => permit.release(),
-            acquire: async () => {
-              await permit.reacquire();
-              watch();
-            },
-          },
-        });
-      } catch (err) {
-        // The call was stopped because the permit lapsed: say that (transient), not "aborted".
-        if (stop.signal.aborted && stop.signal.reason instanceof Error) throw stop.signal.reason;
-        throw err;
-      }
-    },
+    (permit) =>
+      fn({
+        registry,
+        run: async (call) => {
+          await permit.reacquire();
+          return callUnder(permit, call);
+        },
+      }),
     { timeoutMs },
   );
+}
+
+/** One registry call under a held permit: stopped when the permit lapses, given back while it sleeps. */
+async function callUnder<T>(
+  permit: PermitControl,
+  fn: (call: CallOptions) => Promise<T>,
+): Promise<T> {
+  const stop = new AbortController();
+  const watch = () => {
+    const signal = permit.signal;
+    if (signal.aborted) stop.abort(signal.reason);
+    else signal.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
+  };
+  watch();
+  try {
+    return await fn({
+      signal: stop.signal,
+      permit: {
+        release: () => permit.release(),
+        acquire: async () => {
+          await permit.reacquire();
+          watch();
+        },
+      },
+    });
+  } catch (err) {
+    // The call was stopped because the permit lapsed: say that (transient), not "aborted".
+    if (stop.signal.aborted && stop.signal.reason instanceof Error) throw stop.signal.reason;
+    throw err;
+  }
 }
 
 /**
@@ -317,11 +351,14 @@ export async function findInRegistry(
     logger?: Logger;
     /** Repositories of the same registry known to hold the blob (a docker:// source's), tried first. */
     mountFrom?: string[];
+    /** A permit of the registry already held (a lookup lane): its calls go through it. */
+    lane?: PermitLane;
   } = {},
 ): Promise<FoundBlob | undefined> {
   const timeoutMs = opts.permitTimeoutMs ?? 120_000;
+  const lane = opts.lane?.registry === repo.registry ? opts.lane : undefined;
   const checked = <T>(fn: (call: CallOptions) => Promise<T>) =>
-    underPermit(ctx, repo.registry, fn, timeoutMs);
+    lane ? lane.run(fn) : underPermit(ctx, repo.registry, fn, timeoutMs);
   const have = await checked((call) => client.blobExists(repo, digest, call));
   if (have) return { state: 'exists', digest, size: have.size };
   const known = await ctx.blobs.reposWithBlob(repo.registry, digest);

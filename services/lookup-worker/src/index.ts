@@ -47,6 +47,8 @@ import {
   type ConfigOutcome,
   type FoundBlob,
   type PresentMark,
+  type PermitLane,
+  withPermitLane,
   layerOf,
   PushRequests,
   pushLayoutOf,
@@ -102,6 +104,7 @@ async function lookInTarget(
   size: number | undefined,
   mountFrom: string[],
   fanOut: boolean,
+  lane?: PermitLane,
 ): Promise<FoundBlob | FailedTarget | undefined> {
   const { ctx, client, logger } = deps;
   const repo = targetRepo(target);
@@ -111,6 +114,7 @@ async function lookInTarget(
       sizeHint: size,
       logger,
       mountFrom,
+      lane,
     });
     if (!found) return undefined;
     logger.info(
@@ -161,17 +165,18 @@ export function lookupProcessor(deps: LookupDeps) {
     const marks: PresentMark[] = [];
     try {
       if (d.layers === undefined) return await lookUpLayer(deps, job, d, marks);
+      const layers: LayerOutcome[] = new Array(n);
+      let config: ConfigOutcome | undefined;
+      const tasks: LaneTask[] = Array.from({ length: n }, (_, i) => async (lane) => {
+        const one = { ...d, layerIndex: d.layerIndex + i, layers: undefined };
+        layers[i] = await lookUpLayer(deps, job, one, marks, lane);
+      });
       // The image's config is looked for beside its layers (it never fails the job).
-      const configCheck = lookConfig(deps, d);
-      try {
-        const layers = await eachLayer(d.layerIndex, n, deps.parallel ?? DEFAULT_PARALLEL, (l) =>
-          lookUpLayer(deps, job, { ...d, layerIndex: l, layers: undefined }, marks),
-        );
-        const config = await configCheck;
-        return { ...layers[0], layers, ...(config ? { config } : {}) };
-      } finally {
-        await configCheck;
-      }
+      tasks.push(async (lane) => {
+        config = await lookConfig(deps, d, lane);
+      });
+      await inLanes(deps, targetRepo(d.target).registry, tasks);
+      return { ...layers[0], layers, ...(config ? { config } : {}) };
     } finally {
       await markPresentMany(ctx, d.pushId, marks);
     }
@@ -185,7 +190,11 @@ export function lookupProcessor(deps: LookupDeps) {
  * be checked now is left out of the answer (the coordinator looks there
  * itself); never throws.
  */
-async function lookConfig(deps: LookupDeps, d: LookupJob): Promise<ConfigOutcome | undefined> {
+async function lookConfig(
+  deps: LookupDeps,
+  d: LookupJob,
+  lane?: PermitLane,
+): Promise<ConfigOutcome | undefined> {
   const { ctx, client, sources, logger } = deps;
   try {
     const opened = await sources.open(sourceRefOf(d));
@@ -202,6 +211,7 @@ async function lookConfig(deps: LookupDeps, d: LookupJob): Promise<ConfigOutcome
           sizeHint: bytes.length,
           logger,
           mountFrom: sourceMounts(opened, target),
+          lane,
         });
         targets[target] = f ? f.state : 'missing';
         if (f) found.push({ ...repo, digest });
@@ -221,36 +231,42 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Layers a lookup job of a whole image looks up at once (each HEAD also waits for a registry permit). */
+/** Layers a lookup job of a whole image looks up at once (FERRY_LOOKUP_CONCURRENCY by default). */
 const DEFAULT_PARALLEL = 5;
 
+/** One piece of a whole image's lookup, run in a lane (its calls to the first target's registry go through the lane's permit). */
+type LaneTask = (lane: PermitLane) => Promise<void>;
+
 /**
- * Runs `look` for layers first … first+n-1, at most `parallel` at a time, and
- * waits for every one before answering: a failure is thrown only once no
- * layer of the job is still at work (a permanent one before a transient one),
- * so a retried job never races its previous try. Outcomes in layer order.
+ * Runs the tasks in at most `parallel` lanes, each holding one lookup permit
+ * of `registry` for all the tasks it runs (one permit taken per lane, not one
+ * per HEAD; the cluster-wide cap still holds). Waits for every task before
+ * answering: a failure is thrown only once no task is still at work (a
+ * permanent one before a transient one), so a retried job never races its
+ * previous try. A lane that gets no permit in time fails the job only when
+ * no other lane ran its tasks.
  */
-async function eachLayer(
-  first: number,
-  n: number,
-  parallel: number,
-  look: (layerIndex: number) => Promise<LayerOutcome>,
-): Promise<LayerOutcome[]> {
-  const settled: PromiseSettledResult<LayerOutcome>[] = new Array(n);
+async function inLanes(deps: LookupDeps, registry: string, tasks: LaneTask[]): Promise<void> {
+  const failures: unknown[] = [];
+  const noPermit: unknown[] = [];
   let next = 0;
   const lane = async () => {
-    while (next < n) {
-      const i = next++;
-      settled[i] = await look(first + i).then(
-        (value) => ({ status: 'fulfilled', value }) as const,
-        (reason: unknown) => ({ status: 'rejected', reason }) as const,
-      );
+    if (next >= tasks.length) return;
+    try {
+      await withPermitLane(deps.ctx, registry, deps.permitTimeoutMs ?? 120_000, async (held) => {
+        while (next < tasks.length) {
+          const i = next++;
+          await tasks[i](held).catch((err: unknown) => failures.push(err));
+        }
+      });
+    } catch (err) {
+      noPermit.push(err);
     }
   };
-  await Promise.all(Array.from({ length: Math.min(Math.max(1, parallel), n) }, lane));
-  const failures = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason] : []));
+  const lanes = Math.min(Math.max(1, deps.parallel ?? DEFAULT_PARALLEL), tasks.length);
+  await Promise.all(Array.from({ length: lanes }, lane));
+  if (next < tasks.length) failures.push(...noPermit);
   if (failures.length > 0) throw failures.find((e) => isPermanent(e)) ?? failures[0];
-  return settled.map((r) => (r as PromiseFulfilledResult<LayerOutcome>).value);
 }
 
 /**
@@ -263,6 +279,7 @@ async function lookUpLayer(
   job: Job<LookupJob>,
   d: LookupJob,
   marks: PresentMark[],
+  lane?: PermitLane,
 ): Promise<LayerOutcome> {
   const { ctx, sources } = deps;
   const opened = await sources.open(sourceRefOf(d));
@@ -306,6 +323,7 @@ async function lookUpLayer(
           size,
           sourceMounts(opened, target),
           targets.length > 1,
+          lane,
         )
       : undefined;
     if (!found) missing.push(target);

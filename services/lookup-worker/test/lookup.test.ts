@@ -21,6 +21,7 @@ import { lookupProcessor } from '@ferry/lookup-worker';
 import {
   createPush,
   startServiceEnv,
+  until,
   writeOciImage,
   type ServiceEnv,
 } from '../../upload-worker/test/helpers';
@@ -63,13 +64,14 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     return { push, layers, config };
   }
 
-  function processor() {
+  function processor(parallel?: number) {
     return lookupProcessor({
       ctx: env.ctx,
       client: env.client,
       sources: new SourceCache(env.config),
       requests: new PushRequests(env.ctx.store),
       logger: env.logger,
+      ...(parallel !== undefined ? { parallel } : {}),
     });
   }
 
@@ -262,5 +264,40 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
       'lookup/all-present',
     ]);
     assert.deepEqual(await uploadsOf(push.id), []);
+  });
+
+  it('a whole image takes one lookup permit per lane, not one per HEAD, and gives them all back', async () => {
+    const { push } = await preparePush('lanes', 2);
+    await enqueue(env, push);
+    const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
+    assert.ok(job);
+    const sem = env.ctx.lookupSemaphore;
+    const heads: string[] = [];
+    let taken = 0;
+    const tryAcquire = sem.tryAcquire.bind(sem);
+    const blobExists = env.client.blobExists.bind(env.client);
+    sem.tryAcquire = async (...args) => {
+      const p = await tryAcquire(...args);
+      if (p) taken++;
+      return p;
+    };
+    env.client.blobExists = async (repo, digest, call) => {
+      heads.push(digest);
+      return blobExists(repo, digest, call);
+    };
+    try {
+      const outcome = await processor(2)(job);
+      assert.deepEqual(
+        outcome.layers?.map((o) => o.state),
+        ['exists', 'exists'],
+      );
+      assert.equal(heads.length, 3, 'two layers and the config');
+      assert.equal(taken, 2, 'two lanes, one permit each');
+      // Given back: every permit of the registry is free again.
+      await until(async () => (await sem.count(env.registry.host)) === 0);
+    } finally {
+      sem.tryAcquire = tryAcquire;
+      env.client.blobExists = blobExists;
+    }
   });
 });
