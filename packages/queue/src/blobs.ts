@@ -1,6 +1,24 @@
 import type { RedisConnection } from './connection';
 import { Keys } from './keys';
 import { Lease, type LeaseRef, type LeaseWrite } from './lease';
+import { Script } from './script';
+
+/**
+ * KEYS: one blob's repository set per blob. ARGV: now (ms), how many
+ * repositories to keep, TTL (s), then each key's repository. Records each,
+ * newest first, keeping the most recent ones.
+ */
+const RECORD_BLOBS = new Script(
+  'ferryBlobsRecord',
+  `
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[1], ARGV[3 + i])
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return #KEYS
+`,
+);
 
 export interface BlobIndexOptions {
   prefix: string;
@@ -81,21 +99,16 @@ export class BlobIndex {
     await this.recordBlobs([{ registry, repository, digest }]);
   }
 
-  /** recordBlob for several blobs, in one transaction (one round trip). */
+  /** recordBlob for several blobs: one script call however many. */
   async recordBlobs(
     blobs: { registry: string; repository: string; digest: string }[],
   ): Promise<void> {
     if (blobs.length === 0) return;
-    const multi = this.redis.multi();
-    const now = Date.now();
-    for (const b of blobs) {
-      const k = this.keys.blobRepos(b.registry, b.digest);
-      multi
-        .zadd(k, now, b.repository)
-        .zremrangebyrank(k, 0, -this.max - 1)
-        .expire(k, this.ttl);
-    }
-    await multi.exec();
+    await RECORD_BLOBS.run(
+      this.redis,
+      blobs.map((b) => this.keys.blobRepos(b.registry, b.digest)),
+      [Date.now(), this.max, this.ttl, ...blobs.map((b) => b.repository)],
+    );
   }
 
   /** Repositories of `registry` known to hold `digest`, most recently recorded first. */

@@ -122,8 +122,20 @@ export class Transport {
     return this.agent.close();
   }
 
+  /** Registries checkRegistry allowed already, by the name asked: the allowlist is fixed. */
+  private readonly allowedHosts = new Map<string, string>();
+
   /** Normalises a registry host and checks it against the allowlist (before any connection). */
   checkRegistry(registry: string): string {
+    const known = this.allowedHosts.get(registry);
+    if (known !== undefined) return known;
+    const host = this.judgeRegistry(registry);
+    if (this.allowedHosts.size >= 1000) this.allowedHosts.clear();
+    this.allowedHosts.set(registry, host);
+    return host;
+  }
+
+  private judgeRegistry(registry: string): string {
     let host: string;
     try {
       host = normalizeHost(registry);

@@ -214,8 +214,10 @@ export async function markPresentMany(
   ctx: QueueContext,
   pushId: string,
   marks: readonly PresentMark[],
+  /** Other blobs found present (an image's config) for the blob index, in the same call. */
+  blobs: readonly { registry: string; repository: string; digest: string }[] = [],
 ): Promise<void> {
-  if (marks.length === 0) return;
+  if (marks.length === 0 && blobs.length === 0) return;
   const counts = new Map<string, number>();
   for (const m of marks) counts.set(m.found.state, (counts.get(m.found.state) ?? 0) + 1);
   // Events in layer order, whatever order the lookups finished in.
@@ -236,13 +238,14 @@ export async function markPresentMany(
         },
       })),
     ),
-    ctx.blobs.recordBlobs(
-      marks.map(({ repo, found }) => ({
+    ctx.blobs.recordBlobs([
+      ...marks.map(({ repo, found }) => ({
         registry: repo.registry,
         repository: repo.repository,
         digest: found.digest,
       })),
-    ),
+      ...blobs,
+    ]),
     ...[...counts].map(([result, n]) =>
       ctx.metrics.inc('ferry_blobs_total', { result }, n).catch(() => undefined),
     ),

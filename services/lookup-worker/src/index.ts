@@ -163,6 +163,7 @@ export function lookupProcessor(deps: LookupDeps) {
     }
     // Blobs found present are recorded together when the job's layers are done (one round trip).
     const marks: PresentMark[] = [];
+    const blobs: BlobRecord[] = [];
     try {
       if (d.layers === undefined) return await lookUpLayer(deps, job, d, marks);
       const layers: LayerOutcome[] = new Array(n);
@@ -173,26 +174,34 @@ export function lookupProcessor(deps: LookupDeps) {
       });
       // The image's config is looked for beside its layers (it never fails the job).
       tasks.push(async (lane) => {
-        config = await lookConfig(deps, d, lane);
+        config = await lookConfig(deps, d, blobs, lane);
       });
       await inLanes(deps, targetRepo(d.target).registry, tasks);
       return { ...layers[0], layers, ...(config ? { config } : {}) };
     } finally {
-      await markPresentMany(ctx, d.pushId, marks);
+      await markPresentMany(ctx, d.pushId, marks, blobs);
     }
   };
+}
+
+/** A blob found in a repository, for the blob index. */
+interface BlobRecord {
+  registry: string;
+  repository: string;
+  digest: string;
 }
 
 /**
  * A whole image's stated config blob, looked for in every target as a layer
  * is (HEAD, else a mount), so the coordinator need not look again before the
- * manifest: found ones are recorded in the blob index. A target that cannot
+ * manifest: where it was found goes to `found` (the job records it with its layers). A target that cannot
  * be checked now is left out of the answer (the coordinator looks there
  * itself); never throws.
  */
 async function lookConfig(
   deps: LookupDeps,
   d: LookupJob,
+  found: BlobRecord[],
   lane?: PermitLane,
 ): Promise<ConfigOutcome | undefined> {
   const { ctx, client, sources, logger } = deps;
@@ -202,7 +211,6 @@ async function lookConfig(
     if (!bytes) return undefined;
     const digest = sha256Digest(bytes);
     const targets: ConfigOutcome['targets'] = {};
-    const found: { registry: string; repository: string; digest: string }[] = [];
     for (const target of targetsOf(d)) {
       const repo = targetRepo(target);
       try {
@@ -219,7 +227,6 @@ async function lookConfig(
         logger.debug(`config ${digest} in ${target} left to the coordinator: ${errorText(err)}`);
       }
     }
-    await ctx.blobs.recordBlobs(found);
     return { digest, targets };
   } catch (err) {
     logger.debug(`config of image ${d.imageIndex} left to the coordinator: ${errorText(err)}`);

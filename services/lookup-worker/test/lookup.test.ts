@@ -16,6 +16,7 @@ import {
   type LookupJob,
   type UploadJob,
 } from '@ferry/queue';
+import { bufferBlobSource } from '@ferry/registry-client';
 import { PushRequests, SourceCache } from '@ferry/runtime';
 import { lookupProcessor } from '@ferry/lookup-worker';
 import {
@@ -223,8 +224,10 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     assert.equal((await processor()(one)).config, undefined);
   });
 
-  it('records the layers a job found present together: one transaction, one counter write', async () => {
-    const { push, layers } = await preparePush('all-present', 2);
+  it('records what a job found present together: one script for the layers, one for the blob index, one counter write', async () => {
+    const { push, layers, config } = await preparePush('all-present', 2);
+    const repo = { registry: env.registry.host, repository: 'lookup/all-present' };
+    await env.client.uploadBlob(repo, bufferBlobSource(config.bytes, config.digest));
     await enqueue(env, push);
     const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
     assert.ok(job);
@@ -235,16 +238,37 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         [...info.matchAll(/^cmdstat_([a-z]+):calls=(\d+)/gm)].map((m) => [m[1], Number(m[2])]),
       );
     };
+    const store = env.ctx.store;
+    const blobIndex = env.ctx.blobs;
+    const updateLayers = store.updateLayers.bind(store);
+    const recordBlobs = blobIndex.recordBlobs.bind(blobIndex);
+    const writes: string[] = [];
+    store.updateLayers = (id, updates, opts) => {
+      writes.push(`layers ${updates.length}`);
+      return updateLayers(id, updates, opts);
+    };
+    blobIndex.recordBlobs = (blobs) => {
+      writes.push(`blobs ${blobs.length}`);
+      return recordBlobs(blobs);
+    };
+    let outcome;
     const before = await calls();
-    const outcome = await processor()(job);
+    try {
+      outcome = await processor()(job);
+    } finally {
+      store.updateLayers = updateLayers;
+      blobIndex.recordBlobs = recordBlobs;
+    }
     const after = await calls();
     const delta = (c: string) => (after[c] ?? 0) - (before[c] ?? 0);
     assert.deepEqual(
       outcome.layers?.map((o) => o.state),
       ['exists', 'exists'],
     );
-    // One per job, not one per layer (the blob index and ferry_blobs_total).
-    assert.equal(delta('multi'), 1, 'blob index: one transaction');
+    assert.equal(outcome.config?.targets[push.request.target], 'exists');
+    // One of each per job, not one per blob: both layers, and the config in the blob index.
+    assert.deepEqual(writes.sort(), ['blobs 3', 'layers 2']);
+    assert.equal(delta('multi'), 0, 'no transaction per blob');
     assert.equal(delta('hincrbyfloat'), 1, 'ferry_blobs_total: one write for both layers');
     const state = await env.ctx.store.get(push.id);
     assert.deepEqual(
@@ -260,9 +284,11 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         [1, 'exists'],
       ],
     );
-    assert.deepEqual(await env.ctx.blobs.reposWithBlob(env.registry.host, layers[1].digest), [
-      'lookup/all-present',
-    ]);
+    for (const digest of [layers[1].digest, config.digest]) {
+      assert.deepEqual(await env.ctx.blobs.reposWithBlob(env.registry.host, digest), [
+        'lookup/all-present',
+      ]);
+    }
     assert.deepEqual(await uploadsOf(push.id), []);
   });
 
