@@ -23,6 +23,26 @@ return 1
 `,
 );
 
+// KEYS: the sorted set. ARGV: limit, leaseMs, then new holders. Grants as many as the limit leaves
+// free, in order; returns how many.
+const ACQUIRE_MANY = new Script(
+  'ferrySemaphoreAcquireMany',
+  `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local n = 0
+for i = 3, #ARGV do
+  if n >= free then break end
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
+  n = n + 1
+end
+if n > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2) end
+return n
+`,
+);
+
 // KEYS: the sorted set. ARGV: leaseMs, holder. 1 when still held (and extended), 0 when lost.
 const RENEW = new Script(
   'ferrySemaphoreRenew',
@@ -201,6 +221,24 @@ export class Semaphore {
     return ok === 1 ? this.permit(key, holder) : null;
   }
 
+  /** As many of `holders` as there are free permits of key, in one call (none when all are held). */
+  async tryAcquireMany(key: string, holders: string[]): Promise<Permit[]> {
+    if (holders.length === 0) return [];
+    const n = (await ACQUIRE_MANY.run(
+      this.redis,
+      [this.keys.semaphore(this.name, key)],
+      [this.limit, this.leaseMs, ...holders],
+    )) as number;
+    return holders.slice(0, n).map((h) => this.permit(key, h));
+  }
+
+  /** Frees several permits of key in one call (their holders' ids) and wakes this process' waiters. */
+  private async releaseMany(key: string, holders: string[]): Promise<void> {
+    if (holders.length === 0) return;
+    await this.redis.zrem(this.keys.semaphore(this.name, key), ...holders);
+    this.wake(key);
+  }
+
   /** Waits for a permit, polling with backoff; null on timeout or abort. */
   async acquire(key: string, opts: AcquireOptions = {}): Promise<Permit | null> {
     const timeoutMs = opts.timeoutMs ?? 60_000;
@@ -245,6 +283,38 @@ export class Semaphore {
     }
   }
 
+  /**
+   * Like `use`, for up to `want` holders at once: takes as many permits as
+   * are free in one call (waiting as `use` does only when none is), runs fn
+   * with one PermitControl each, and gives all back in one call after. Each
+   * control is released, reacquired and lapses on its own as in `use`.
+   */
+  async useMany<T>(
+    key: string,
+    want: number,
+    fn: (permits: PermitControl[]) => Promise<T>,
+    opts: AcquireOptions = {},
+  ): Promise<T> {
+    const controls = Array.from(
+      { length: Math.min(Math.max(1, want), this.limit) },
+      () => new HeldPermit(this, key, opts),
+    );
+    const granted = await this.tryAcquireMany(
+      key,
+      controls.map((c) => c.holder),
+    );
+    granted.forEach((p, i) => controls[i].adopt(p));
+    if (granted.length === 0) await controls[0].reacquire();
+    const held = controls.slice(0, Math.max(1, granted.length));
+    try {
+      return await fn(held);
+    } finally {
+      // Not awaited, as in use(): one call for them all.
+      const holders = held.flatMap((c) => c.detach() ?? []);
+      void this.releaseMany(key, holders).catch(() => undefined);
+    }
+  }
+
   /** How many permits of key are held now. */
   async count(key: string): Promise<number> {
     return (await COUNT.run(this.redis, [this.keys.semaphore(this.name, key)], [])) as number;
@@ -279,6 +349,12 @@ class HeldPermit implements PermitControl {
     if (!permit) {
       throw new SemaphoreTimeoutError(this.sem.name, this.key, opts.timeoutMs ?? 60_000);
     }
+    this.adopt(permit);
+  }
+
+  /** Holds a permit taken for this holder (renewed from now on). */
+  adopt(permit: Permit): void {
+    this.stopKeeping();
     this.permit = permit;
     this.keeper = startKeeper(() => permit.renew(), {
       intervalMs: this.sem.leaseMs / 3,
@@ -292,6 +368,13 @@ class HeldPermit implements PermitControl {
     const permit = this.permit;
     this.stopKeeping();
     if (permit) await permit.release();
+  }
+
+  /** Stops keeping the permit without freeing it; its holder id when one was held (the caller frees it). */
+  detach(): string | undefined {
+    const had = this.permit !== null;
+    this.stopKeeping();
+    return had ? this.holder : undefined;
   }
 
   async pause(ms: number, signal?: AbortSignal): Promise<void> {

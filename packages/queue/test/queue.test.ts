@@ -271,6 +271,52 @@ describe('@ferry/queue against a real redis-server', function () {
       conns.forEach((c) => c.disconnect());
     });
 
+    it('useMany takes as many permits as are free in one call, gives them back in one, and keeps the cap', async () => {
+      const key = 'registry.example:5000';
+      const sem = new Semaphore(conn, {
+        prefix: `{s${randomUUID().slice(0, 8)}}`,
+        name: 'lookup',
+        limit: 3,
+        leaseMs: 5_000,
+      });
+      const other = await sem.tryAcquire(key);
+      assert.ok(other);
+      // Two free: four wanted, two granted; each is held, and nothing more can be taken.
+      const lanes = await sem.useMany(
+        key,
+        4,
+        async (permits) => {
+          assert.equal(permits.length, 2);
+          assert.ok(permits.every((p) => p.held));
+          assert.equal(await sem.count(key), 3);
+          assert.equal(await sem.tryAcquire(key), null);
+          // A lane may let its permit go while it sleeps and take it back.
+          await permits[1].release();
+          assert.equal(await sem.count(key), 2);
+          await permits[1].reacquire();
+          assert.ok(permits[1].held);
+          return permits.length;
+        },
+        { timeoutMs: 1_000, pollMs: 5 },
+      );
+      assert.equal(lanes, 2);
+      await until('permits given back', async () => (await sem.count(key)) === 1);
+      // None free: it waits for one, like use().
+      await sem.tryAcquire(key);
+      await sem.tryAcquire(key);
+      let got = 0;
+      const waiting = sem.useMany(key, 3, async (permits) => (got = permits.length), {
+        timeoutMs: 5_000,
+        pollMs: 5,
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(got, 0, 'waits while all are held');
+      await other.release();
+      await waiting;
+      assert.equal(got, 1);
+      await until('permits given back', async () => (await sem.count(key)) === 2);
+    });
+
     it('frees the permit of a holder that stopped renewing', async () => {
       const sem = new Semaphore(conn, {
         prefix: `{s${randomUUID().slice(0, 8)}}`,

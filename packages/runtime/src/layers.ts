@@ -282,26 +282,31 @@ export interface PermitLane {
 }
 
 /**
- * Holds one lookup permit of `registry` while `fn` makes its calls one after
- * another through the lane: one permit taken and given back for them all,
- * not one per call. Each call may still give the permit back while it sleeps.
+ * Holds up to `want` lookup permits of `registry` — as many as are free,
+ * taken in one call (waiting only when none is) — while `fn` makes its calls
+ * through them, one lane per permit; all are given back in one call after.
+ * A call may still give its lane's permit back while it sleeps.
  */
-export function withPermitLane<T>(
+export function withPermitLanes<T>(
   ctx: QueueContext,
   registry: string,
+  want: number,
   timeoutMs: number,
-  fn: (lane: PermitLane) => Promise<T>,
+  fn: (lanes: PermitLane[]) => Promise<T>,
 ): Promise<T> {
-  return ctx.lookupSemaphore.use(
+  return ctx.lookupSemaphore.useMany(
     registry,
-    (permit) =>
-      fn({
-        registry,
-        run: async (call) => {
-          await permit.reacquire();
-          return callUnder(permit, call);
-        },
-      }),
+    want,
+    (permits) =>
+      fn(
+        permits.map((permit) => ({
+          registry,
+          run: async (call) => {
+            await permit.reacquire();
+            return callUnder(permit, call);
+          },
+        })),
+      ),
     { timeoutMs },
   );
 }

@@ -48,7 +48,7 @@ import {
   type FoundBlob,
   type PresentMark,
   type PermitLane,
-  withPermitLane,
+  withPermitLanes,
   layerOf,
   PushRequests,
   pushLayoutOf,
@@ -117,7 +117,8 @@ async function lookInTarget(
       lane,
     });
     if (!found) return undefined;
-    logger.info(
+    // One line per job says it at info (summarize); per layer at debug.
+    logger.debug(
       found.state === 'exists'
         ? `layer ${digest} already exists in ${repo.registry}/${repo.repository}, skipping`
         : `layer ${digest} mounted from ${found.mountedFrom} into ${repo.registry}/${repo.repository}`,
@@ -165,7 +166,11 @@ export function lookupProcessor(deps: LookupDeps) {
     const marks: PresentMark[] = [];
     const blobs: BlobRecord[] = [];
     try {
-      if (d.layers === undefined) return await lookUpLayer(deps, job, d, marks);
+      if (d.layers === undefined) {
+        const one = await lookUpLayer(deps, job, d, marks);
+        summarize(deps, d, [one]);
+        return one;
+      }
       const layers: LayerOutcome[] = new Array(n);
       let config: ConfigOutcome | undefined;
       const tasks: LaneTask[] = Array.from({ length: n }, (_, i) => async (lane) => {
@@ -177,11 +182,50 @@ export function lookupProcessor(deps: LookupDeps) {
         config = await lookConfig(deps, d, blobs, lane);
       });
       await inLanes(deps, targetRepo(d.target).registry, tasks);
+      summarize(deps, d, layers, config);
       return { ...layers[0], layers, ...(config ? { config } : {}) };
     } finally {
       await markPresentMany(ctx, d.pushId, marks, blobs);
     }
   };
+}
+
+/**
+ * One info line per lookup job (docker push said "layer already exists,
+ * skipping" per layer; a whole image's job says it once for its layers):
+ * how its layers stand in its targets.
+ */
+function summarize(
+  deps: LookupDeps,
+  d: LookupJob,
+  outcomes: LayerOutcome[],
+  config?: ConfigOutcome,
+): void {
+  const count = new Map<string, number>();
+  for (const o of outcomes) {
+    for (const t of Object.values(o.targets ?? { _: o })) {
+      count.set(t.state, (count.get(t.state) ?? 0) + 1);
+    }
+  }
+  const words: Record<string, string> = {
+    exists: 'already exist, skipping',
+    mounted: 'mounted',
+    upload: 'to upload',
+    foreign: 'foreign (left as references)',
+    failed: 'failed',
+  };
+  const parts = [...count].map(([state, n]) => `${n} ${words[state] ?? state}`);
+  const configs = config ? Object.values(config.targets) : [];
+  if (configs.length) parts.push(`config ${[...new Set(configs)].join('/')}`);
+  const which =
+    d.layers === undefined
+      ? `layer ${d.layerIndex} of image ${d.imageIndex}`
+      : `${outcomes.length} layers of image ${d.imageIndex}`;
+  const targets = targetsOf(d).map((t) => {
+    const r = targetRepo(t);
+    return `${r.registry}/${r.repository}`;
+  });
+  deps.logger.info(`push ${d.pushId}: ${which} in ${targets.join(', ')}: ${parts.join(', ')}`);
 }
 
 /** A blob found in a repository, for the blob index. */
@@ -245,34 +289,27 @@ const DEFAULT_PARALLEL = 5;
 type LaneTask = (lane: PermitLane) => Promise<void>;
 
 /**
- * Runs the tasks in at most `parallel` lanes, each holding one lookup permit
- * of `registry` for all the tasks it runs (one permit taken per lane, not one
- * per HEAD; the cluster-wide cap still holds). Waits for every task before
+ * Runs the tasks in at most `parallel` lanes, one lookup permit of
+ * `registry` each, all taken in one call and given back in one (as many as
+ * are free; the cluster-wide cap holds). Waits for every task before
  * answering: a failure is thrown only once no task is still at work (a
  * permanent one before a transient one), so a retried job never races its
- * previous try. A lane that gets no permit in time fails the job only when
- * no other lane ran its tasks.
+ * previous try.
  */
 async function inLanes(deps: LookupDeps, registry: string, tasks: LaneTask[]): Promise<void> {
   const failures: unknown[] = [];
-  const noPermit: unknown[] = [];
   let next = 0;
-  const lane = async () => {
-    if (next >= tasks.length) return;
-    try {
-      await withPermitLane(deps.ctx, registry, deps.permitTimeoutMs ?? 120_000, async (held) => {
+  const want = Math.min(Math.max(1, deps.parallel ?? DEFAULT_PARALLEL), tasks.length);
+  await withPermitLanes(deps.ctx, registry, want, deps.permitTimeoutMs ?? 120_000, (lanes) =>
+    Promise.all(
+      lanes.map(async (lane) => {
         while (next < tasks.length) {
           const i = next++;
-          await tasks[i](held).catch((err: unknown) => failures.push(err));
+          await tasks[i](lane).catch((err: unknown) => failures.push(err));
         }
-      });
-    } catch (err) {
-      noPermit.push(err);
-    }
-  };
-  const lanes = Math.min(Math.max(1, deps.parallel ?? DEFAULT_PARALLEL), tasks.length);
-  await Promise.all(Array.from({ length: lanes }, lane));
-  if (next < tasks.length) failures.push(...noPermit);
+      }),
+    ),
+  );
   if (failures.length > 0) throw failures.find((e) => isPermanent(e)) ?? failures[0];
 }
 

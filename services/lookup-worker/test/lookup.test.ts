@@ -18,6 +18,8 @@ import {
 } from '@ferry/queue';
 import { bufferBlobSource } from '@ferry/registry-client';
 import { PushRequests, SourceCache } from '@ferry/runtime';
+import { createLogger, type Logger } from '@ferry/log';
+import { Writable } from 'node:stream';
 import { lookupProcessor } from '@ferry/lookup-worker';
 import {
   createPush,
@@ -65,15 +67,35 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     return { push, layers, config };
   }
 
-  function processor(parallel?: number) {
+  function processor(parallel?: number, logger: Logger = env.logger) {
     return lookupProcessor({
       ctx: env.ctx,
       client: env.client,
       sources: new SourceCache(env.config),
       requests: new PushRequests(env.ctx.store),
-      logger: env.logger,
+      logger,
       ...(parallel !== undefined ? { parallel } : {}),
     });
+  }
+
+  /** A JSON logger at info whose lines are kept. */
+  function capturingLogger(): { logger: Logger; messages: () => string[] } {
+    let text = '';
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        text += chunk.toString();
+        done();
+      },
+    });
+    const logger = createLogger({ format: 'json', stream, level: 'info' });
+    return {
+      logger,
+      messages: () =>
+        text
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => (JSON.parse(l) as { message: string }).message),
+    };
   }
 
   /** The uploads the push's lookups added. */
@@ -252,9 +274,10 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
       return recordBlobs(blobs);
     };
     let outcome;
+    const log = capturingLogger();
     const before = await calls();
     try {
-      outcome = await processor()(job);
+      outcome = await processor(undefined, log.logger)(job);
     } finally {
       store.updateLayers = updateLayers;
       blobIndex.recordBlobs = recordBlobs;
@@ -270,6 +293,11 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     assert.deepEqual(writes.sort(), ['blobs 3', 'layers 2']);
     assert.equal(delta('multi'), 0, 'no transaction per blob');
     assert.equal(delta('hincrbyfloat'), 1, 'ferry_blobs_total: one write for both layers');
+    // One info line for the job (not one per layer), naming the push.
+    const target = `${env.registry.host}/lookup/all-present`;
+    assert.deepEqual(log.messages(), [
+      `push ${push.id}: 2 layers of image 0 in ${target}: 2 already exist, skipping, config exists`,
+    ]);
     const state = await env.ctx.store.get(push.id);
     assert.deepEqual(
       state?.layers.map((l) => [l.state, l.digest]),
@@ -292,19 +320,25 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     assert.deepEqual(await uploadsOf(push.id), []);
   });
 
-  it('a whole image takes one lookup permit per lane, not one per HEAD, and gives them all back', async () => {
+  it("a whole image takes its lanes' lookup permits in one call, not one per HEAD, and gives them all back", async () => {
     const { push } = await preparePush('lanes', 2);
     await enqueue(env, push);
     const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
     assert.ok(job);
     const sem = env.ctx.lookupSemaphore;
     const heads: string[] = [];
-    let taken = 0;
+    const grants: number[] = [];
     const tryAcquire = sem.tryAcquire.bind(sem);
+    const tryAcquireMany = sem.tryAcquireMany.bind(sem);
     const blobExists = env.client.blobExists.bind(env.client);
     sem.tryAcquire = async (...args) => {
       const p = await tryAcquire(...args);
-      if (p) taken++;
+      grants.push(p ? 1 : 0);
+      return p;
+    };
+    sem.tryAcquireMany = async (...args) => {
+      const p = await tryAcquireMany(...args);
+      grants.push(p.length);
       return p;
     };
     env.client.blobExists = async (repo, digest, call) => {
@@ -318,11 +352,12 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
         ['exists', 'exists'],
       );
       assert.equal(heads.length, 3, 'two layers and the config');
-      assert.equal(taken, 2, 'two lanes, one permit each');
+      assert.deepEqual(grants, [2], 'two lanes, their permits taken in one call');
       // Given back: every permit of the registry is free again.
       await until(async () => (await sem.count(env.registry.host)) === 0);
     } finally {
       sem.tryAcquire = tryAcquire;
+      sem.tryAcquireMany = tryAcquireMany;
       env.client.blobExists = blobExists;
     }
   });
