@@ -27,7 +27,11 @@ if (out) {
     }
     const post = (m, p) =>
       new Promise((res, rej) => session.post(m, p || {}, (e, r) => (e ? rej(e) : res(r))));
-    return post('Profiler.enable').then(() => post('Profiler.start'));
+    // BENCH_PROF_INTERVAL_US: a finer sampling interval (V8's default is ~1 ms) to follow one push.
+    const interval = Number(process.env.BENCH_PROF_INTERVAL_US || 0);
+    return post('Profiler.enable')
+      .then(() => (interval > 0 ? post('Profiler.setSamplingInterval', { interval }) : undefined))
+      .then(() => post('Profiler.start'));
   };
   const stopProfile = () => {
     if (!profPrefix || !session) return Promise.resolve();

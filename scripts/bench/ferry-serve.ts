@@ -9,7 +9,8 @@
  * per window between two eld() calls (TAG-serve-N.cpuprofile, N = 0 from
  * the first call to the second; the benches call eld() around each ferry
  * measurement, so the even N are the ferry windows), and the event-loop
- * delay of each window (TAG-eld.jsonl); BENCH_FERRY_ENV — extra FERRY_*
+ * delay of each window (TAG-eld.jsonl); BENCH_PROF_INTERVAL_US — a finer
+ * sampling interval for those profiles; BENCH_FERRY_ENV — extra FERRY_*
  * settings for the serve process, `K=V,K=V`; BENCH_FERRY_ENV_B — where a
  * bench supports it, a second serve process with these settings measured
  * beside the first in the same runs; BENCH_LOG_LEVEL (default info).
@@ -117,7 +118,11 @@ export async function startServe(
       ...env,
       NODE_OPTIONS: eldOut ? `--require=${join(__dirname, 'eld-preload.js')}` : '',
       ...(eldOut
-        ? { BENCH_ELD_OUT: eldOut, BENCH_PROF_PREFIX: join(profileDir!, `${tag}-serve`) }
+        ? {
+            BENCH_ELD_OUT: eldOut,
+            BENCH_PROF_PREFIX: join(profileDir!, `${tag}-serve`),
+            BENCH_PROF_INTERVAL_US: process.env.BENCH_PROF_INTERVAL_US ?? '',
+          }
         : {}),
     },
     cwd: repoRoot,
