@@ -361,6 +361,8 @@ export async function findInRegistry(
     mountFrom?: string[];
     /** A permit of the registry already held (a lookup lane): its calls go through it. */
     lane?: PermitLane;
+    /** Awaited before anything is written (a mount): the push was checked to be still running. */
+    beforeWrite?: Promise<void>;
   } = {},
 ): Promise<FoundBlob | undefined> {
   const timeoutMs = opts.permitTimeoutMs ?? 120_000;
@@ -369,6 +371,7 @@ export async function findInRegistry(
     lane ? lane.run(fn) : underPermit(ctx, repo.registry, fn, timeoutMs);
   const have = await checked((call) => client.blobExists(repo, digest, call));
   if (have) return { state: 'exists', digest, size: have.size };
+  await opts.beforeWrite;
   const known = await ctx.blobs.reposWithBlob(repo.registry, digest);
   const candidates = [...new Set([...(opts.mountFrom ?? []), ...known.slice(0, 3)])].filter(
     (r) => r !== repo.repository,

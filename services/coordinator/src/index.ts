@@ -183,7 +183,7 @@ async function pushToTarget(
   target: string,
   opened: OpenedImages,
   results: Map<string, LayerOutcome>,
-): Promise<{ result: PushResult } | { cancelled: true }> {
+): Promise<{ result: PushResult; written: Promise<unknown> } | { cancelled: true }> {
   const { ctx, client, logger } = deps;
   const ref = parseReference(target);
   const repo = { registry: ref.registry, repository: ref.repository };
@@ -218,7 +218,9 @@ async function pushToTarget(
       events.push(ctx.store.appendEvent(pushId, { type: 'tag', tag, digest: top.digest }));
     }
   }
-  await Promise.all(events);
+  // Sent already; the caller waits for them (the last target's alongside the push's end).
+  const written = Promise.all(events);
+  written.catch(() => undefined);
   const { top } = tops[0];
   logger.info(
     `push ${pushId}: ${target} is ${top.digest}${tops.length > 1 ? ` (+${tops.length - 1} tags)` : ''}`,
@@ -239,6 +241,7 @@ async function pushToTarget(
       ...(manifests.length ? { manifests } : {}),
       ...(signatures.length ? { signatures } : {}),
     },
+    written,
   };
 }
 
@@ -281,7 +284,10 @@ export function assembleProcessor(deps: CoordinatorDeps) {
     const done: TargetResult[] = [];
     const signatures: SignatureRecord[] = [];
     let first: PushResult | undefined;
-    for (const target of targets) {
+    // The last target's manifest and tag events: on the same Redis connection as the push's end,
+    // so they are in the stream before it; waited for after it is sent, not before.
+    let lastEvents: Promise<unknown> | undefined;
+    for (const [t, target] of targets.entries()) {
       try {
         const r = await pushToTarget(
           deps,
@@ -295,6 +301,8 @@ export function assembleProcessor(deps: CoordinatorDeps) {
           logger.info(`push ${pushId} was cancelled before tagging ${target}; no tag written`);
           return undefined;
         }
+        if (t === targets.length - 1) lastEvents = r.written;
+        else await r.written;
         first ??= r.result;
         signatures.push(...(r.result.signatures ?? []));
         done.push({ target, status: 'succeeded', manifest: r.result.manifest });
@@ -317,6 +325,7 @@ export function assembleProcessor(deps: CoordinatorDeps) {
         message: `${failed.length} of ${targets.length} targets failed: ${failed.map((t) => `${t.target}: ${t.error?.message ?? ''}`).join('; ')}`,
       };
       await finishPush(ctx, pushId, { error, targets: done }, logger);
+      await eventsWritten(lastEvents, pushId, logger);
       return undefined;
     }
     const result: PushResult = {
@@ -325,8 +334,24 @@ export function assembleProcessor(deps: CoordinatorDeps) {
       ...(fanOut ? { targets: done } : {}),
     };
     await finishPush(ctx, pushId, result, logger);
+    await eventsWritten(lastEvents, pushId, logger);
     return result;
   };
+}
+
+/** The last target's events, sent before the push's end: a lost one is logged (the push has ended). */
+async function eventsWritten(
+  written: Promise<unknown> | undefined,
+  pushId: string,
+  logger: Logger,
+): Promise<void> {
+  try {
+    await written;
+  } catch (err) {
+    logger.warn(
+      `push ${pushId}: a manifest or tag event was not recorded: ${(err as Error).message}`,
+    );
+  }
 }
 
 /**

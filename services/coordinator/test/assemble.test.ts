@@ -208,12 +208,20 @@ describe('coordinator: assembleProcessor (real redis-server and docker-registry)
       assert.equal(byDigest.schemaVersion, 2);
       assert.equal(await tagDigest(`${host}/bytag/app:1`), digest);
       assert.equal(await tagDigest(`${host}/bytag/app:two`), digest);
-      // Events keep their order: the manifest, then each tag.
+      // Events keep their order: the manifest, then each tag, then the end (sent after them, on
+      // the same connection, without waiting for them first).
       const events = (await env.ctx.store.readEvents(p.id))
         .map((e) => e.event)
-        .filter((e) => e.type === 'manifest' || e.type === 'tag')
-        .map((e) => `${e.type} ${'tag' in e ? e.tag : e.digest}`);
-      assert.deepEqual(events, [`manifest ${digest}`, 'tag 1', 'tag two']);
+        .filter((e) => e.type === 'manifest' || e.type === 'tag' || e.type === 'status')
+        .map((e) =>
+          e.type === 'status' ? `status ${e.status}` : `${e.type} ${'tag' in e ? e.tag : e.digest}`,
+        );
+      assert.deepEqual(events.slice(-4), [
+        `manifest ${digest}`,
+        'tag 1',
+        'tag two',
+        'status succeeded',
+      ]);
     } finally {
       await role.close();
     }

@@ -104,6 +104,7 @@ async function lookInTarget(
   size: number | undefined,
   mountFrom: string[],
   fanOut: boolean,
+  beforeWrite: Promise<void>,
   lane?: PermitLane,
 ): Promise<FoundBlob | FailedTarget | undefined> {
   const { ctx, client, logger } = deps;
@@ -115,6 +116,7 @@ async function lookInTarget(
       logger,
       mountFrom,
       lane,
+      beforeWrite,
     });
     if (!found) return undefined;
     // One line per job says it at info (summarize); per layer at debug.
@@ -152,22 +154,28 @@ export function lookupProcessor(deps: LookupDeps) {
   const { ctx, requests } = deps;
   return async (job: Job<LookupJob>): Promise<LayerOutcome> => {
     const d = await currentLayerJob<LookupJob>(job.data, requests);
-    // One round trip: marks the push running, and says if it has ended (cancelled, failed).
-    const r = await ctx.store.setStatus(d.pushId, 'running');
-    if (!r.ok && r.previous !== 'running') {
-      throw new CancelledError(d.pushId, r.previous ?? 'cancelled');
+    // One round trip: marks the push running, and says if it has ended (cancelled, failed). The
+    // existence checks (reads) start meanwhile; nothing is written before it has answered.
+    const running = ctx.store.setStatus(d.pushId, 'running').then((r) => {
+      if (!r.ok && r.previous !== 'running') {
+        throw new CancelledError(d.pushId, r.previous ?? 'cancelled');
+      }
+    });
+    running.catch(() => undefined);
+    if (d.resolve) {
+      await running;
+      return resolveSource(deps, d);
     }
-    if (d.resolve) return resolveSource(deps, d);
     const n = d.layers ?? 1;
     if (!Number.isInteger(n) || n < 1) {
       throw new PermanentError('FERRY_BAD_JOB', `lookup job ${job.id}: bad layer count ${n}`);
     }
     // Blobs found present are recorded together when the job's layers are done (one round trip).
-    const marks: PresentMark[] = [];
+    const scope: JobScope = { marks: [], running };
     const blobs: BlobRecord[] = [];
     try {
       if (d.layers === undefined) {
-        const one = await lookUpLayer(deps, job, d, marks);
+        const one = await lookUpLayer(deps, job, d, scope);
         summarize(deps, d, [one]);
         return one;
       }
@@ -175,19 +183,28 @@ export function lookupProcessor(deps: LookupDeps) {
       let config: ConfigOutcome | undefined;
       const tasks: LaneTask[] = Array.from({ length: n }, (_, i) => async (lane) => {
         const one = { ...d, layerIndex: d.layerIndex + i, layers: undefined };
-        layers[i] = await lookUpLayer(deps, job, one, marks, lane);
+        layers[i] = await lookUpLayer(deps, job, one, scope, lane);
       });
       // The image's config is looked for beside its layers (it never fails the job).
       tasks.push(async (lane) => {
-        config = await lookConfig(deps, d, blobs, lane);
+        config = await lookConfig(deps, d, blobs, running, lane);
       });
       await inLanes(deps, targetRepo(d.target).registry, tasks);
       summarize(deps, d, layers, config);
       return { ...layers[0], layers, ...(config ? { config } : {}) };
     } finally {
-      await markPresentMany(ctx, d.pushId, marks, blobs);
+      await running;
+      await markPresentMany(ctx, d.pushId, scope.marks, blobs);
     }
   };
+}
+
+/** What the layers of one lookup job share. */
+interface JobScope {
+  /** Blobs found present in every target, recorded together when the job's layers are done. */
+  marks: PresentMark[];
+  /** The push was marked running (rejects when it has ended): awaited before any write. */
+  running: Promise<void>;
 }
 
 /**
@@ -246,6 +263,7 @@ async function lookConfig(
   deps: LookupDeps,
   d: LookupJob,
   found: BlobRecord[],
+  beforeWrite: Promise<void>,
   lane?: PermitLane,
 ): Promise<ConfigOutcome | undefined> {
   const { ctx, client, sources, logger } = deps;
@@ -264,6 +282,7 @@ async function lookConfig(
           logger,
           mountFrom: sourceMounts(opened, target),
           lane,
+          beforeWrite,
         });
         targets[target] = f ? f.state : 'missing';
         if (f) found.push({ ...repo, digest });
@@ -315,14 +334,14 @@ async function inLanes(deps: LookupDeps, registry: string, tasks: LaneTask[]): P
 
 /**
  * One layer: HEAD in every target, else a mount, else an upload job added to
- * the flow. A layer present in every target is left in `marks` for the job to
- * record; one handed to an upload is recorded before the hand-off.
+ * the flow. A layer present in every target is left in the scope's marks for
+ * the job to record; one handed to an upload is recorded before the hand-off.
  */
 async function lookUpLayer(
   deps: LookupDeps,
   job: Job<LookupJob>,
   d: LookupJob,
-  marks: PresentMark[],
+  scope: JobScope,
   lane?: PermitLane,
 ): Promise<LayerOutcome> {
   const { ctx, sources } = deps;
@@ -334,6 +353,7 @@ async function lookUpLayer(
 
   if (layer.foreign) {
     // Left as a reference, as skopeo does: the manifest names it, no registry gets its bytes.
+    await scope.running;
     await ctx.store.updateLayer(d.pushId, key, {
       state: 'exists',
       ...(layer.digest ? { digest: layer.digest } : {}),
@@ -367,6 +387,7 @@ async function lookUpLayer(
           size,
           sourceMounts(opened, target),
           targets.length > 1,
+          scope.running,
           lane,
         )
       : undefined;
@@ -375,9 +396,10 @@ async function lookUpLayer(
     if (found && found.state !== 'failed') present.push({ key, repo: targetRepo(target), found });
   }
   if (missing.length === 0) {
-    marks.push(...present);
+    scope.marks.push(...present);
     return { ...base, ...per[targets[0]], diffId, targets: per };
   }
+  await scope.running;
   await markPresentMany(ctx, d.pushId, present);
 
   // 4. Missing somewhere: one upload job for every target that lacks it, added before this job completes.

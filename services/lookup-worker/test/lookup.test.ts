@@ -361,4 +361,22 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
       env.client.blobExists = blobExists;
     }
   });
+
+  it('a cancelled push: its lookup may look, but writes nothing and stops', async () => {
+    const { push, layers } = await preparePush('cancelled');
+    await enqueue(env, push);
+    const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
+    assert.ok(job);
+    assert.equal((await env.ctx.store.cancel(push.id)).ok, true);
+    const before = await env.ctx.store.get(push.id);
+    await assert.rejects(processor()(job), (err: Error) => {
+      assert.equal(err.name, 'CancelledError');
+      return true;
+    });
+    // No layer state, no upload hand-off, nothing in the blob index.
+    const after = await env.ctx.store.get(push.id);
+    assert.deepEqual(after?.layers, before?.layers);
+    assert.deepEqual(await uploadsOf(push.id), []);
+    assert.deepEqual(await env.ctx.blobs.reposWithBlob(env.registry.host, layers[0].digest), []);
+  });
 });
