@@ -256,26 +256,29 @@ export async function createPush(
     if (claimed.existing) return { id: claimed.id, status: claimed.existing, replayed: true };
     id = claimed.id;
   }
-  await store.create(id, request, pinned.layout ? { layout: pinned.layout } : {});
-  if (pinned.layout === undefined && !pinned.contentError) {
-    // A docker:// source: its resolve job (a worker, with the registry credentials) pins it.
-    await enqueueOrFail(deps, id, request, undefined);
-    logger.info('push accepted', { id, source: request.source, target, targets: targets.length });
-    return { id, status: 'queued', replayed: false };
-  }
+  // The state and the flow go out together, on one Redis connection: Redis records the state
+  // before the jobs exist. Both are awaited.
+  const created = store.create(id, request, pinned.layout ? { layout: pinned.layout } : {});
   if (pinned.contentError) {
+    await created;
     const { code, message } = pinned.contentError;
     await store.finish(id, { error: { code, message } });
     return { id, status: 'failed', replayed: false };
   }
-  await enqueueOrFail(deps, id, request, pinned.layout);
-  logger.info('push accepted', {
-    id,
-    source: request.source,
-    target,
-    ...(request.requestedBy !== undefined ? { requestedBy: request.requestedBy } : {}),
-    layers: pinned.layout.images.map((i) => i.layers),
-  });
+  // A docker:// source has no layout yet: its resolve job (a worker, with the registry
+  // credentials) pins it.
+  await Promise.all([created, enqueueOrFail(deps, id, request, pinned.layout)]);
+  // Logged once the reply is on its way (the line is off the push's path).
+  setImmediate(() =>
+    logger.info('push accepted', {
+      id,
+      source: request.source,
+      target,
+      ...(targets.length > 1 ? { targets: targets.length } : {}),
+      ...(request.requestedBy !== undefined ? { requestedBy: request.requestedBy } : {}),
+      ...(pinned.layout ? { layers: pinned.layout.images.map((i) => i.layers) } : {}),
+    }),
+  );
   return { id, status: 'queued', replayed: false };
 }
 

@@ -222,9 +222,9 @@ async function pushToTarget(
   const written = Promise.all(events);
   written.catch(() => undefined);
   const { top } = tops[0];
-  logger.info(
-    `push ${pushId}: ${target} is ${top.digest}${tops.length > 1 ? ` (+${tops.length - 1} tags)` : ''}`,
-  );
+  const line = `push ${pushId}: ${target} is ${top.digest}${tops.length > 1 ? ` (+${tops.length - 1} tags)` : ''}`;
+  // Written once the push's end is on its way (the line is off the push's path).
+  setImmediate(() => logger.info(line));
   const manifests =
     opened.parts || request.schema1
       ? tops.map((t) => ({

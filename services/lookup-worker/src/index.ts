@@ -242,7 +242,9 @@ function summarize(
     const r = targetRepo(t);
     return `${r.registry}/${r.repository}`;
   });
-  deps.logger.info(`push ${d.pushId}: ${which} in ${targets.join(', ')}: ${parts.join(', ')}`);
+  const line = `push ${d.pushId}: ${which} in ${targets.join(', ')}: ${parts.join(', ')}`;
+  // Written once the job's completion is on its way (the line is off the push's path).
+  setImmediate(() => deps.logger.info(line));
 }
 
 /** A blob found in a repository, for the blob index. */

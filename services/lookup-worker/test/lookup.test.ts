@@ -293,7 +293,8 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     assert.deepEqual(writes.sort(), ['blobs 3', 'layers 2']);
     assert.equal(delta('multi'), 0, 'no transaction per blob');
     assert.equal(delta('hincrbyfloat'), 1, 'ferry_blobs_total: one write for both layers');
-    // One info line for the job (not one per layer), naming the push.
+    // One info line for the job (not one per layer), naming the push (written just after).
+    await new Promise((r) => setImmediate(r));
     const target = `${env.registry.host}/lookup/all-present`;
     assert.deepEqual(log.messages(), [
       `push ${push.id}: 2 layers of image 0 in ${target}: 2 already exist, skipping, config exists`,
