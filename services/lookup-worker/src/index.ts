@@ -257,9 +257,9 @@ interface BlobRecord {
 /**
  * A whole image's stated config blob, looked for in every target as a layer
  * is (HEAD, else a mount), so the coordinator need not look again before the
- * manifest: where it was found goes to `found` (the job records it with its layers). A target that cannot
- * be checked now is left out of the answer (the coordinator looks there
- * itself); never throws.
+ * manifest. Where it was found goes to `found` (the job records it with its
+ * layers). A target that cannot be checked now is left out of the answer
+ * (the coordinator looks there itself); never throws.
  */
 async function lookConfig(
   deps: LookupDeps,
@@ -306,7 +306,10 @@ function errorText(err: unknown): string {
 /** Layers a lookup job of a whole image looks up at once (FERRY_LOOKUP_CONCURRENCY by default). */
 const DEFAULT_PARALLEL = 5;
 
-/** One piece of a whole image's lookup, run in a lane (its calls to the first target's registry go through the lane's permit). */
+/**
+ * One piece of a whole image's lookup, run in a lane: its calls to the first
+ * target's registry go through the lane's permit.
+ */
 type LaneTask = (lane: PermitLane) => Promise<void>;
 
 /**
