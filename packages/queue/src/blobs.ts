@@ -20,6 +20,14 @@ return #KEYS
 `,
 );
 
+/** A blob a registry holds in one repository: a blob index record. */
+export interface BlobRecord {
+  /** host[:port] */
+  registry: string;
+  repository: string;
+  digest: string;
+}
+
 export interface BlobIndexOptions {
   prefix: string;
   /** How long records live after their last update. Default 30 days. */
@@ -100,9 +108,7 @@ export class BlobIndex {
   }
 
   /** recordBlob for several blobs: one script call however many. */
-  async recordBlobs(
-    blobs: { registry: string; repository: string; digest: string }[],
-  ): Promise<void> {
+  async recordBlobs(blobs: readonly BlobRecord[]): Promise<void> {
     if (blobs.length === 0) return;
     await RECORD_BLOBS.run(
       this.redis,

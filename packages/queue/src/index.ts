@@ -69,6 +69,7 @@ export { SigningStore, type KeyKind, type PublishedKey, type PublishResult } fro
 export {
   BlobIndex,
   type BlobIndexOptions,
+  type BlobRecord,
   type CompressedRecord,
   type RecordUploadOptions,
 } from './blobs';

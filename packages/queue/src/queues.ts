@@ -210,10 +210,10 @@ export function resolveJobId(pushId: string): string {
  * Adds a push as one BullMQ flow: the assemble job (`push-<id>`) is the parent,
  * the lookup jobs its children — one per image (`<id>-i<img>-layers`) when
  * every layer states its digest, else one per layer (`<id>-i<img>-l<n>`) —
- * each failing the parent when it fails for good. A push whose layout is not known yet (a
- * docker:// source: the API cannot read the registry) gets one `resolve` child
- * instead, which adds the layer jobs once it has pinned the source
- * (addLayerChildren). Enqueuing the same push id again adds nothing (the ids
+ * each failing the parent when it fails for good. A push whose layout is not
+ * known yet (a docker:// source: the API cannot read the registry) gets one
+ * `resolve` child instead, which adds the layer jobs once it has pinned the
+ * source (addLayerChildren). Enqueuing the same push id again adds nothing (the ids
  * collapse). Returns the parent job.
  */
 export async function enqueuePush(

@@ -11,6 +11,7 @@ import {
   JOB_VERSION,
   jobVersion,
   type LayerJob,
+  type BlobRecord,
   type PermitControl,
   type PushLayout,
   type PushRequest,
@@ -215,7 +216,7 @@ export async function markPresentMany(
   pushId: string,
   marks: readonly PresentMark[],
   /** Other blobs found present (an image's config) for the blob index, in the same call. */
-  blobs: readonly { registry: string; repository: string; digest: string }[] = [],
+  blobs: readonly BlobRecord[] = [],
 ): Promise<void> {
   if (marks.length === 0 && blobs.length === 0) return;
   const counts = new Map<string, number>();

@@ -102,15 +102,21 @@ export interface PushedImage {
   platform?: SourceImage['platform'];
 }
 
-/** Puts a config blob unless the repository has it or can mount it (the shared HEAD-then-mount). */
+/**
+ * Puts a config blob unless the repository has it or can mount it (the shared
+ * HEAD-then-mount) — or at once when the lookup just found it missing there.
+ */
 async function pushBlobIfMissing(
   ctx: QueueContext,
   client: RegistryClient,
   repo: RepoRef,
   c: Canonical,
   logger: Logger,
+  knownMissing = false,
 ): Promise<void> {
-  const found = await findInRegistry(ctx, client, repo, c.digest, { sizeHint: c.size, logger });
+  const found = knownMissing
+    ? undefined
+    : await findInRegistry(ctx, client, repo, c.digest, { sizeHint: c.size, logger });
   if (found) {
     if (found.state === 'mounted')
       logger.info(`config ${c.digest} mounted from ${found.mountedFrom}`);
@@ -250,14 +256,8 @@ export async function pushImages(
     if (!image.manifestBytes || manifest.digest !== image.manifestDigest) keptAll = false;
     // The lookup of the whole image looked for its config beside the layers (and recorded it).
     const known = configState(results, i, config);
-    if (known === 'missing') {
-      await client.uploadBlob(repo, bufferBlobSource(config.bytes, config.digest), {
-        monolithic: true,
-      });
-    } else if (known !== 'present') {
-      await pushBlobIfMissing(ctx, client, repo, config, logger);
-    }
     if (known !== 'present') {
+      await pushBlobIfMissing(ctx, client, repo, config, logger, known === 'missing');
       writes.push(ctx.blobs.recordBlob(repo.registry, repo.repository, config.digest));
     }
     const one: PushedImage = { manifest, platform: image.platform };

@@ -23,6 +23,7 @@ import {
   addUploadChild,
   JOB_VERSION,
   QUEUE_NAMES,
+  type BlobRecord,
   type LookupJob,
   type QueueContext,
   type SourcePin,
@@ -245,13 +246,6 @@ function summarize(
   const line = `push ${d.pushId}: ${which} in ${targets.join(', ')}: ${parts.join(', ')}`;
   // Written once the job's completion is on its way (the line is off the push's path).
   setImmediate(() => deps.logger.info(line));
-}
-
-/** A blob found in a repository, for the blob index. */
-interface BlobRecord {
-  registry: string;
-  repository: string;
-  digest: string;
 }
 
 /**

@@ -47,14 +47,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
     const repo = { registry: env.registry.host, repository: `lookup/${name}` };
     // The target has the first `present` layers already.
     for (const l of layers.slice(0, present)) {
-      await env.client.uploadBlob(repo, {
-        size: l.size,
-        digest: l.digest,
-        open: async () => ({
-          stream: (await import('node:stream')).Readable.from([l.bytes]),
-          done: Promise.resolve({ digest: l.digest, size: l.size }),
-        }),
-      });
+      await env.client.uploadBlob(repo, bufferBlobSource(l.bytes, l.digest));
     }
     const push = await createPush(
       env,
@@ -219,14 +212,7 @@ describe('lookup-worker: lookupProcessor (real redis-server and docker-registry)
   it('a config already in the target is found and recorded in the blob index', async () => {
     const { push, config } = await preparePush('with-config');
     const repo = { registry: env.registry.host, repository: 'lookup/with-config' };
-    await env.client.uploadBlob(repo, {
-      size: config.size,
-      digest: config.digest,
-      open: async () => ({
-        stream: (await import('node:stream')).Readable.from([config.bytes]),
-        done: Promise.resolve({ digest: config.digest, size: config.size }),
-      }),
-    });
+    await env.client.uploadBlob(repo, bufferBlobSource(config.bytes, config.digest));
     await enqueue(env, push);
     const job = await env.ctx.queues.lookup.getJob(imageLookupJobId(push.id, 0));
     assert.ok(job);
