@@ -183,8 +183,8 @@ function writeIndex(layout: string, manifests: { desc: Descriptor; ref: string }
 
 export interface OciFixture {
   layout: string;
-  /** Layer blobs: path, descriptor. */
-  layers: { path: string; desc: Descriptor }[];
+  /** Layer blobs: path, descriptor, the config's diff_id. */
+  layers: { path: string; desc: Descriptor; diffId: string }[];
   rawBytes: number;
   gzipBytes: number;
 }
@@ -208,6 +208,7 @@ export async function makeOciLayout(
     layers: made.map((l) => ({
       path: join(layout, 'blobs', 'sha256', l.desc.digest.slice(7)),
       desc: l.desc,
+      diffId: l.diffId,
     })),
     rawBytes: count * layerBytes,
     gzipBytes: made.reduce((a, l) => a + l.desc.size, 0),

@@ -98,6 +98,28 @@ async function parallelPuts(fx: OciFixture, host: string): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+/**
+ * The checking floor (verify-puts.child.js): every layer at once, one PUT each, its
+ * digest and diff_id computed from the bytes sent (gunzip on libuv's pool), in a node
+ * process of its own. Seconds, and that process' CPU seconds.
+ */
+async function checkingPuts(fx: OciFixture, host: string): Promise<{ s: number; cpu: number }> {
+  const layers = fx.layers.map((l) => ({
+    path: l.path,
+    digest: l.desc.digest,
+    size: l.desc.size,
+    diffId: l.diffId,
+  }));
+  const { stdout } = await timedRun('node', [
+    join(__dirname, 'verify-puts.child.js'),
+    host,
+    JSON.stringify(layers),
+  ]);
+  const line = stdout.split('\n').find((l) => l.startsWith('CHILD_RESULT '));
+  if (!line) throw new Error(`verify-puts.child.js printed no result: ${stdout.slice(-400)}`);
+  return JSON.parse(line.slice('CHILD_RESULT '.length)) as { s: number; cpu: number };
+}
+
 async function main(): Promise<void> {
   const { startRedis, startRegistry, startProxy, tmpDir } = helpers();
   build();
@@ -155,7 +177,9 @@ async function main(): Promise<void> {
       cli: [] as number[],
       skopeo: [] as number[],
       puts: [] as number[],
+      checking: [] as number[],
     };
+    const checkingCpu: number[] = [];
     const serveCpu: number[] = [];
     const knownCpu: number[] = [];
     const serveThreads = { main: [] as number[], other: [] as number[] };
@@ -200,6 +224,8 @@ async function main(): Promise<void> {
         t.skopeo.push(NaN);
         t.cli.push(NaN);
         t.puts.push(NaN);
+        t.checking.push(NaN);
+        checkingCpu.push(NaN);
         regCpu.skopeo.push(NaN);
       } else {
         {
@@ -219,9 +245,16 @@ async function main(): Promise<void> {
           t.puts.push(await parallelPuts(fxs[i + 1]!, reg.host));
           await reg.stop();
         }
+        {
+          const reg = await startRegistry();
+          const r = await checkingPuts(fxs[i + 1]!, reg.host);
+          t.checking.push(r.s);
+          checkingCpu.push(r.cpu);
+          await reg.stop();
+        }
       }
       process.stderr.write(
-        `run ${i}: rest ${t.rest[i]!.toFixed(3)} known ${t.known[i]!.toFixed(3)} skopeo ${t.skopeo[i]!.toFixed(3)} cli ${t.cli[i]!.toFixed(3)} puts ${t.puts[i]!.toFixed(3)}\n`,
+        `run ${i}: rest ${t.rest[i]!.toFixed(3)} known ${t.known[i]!.toFixed(3)} skopeo ${t.skopeo[i]!.toFixed(3)} cli ${t.cli[i]!.toFixed(3)} puts ${t.puts[i]!.toFixed(3)} checking ${t.checking[i]!.toFixed(3)}\n`,
       );
     }
     const med = (xs: number[]) => stats(xs).median;
@@ -255,6 +288,11 @@ async function main(): Promise<void> {
         unit: 's',
       },
       {
+        metric: `first push, ${LAYERS} parallel checking PUTs (digest and diff_id of the bytes sent: the floor for a pusher that checks diff_ids)`,
+        value: fmt(t.checking),
+        unit: 's',
+      },
+      {
         metric: 'first push, ferry REST ÷ skopeo',
         value: ratio,
         unit: '×',
@@ -276,6 +314,22 @@ async function main(): Promise<void> {
           'first push, ferry REST ÷ parallel PUTs (info; ≤ 1.25 is "within 25 % of the limit")',
         value: med(t.rest) / med(t.puts),
         unit: '×',
+      },
+      {
+        metric:
+          'first push, ferry REST ÷ checking PUTs (info; ≤ 1.25 is "within 25 % of the checking floor")',
+        value: med(t.rest) / med(t.checking),
+        unit: '×',
+      },
+      {
+        metric: 'first push, checking PUTs ÷ skopeo (info: what checking diff_ids costs)',
+        value: med(t.checking) / med(t.skopeo),
+        unit: '×',
+      },
+      {
+        metric: 'first push, CPU per push: ferry serve / checking PUTs (info)',
+        value: `${med(serveCpu).toFixed(3)} / ${med(checkingCpu).toFixed(3)}`,
+        unit: 's',
       },
       {
         metric: 'first push, skopeo ÷ parallel PUTs (info)',

@@ -5,7 +5,6 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type * as zlib from 'node:zlib';
 import { SourceError, SourceErrorCodes } from './errors';
 import { READ_CHUNK_SIZE, type ByteSource, type LayerResult } from './pipeline';
 
@@ -37,8 +36,8 @@ export class PipelineCore {
   outBlocked = false;
   /** zlib's input queue is full. */
   zBlocked = false;
-  /** The zlib stream of the step, destroyed on failure. */
-  zstream: zlib.Gzip | zlib.Gunzip | undefined;
+  /** The zlib stream (or diffID tap) of the step, destroyed on failure. */
+  zstream: { destroy(): void } | undefined;
   /** Called when the reader wants more (the compress step resumes gzip's output). */
   onReaderReady: (() => void) | undefined;
   private delivered = 0;

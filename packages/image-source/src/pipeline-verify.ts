@@ -6,52 +6,70 @@
  * stream before the reader gets its last byte.
  *
  * Gunzipping is most of the CPU a pushed gzip layer costs (profiled: ~1.7
- * CPU-s for 400 MB of layers, more than the registry spends taking them). A
- * gzip blob's diffID is a function of its bytes, so it is computed once per
- * blob per process — see VerifiedDiffIds for the rule.
+ * CPU-s for 400 MB of layers, more than the registry spends taking them). It
+ * runs on the diffID worker thread (diffid-worker.ts: its output buffers would
+ * otherwise make V8 collect the main heap again and again). A gzip blob's
+ * diffID is a function of its bytes, so it is computed once per blob per
+ * process — see VerifiedDiffIds for the rule.
  */
-import { createHash } from 'node:crypto';
-import * as zlib from 'node:zlib';
 import { SourceError, SourceErrorCodes } from './errors';
-import { GZIP_CHUNK_SIZE, ZLIB_INPUT_QUEUE, hex, type PipelineOptions } from './pipeline';
+import { WorkerDiffIdTap } from './diffid-worker';
+import { hex, type PipelineOptions } from './pipeline';
 import type { PipelineCore } from './pipeline-core';
 
 type Expect = NonNullable<PipelineOptions['expect']>;
 type Content = 'gzip' | 'tar' | 'opaque';
 
-/** Gunzips the blob beside the stream, only to hash the uncompressed bytes (the diffID). */
+/**
+ * Bytes posted to the diffID worker and not yet consumed by its gunzip: above this, the
+ * source pauses (ZLIB_INPUT_QUEUE's 4 MiB; pipeline.ts imports this module, so not read from it).
+ */
+const TAP_QUEUE = 4 * 1024 * 1024;
+
+/** Gunzips the blob beside the stream (on the diffID worker), only to hash the uncompressed bytes. */
 class DiffIdTap {
-  readonly hash = createHash('sha256');
+  diffId = '';
   size = 0;
   error: Error | undefined;
   ended = false;
-  readonly gunzip: zlib.Gunzip;
+  private queued = 0;
+  private readonly tap: WorkerDiffIdTap;
   constructor(core: PipelineCore, onEnd: () => void) {
-    this.gunzip = zlib.createGunzip({
-      chunkSize: GZIP_CHUNK_SIZE,
-      writableHighWaterMark: ZLIB_INPUT_QUEUE,
-    } as zlib.ZlibOptions);
-    core.zstream = this.gunzip;
-    this.gunzip.on('data', (c: Buffer) => {
-      this.hash.update(c);
-      this.size += c.length;
+    this.tap = new WorkerDiffIdTap({
+      onAck: (n) => {
+        this.queued -= n;
+        if (core.zBlocked && this.queued <= TAP_QUEUE) {
+          core.zBlocked = false;
+          core.updatePause();
+        }
+      },
+      onResult: (r) => {
+        if ('gzipError' in r) {
+          // Keep hashing: a corrupt blob is reported as a digest mismatch first.
+          this.error = r.gzipError;
+          core.zBlocked = false;
+          core.updatePause();
+        } else {
+          this.diffId = r.diffId;
+          this.size = r.size;
+        }
+        this.ended = true;
+        onEnd();
+      },
+      onFailure: (e) => core.fail(e),
     });
-    this.gunzip.on('drain', () => {
-      core.zBlocked = false;
-      core.updatePause();
-    });
-    this.gunzip.on('error', (e) => {
-      // Keep hashing: a corrupt blob is reported as a digest mismatch first.
-      this.error = e;
-      this.ended = true;
-      core.zBlocked = false;
-      core.updatePause();
-      onEnd();
-    });
-    this.gunzip.on('end', () => {
-      this.ended = true;
-      onEnd();
-    });
+    core.zstream = this.tap;
+  }
+
+  /** Returns false when the worker's queue is full (pause the source). */
+  write(c: Buffer): boolean {
+    this.queued += c.length;
+    this.tap.write(c);
+    return this.queued <= TAP_QUEUE;
+  }
+
+  end(): void {
+    this.tap.end();
   }
 }
 
@@ -157,7 +175,7 @@ export function passthroughStep(
     // Applies to these bytes: they hashed to the record's digest and size (checked before).
     if (known) return { diffId: known.diffId, size: known.uncompressedSize };
     if (tap) {
-      if (!tap.error) return { diffId: hex(tap.hash), size: tap.size };
+      if (!tap.error) return { diffId: tap.diffId, size: tap.size };
       return new SourceError(
         SourceErrorCodes.DIFFID_MISMATCH,
         `${core.description}: the blob is not a valid gzip stream (${tap.error.message})`,
@@ -216,7 +234,7 @@ export function passthroughStep(
         core.fail(digestMismatch(core, expect, `is longer than its stated ${expect.size} bytes`));
         return;
       }
-      if (tap && !tap.error && !tap.gunzip.write(c)) core.zBlocked = true;
+      if (tap && !tap.error && !tap.write(c)) core.zBlocked = true;
       // Hold the newest chunk back until the digest is verified at the end.
       const prev = held;
       held = c;
@@ -226,7 +244,7 @@ export function passthroughStep(
     () => {
       if (core.settled) return;
       sourceEnded = true;
-      if (tap && !tap.error) tap.gunzip.end();
+      if (tap && !tap.error) tap.end();
       verifyAndEnd();
     },
     (e) => core.fail(e),

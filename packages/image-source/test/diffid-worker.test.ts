@@ -1,0 +1,152 @@
+/**
+ * The diffID worker (diffid-worker.ts): gzip layers are gunzipped and hashed
+ * on a worker thread; the main thread only posts chunks. Interleaved taps stay
+ * apart, a blob that is not gzip answers its gzip error, a worker that dies
+ * fails the open streams (never a silent pass) and the next stream starts a
+ * new one, and a stream dropped by its reader leaves nothing open.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { fromReadable, runPipeline } from '@ferry/image-source';
+import {
+  WorkerDiffIdTap,
+  diffIdWorkerState,
+  stopDiffIdWorker,
+  type TapResult,
+} from '../src/diffid-worker';
+import { verifiedDiffIds } from '../src/pipeline-verify';
+import { randomBytesSeeded } from './support/images';
+
+const sha = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
+
+/** Text-like bytes that compress (so gunzip output is larger than its input). */
+function textish(n: number, seed: number): Buffer {
+  const words = randomBytesSeeded(4096, seed)
+    .toString('base64')
+    .match(/.{1,7}/g)!;
+  const parts: string[] = [];
+  for (let len = 0, i = 0; len < n; i++) {
+    const w = words[(i * 7919 + seed) % words.length]! + ' ';
+    parts.push(w);
+    len += w.length;
+  }
+  return Buffer.from(parts.join('').slice(0, n));
+}
+
+function tap(): {
+  t: WorkerDiffIdTap;
+  acked: () => number;
+  result: Promise<TapResult>;
+  failure: Promise<Error>;
+} {
+  let acked = 0;
+  let resolveResult!: (r: TapResult) => void;
+  let resolveFailure!: (e: Error) => void;
+  const result = new Promise<TapResult>((r) => (resolveResult = r));
+  const failure = new Promise<Error>((r) => (resolveFailure = r));
+  const t = new WorkerDiffIdTap({
+    onAck: (n) => (acked += n),
+    onResult: resolveResult,
+    onFailure: resolveFailure,
+  });
+  return { t, acked: () => acked, result, failure };
+}
+
+function chunks(b: Buffer, size: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let o = 0; o < b.length; o += size) out.push(Buffer.from(b.subarray(o, o + size)));
+  return out;
+}
+
+const waitFor = async (cond: () => boolean, what: string) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(cond(), what);
+};
+
+describe('@ferry/image-source: the diffID worker', function () {
+  this.timeout(60_000);
+  afterEach(() => verifiedDiffIds.clear());
+
+  it('three taps written chunk by chunk, interleaved, each answer their own diffID and size; every byte is acknowledged', async () => {
+    const raws = [textish(3_000_000, 1), randomBytesSeeded(2_000_000, 2), textish(500_000, 3)];
+    const gz = raws.map((r) => gzipSync(r));
+    const taps = raws.map(() => tap());
+    const parts = gz.map((g) => chunks(g, 64 * 1024));
+    for (let i = 0; parts.some((p) => i < p.length); i++) {
+      parts.forEach((p, k) => p[i] && taps[k]!.t.write(p[i]!));
+    }
+    taps.forEach((x) => x.t.end());
+    const results = await Promise.all(taps.map((x) => x.result));
+    results.forEach((r, k) => {
+      assert.deepEqual(r, { diffId: sha(raws[k]!), size: raws[k]!.length });
+    });
+    taps.forEach((x, k) => assert.equal(x.acked(), gz[k]!.length));
+    assert.equal(diffIdWorkerState().openTaps, 0);
+  });
+
+  it('bytes that are not gzip answer the gzip error; chunks still on their way are ignored; the next tap works', async () => {
+    const bad = tap();
+    for (const c of chunks(randomBytesSeeded(300_000, 9), 50_000)) bad.t.write(c);
+    bad.t.end();
+    const r = await bad.result;
+    assert.ok('gzipError' in r, JSON.stringify(r));
+    assert.match(r.gzipError.message, /incorrect header check/);
+    const raw = textish(100_000, 4);
+    const good = tap();
+    good.t.write(gzipSync(raw));
+    good.t.end();
+    assert.deepEqual(await good.result, { diffId: sha(raw), size: raw.length });
+  });
+
+  it('a worker that dies fails every open tap with a clear error; the next tap starts a new worker', async () => {
+    const open = [tap(), tap()];
+    open[0]!.t.write(gzipSync(textish(200_000, 5)).subarray(0, 1000));
+    await stopDiffIdWorker();
+    for (const x of open) {
+      assert.match((await x.failure).message, /diffID worker exited/);
+    }
+    assert.equal(diffIdWorkerState().openTaps, 0);
+    const raw = textish(50_000, 6);
+    const again = tap();
+    again.t.write(gzipSync(raw));
+    again.t.end();
+    assert.deepEqual(await again.result, { diffId: sha(raw), size: raw.length });
+  });
+
+  it('a layer stream whose worker dies fails (never passes unchecked)', async () => {
+    const raw = textish(4_000_000, 7);
+    const gz = gzipSync(raw);
+    const src = new Readable({ read() {} });
+    const ls = runPipeline({
+      source: fromReadable(src),
+      mode: { kind: 'passthrough', content: 'gzip' },
+      description: 'test layer',
+      expect: { digest: sha(gz), size: gz.length, diffId: sha(raw) },
+    });
+    ls.stream.on('error', () => undefined).resume();
+    src.push(gz.subarray(0, 100_000));
+    await waitFor(() => diffIdWorkerState().openTaps === 1, 'the stream opened a tap');
+    await stopDiffIdWorker();
+    src.push(gz.subarray(100_000));
+    src.push(null);
+    await assert.rejects(ls.done, /diffID worker exited/);
+  });
+
+  it('a layer stream dropped by its reader closes its tap', async () => {
+    const gz = gzipSync(textish(2_000_000, 8));
+    const src = new Readable({ read() {} });
+    const ls = runPipeline({
+      source: fromReadable(src),
+      mode: { kind: 'passthrough', content: 'gzip' },
+      description: 'test layer',
+      expect: { digest: sha(gz), size: gz.length },
+    });
+    src.push(gz.subarray(0, 500_000));
+    await waitFor(() => diffIdWorkerState().openTaps === 1, 'the stream opened a tap');
+    ls.stream.destroy();
+    await assert.rejects(ls.done, /closed by its reader/);
+    assert.equal(diffIdWorkerState().openTaps, 0);
+  });
+});
