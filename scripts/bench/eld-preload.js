@@ -6,8 +6,10 @@
 //    BENCH_ELD_OUT and resets the histogram;
 //  - with BENCH_PROF_PREFIX, stops the CPU profile running since the last
 //    signal, writes it to PREFIX-<n>.cpuprofile, and starts the next one —
-//    so a benchmark gets one profile per measurement window.
-const { monitorEventLoopDelay } = require('node:perf_hooks');
+//    so a benchmark gets one profile per measurement window;
+//  - adds the window's garbage collections on the main thread: count and ms,
+//    minor (scavenges) and major (mark-compacts).
+const { monitorEventLoopDelay, PerformanceObserver, constants } = require('node:perf_hooks');
 const { appendFileSync, writeFileSync } = require('node:fs');
 
 const out = process.env.BENCH_ELD_OUT;
@@ -16,6 +18,19 @@ if (out) {
   const RESOLUTION_MS = 10;
   const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
   h.enable();
+  const gc = { minor: 0, minorMs: 0, major: 0, majorMs: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const kind = e.detail && e.detail.kind;
+      if (kind === constants.NODE_PERFORMANCE_GC_MINOR) {
+        gc.minor++;
+        gc.minorMs += e.duration;
+      } else if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
+        gc.major++;
+        gc.majorMs += e.duration;
+      }
+    }
+  }).observe({ entryTypes: ['gc'] });
   let session;
   let n = 0;
   const startProfile = () => {
@@ -52,8 +67,13 @@ if (out) {
       p99: ms(h.percentile(99)),
       max: ms(h.max),
       count: h.count,
+      gcMinor: gc.minor,
+      gcMinorMs: Number(gc.minorMs.toFixed(1)),
+      gcMajor: gc.major,
+      gcMajorMs: Number(gc.majorMs.toFixed(1)),
     };
     h.reset();
+    Object.assign(gc, { minor: 0, minorMs: 0, major: 0, majorMs: 0 });
     stopProfile()
       .then(startProfile)
       .catch(() => undefined)

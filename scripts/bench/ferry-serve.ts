@@ -55,6 +55,18 @@ export interface StatusIndex {
   prefix: string;
 }
 
+/** One window of the serve's event loop (eld-preload.js): delay beyond the tick, GC on the main thread. */
+export interface EldWindow {
+  mean: number;
+  p50: number;
+  p99: number;
+  max: number;
+  gcMinor: number;
+  gcMinorMs: number;
+  gcMajor: number;
+  gcMajorMs: number;
+}
+
 export interface Serve {
   url: string;
   token: string;
@@ -63,7 +75,7 @@ export interface Serve {
   pid: number;
   service: ServiceHandle;
   /** Event-loop delay since the last call (needs BENCH_PROFILE_DIR), in ms. */
-  eld(): Promise<{ mean: number; p50: number; p99: number; max: number } | undefined>;
+  eld(): Promise<EldWindow | undefined>;
   stop(): Promise<void>;
 }
 
@@ -116,7 +128,13 @@ export async function startServe(
     args: [bin, 'serve'],
     env: {
       ...env,
-      NODE_OPTIONS: eldOut ? `--require=${join(__dirname, 'eld-preload.js')}` : '',
+      // NODE_OPTIONS from BENCH_FERRY_ENV (e.g. the image's --max-semi-space-size), plus the preload.
+      NODE_OPTIONS: [
+        env.NODE_OPTIONS,
+        eldOut ? `--require=${join(__dirname, 'eld-preload.js')}` : '',
+      ]
+        .filter(Boolean)
+        .join(' '),
       ...(eldOut
         ? {
             BENCH_ELD_OUT: eldOut,
@@ -147,12 +165,7 @@ export async function startServe(
         const lines = readFileSync(eldOut, 'utf8').trim().split('\n');
         if (lines.length > eldLines) {
           eldLines = lines.length;
-          return JSON.parse(lines[lines.length - 1]!) as {
-            mean: number;
-            p50: number;
-            p99: number;
-            max: number;
-          };
+          return JSON.parse(lines[lines.length - 1]!) as EldWindow;
         }
       }
       return undefined;

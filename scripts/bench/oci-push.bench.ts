@@ -42,6 +42,7 @@ import {
   stats,
   threadCpu,
   timedRun,
+  type EldWindow,
   type Serve,
 } from './ferry-serve';
 import { makeOciLayout, type OciFixture } from './oci-fixture';
@@ -185,7 +186,8 @@ async function main(): Promise<void> {
     const serveThreads = { main: [] as number[], other: [] as number[] };
     const regCpu = { rest: [] as number[], skopeo: [] as number[] };
     const cmds: Record<string, number>[] = [];
-    const elds: { p99: number; max: number; mean: number }[] = [];
+    const elds: EldWindow[] = [];
+    const knownElds: EldWindow[] = [];
     for (let i = 0; i < RUNS; i++) {
       {
         const reg = await startRegistry();
@@ -211,7 +213,8 @@ async function main(): Promise<void> {
         const c0 = cpuSeconds(serve.pid);
         await serve.eld();
         t.known.push((await restPush(serve, runSource(i), `${reg.host}/app:k${i}`)).s);
-        await serve.eld();
+        const e = await serve.eld();
+        if (e) knownElds.push(e);
         knownCpu.push(cpuSeconds(serve.pid) - c0);
         await reg.stop();
       }
@@ -400,6 +403,14 @@ async function main(): Promise<void> {
         value: `${med(elds.map((e) => e.p99)).toFixed(1)} / ${Math.max(...elds.map((e) => e.max)).toFixed(1)}`,
         unit: 'ms',
       });
+    const gcRow = (what: string, ws: EldWindow[]) =>
+      ws.length &&
+      rows.push({
+        metric: `${what}, serve GC on the main thread per push: minor count / ms, major count / ms (info, profiled run)`,
+        value: `${med(ws.map((e) => e.gcMinor))} / ${med(ws.map((e) => e.gcMinorMs)).toFixed(0)}, ${med(ws.map((e) => e.gcMajor))} / ${med(ws.map((e) => e.gcMajorMs)).toFixed(0)}`,
+      });
+    gcRow('first push, new blobs', elds);
+    gcRow('first push, known blobs', knownElds);
 
     // ---- 2. re-push, every blob present, through a counting proxy ----
     const reg = await startRegistry();
