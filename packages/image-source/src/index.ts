@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
+import { ADAPTIVE_GZIP_SCHEME } from './adaptive-gzip';
 import { parsePlatform } from '@ferry/manifest';
 import { openDir } from './dir';
 import { openDockerArchive } from './docker-archive';
@@ -59,6 +60,7 @@ export {
   type TarOptions,
 } from './dir-tar';
 export { CAPABILITY_XATTR } from './xattr';
+export { ADAPTIVE_GZIP_SCHEME } from './adaptive-gzip';
 export { indexTar, lookupFile, type TarEntry } from './tar-index';
 export { REF_NAME_ANNOTATION } from './oci';
 
@@ -69,10 +71,11 @@ const identities = new Map<number, string>();
 
 /**
  * ZLIB_VERSION plus a fingerprint of what this zlib actually produces at
- * `level` (sha256 of a fixed sample compressed once, 12 hex digits). Chromium's
+ * `level` (sha256 of a fixed sample compressed once, 12 hex digits), plus the
+ * scheme that decides which blocks are stored (ADAPTIVE_GZIP_SCHEME). Chromium's
  * zlib, which Node bundles, may pick CPU-specific code paths; two workers whose
- * deflate output differs get different identities, so a compressed-digest
- * cache keyed by it never suggests a digest the other would not reproduce.
+ * output differs get different identities, so a compressed-digest cache keyed
+ * by it never suggests a digest the other would not reproduce.
  */
 export function zlibIdentity(level = DEFAULT_GZIP_LEVEL): string {
   let id = identities.get(level);
@@ -83,7 +86,8 @@ export function zlibIdentity(level = DEFAULT_GZIP_LEVEL): string {
       sample[i] = x % 7 === 0 ? 0x20 + (x % 95) : 0x61 + (x % 26) * (x % 3 === 0 ? 1 : 0);
     }
     const out = gzipSync(sample, { level });
-    id = `${ZLIB_VERSION}+${createHash('sha256').update(out).digest('hex').slice(0, 12)}`;
+    const print = createHash('sha256').update(out).digest('hex').slice(0, 12);
+    id = `${ZLIB_VERSION}+${print}+${ADAPTIVE_GZIP_SCHEME}`;
     identities.set(level, id);
   }
   return id;

@@ -1,11 +1,12 @@
 /**
  * The compress step: raw bytes are an uncompressed tar; hash them (the
- * diffID), gzip them on libuv's thread pool, hash the gzip output (the
- * digest) and hand it to the reader. A stated diffID that does not match
+ * diffID), gzip them on libuv's thread pool (adaptive-gzip.ts: blocks that
+ * cannot shrink are stored), hash the gzip output (the digest) and hand it
+ * to the reader. A stated diffID that does not match
  * fails the stream before gzip writes its trailer.
  */
 import { createHash } from 'node:crypto';
-import * as zlib from 'node:zlib';
+import { AdaptiveGzip } from './adaptive-gzip';
 import { SourceError, SourceErrorCodes } from './errors';
 import { GZIP_CHUNK_SIZE, ZLIB_INPUT_QUEUE, hex, type PipelineOptions } from './pipeline';
 import type { PipelineCore } from './pipeline-core';
@@ -18,35 +19,34 @@ export function compressStep(
   const rawHash = createHash('sha256');
   let rawSize = 0;
   // A few MB of input may queue in front of zlib, so the next file read overlaps compression.
-  const z = zlib.createGzip({
+  const z = new AdaptiveGzip({
     level,
     chunkSize: GZIP_CHUNK_SIZE,
-    writableHighWaterMark: ZLIB_INPUT_QUEUE,
-  } as zlib.ZlibOptions);
+    queueLimit: ZLIB_INPUT_QUEUE,
+    onData: (c) => {
+      if (core.settled) return;
+      core.outHash.update(c);
+      core.outSize += c.length;
+      if (!core.deliver(c)) {
+        core.outBlocked = true;
+        z.pause();
+      }
+    },
+    onDrain: () => {
+      core.zBlocked = false;
+      core.updatePause();
+    },
+    onError: (e) => core.fail(e),
+    onEnd: () =>
+      core.finish({
+        digest: hex(core.outHash),
+        size: core.outSize,
+        diffId: hex(rawHash),
+        uncompressedSize: rawSize,
+      }),
+  });
   core.zstream = z;
   core.onReaderReady = () => z.resume();
-  z.on('data', (c: Buffer) => {
-    if (core.settled) return;
-    core.outHash.update(c);
-    core.outSize += c.length;
-    if (!core.deliver(c)) {
-      core.outBlocked = true;
-      z.pause();
-    }
-  });
-  z.on('drain', () => {
-    core.zBlocked = false;
-    core.updatePause();
-  });
-  z.on('error', (e) => core.fail(e));
-  z.on('end', () => {
-    core.finish({
-      digest: hex(core.outHash),
-      size: core.outSize,
-      diffId: hex(rawHash),
-      uncompressedSize: rawSize,
-    });
-  });
   const onEnd = (): void => {
     if (core.settled) return;
     if (expect.diffId) {

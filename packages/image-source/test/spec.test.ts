@@ -8,6 +8,7 @@ import {
   SourceError,
   ZLIB_VERSION,
   zlibIdentity,
+  ADAPTIVE_GZIP_SCHEME,
   formatSource,
 } from '@ferry/image-source';
 import { tmpDir } from '../../../test/helpers/tmp';
@@ -93,10 +94,13 @@ describe('@ferry/image-source parseSource / resolveInsideRoot', () => {
     const k = compressedDigestCacheKey('sha256:' + 'a'.repeat(64), 1);
     assert.ok(k.includes('gzip-1') && k.includes(ZLIB_VERSION) && k.startsWith('sha256:aaa'));
     assert.notEqual(k, compressedDigestCacheKey('sha256:' + 'a'.repeat(64), 6));
-    // the zlib identity fingerprints the deflate output: stable, and level-specific
+    // the zlib identity fingerprints the deflate output and names the stored-block scheme:
+    // stable, and level-specific
     assert.match(
       zlibIdentity(6),
-      new RegExp(`^${ZLIB_VERSION.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\+[0-9a-f]{12}$`),
+      new RegExp(
+        `^${ZLIB_VERSION.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\+[0-9a-f]{12}\\+${ADAPTIVE_GZIP_SCHEME}$`,
+      ),
     );
     assert.equal(zlibIdentity(6), zlibIdentity(6));
     assert.notEqual(zlibIdentity(1), zlibIdentity(6));
