@@ -11,12 +11,14 @@
  *
  * The output must be reproducible — an interrupted upload resumes by
  * regenerating the same bytes, and the compressed-digest cache is keyed by
- * the scheme (ADAPTIVE_GZIP_SCHEME, part of zlibIdentity) — so the zlib call
- * sequence depends only on the bytes and their offsets, never on how the
- * input happened to be chunked: exactly one zlib write per block, and a level
- * switch (Node's params(): a sync flush, then deflateParams) is waited for
- * before the next block is written (a write queued behind it would run while
- * deflateParams changes the stream). Node's Gzip ignores params(), so this
+ * the scheme (ADAPTIVE_GZIP_SCHEME, part of zlibIdentity) — so what zlib is
+ * asked to do depends only on the bytes and their offsets, never on how the
+ * input happened to be chunked: a stored block is exactly one zlib write
+ * (level 0's output depends on write sizes; levels 1-9 do not, so compressed
+ * blocks side by side go as one write), and a level switch (Node's params():
+ * a sync flush, then deflateParams) is waited for before the next block is
+ * written (a write queued behind it would run while deflateParams changes
+ * the stream). Node's Gzip ignores params(), so this
  * is a raw deflate stream with the gzip header and trailer (CRC-32, size)
  * written here.
  */
@@ -31,6 +33,14 @@ const STRIDE = 8;
  * files: blocks above 7.98 gain 0.17 % from level 6; 7.9–7.95 (jars) still 6 %.
  */
 const THRESHOLD = 7.98;
+
+/** Compressed blocks side by side in memory go to zlib in writes of up to this many bytes. */
+const RUN = 4 * 1024 * 1024;
+
+/** b2 starts where b1 ends, in the same memory. */
+function adjacent(b1: Buffer, b2: Buffer): boolean {
+  return b1.buffer === b2.buffer && b1.byteOffset + b1.length === b2.byteOffset;
+}
 
 /** Names the block size, sample and threshold: any change to them changes the output. */
 export const ADAPTIVE_GZIP_SCHEME = 'store-256k-s8-t798';
@@ -86,7 +96,7 @@ export class AdaptiveGzip {
   private cur: Buffer | undefined;
   private fill = 0;
   /** Whole blocks not yet written to zlib. */
-  private readonly queue: Buffer[] = [];
+  private readonly queue: { b: Buffer; store?: boolean }[] = [];
   private queued = 0;
   private switching = false;
   private ending = false;
@@ -175,7 +185,7 @@ export class AdaptiveGzip {
   }
 
   private enqueue(b: Buffer): void {
-    this.queue.push(b);
+    this.queue.push({ b });
     this.queued += b.length;
   }
 
@@ -185,14 +195,28 @@ export class AdaptiveGzip {
     this.o.onError(e);
   }
 
+  /** Whether the block at the head of the queue is to be stored (classified once, counted once). */
+  private headStored(): boolean {
+    const q = this.queue[0]!;
+    if (q.store === undefined) {
+      q.store = sampledEntropy(q.b) > THRESHOLD;
+      adaptiveGzipStats.blocks++;
+      if (q.store) adaptiveGzipStats.stored++;
+    }
+    return q.store;
+  }
+
+  private shift(): Buffer {
+    const { b } = this.queue.shift()!;
+    this.queued -= b.length;
+    return b;
+  }
+
   private pump(): void {
     while (!this.switching && !this.destroyed && this.queue.length > 0) {
-      const b = this.queue.shift()!;
-      this.queued -= b.length;
-      const store = sampledEntropy(b) > THRESHOLD;
-      adaptiveGzipStats.blocks++;
-      if (store) adaptiveGzipStats.stored++;
+      const store = this.headStored();
       if (store !== this.stored) {
+        const b = this.shift();
         // Nothing is written until deflateParams has run (see the module comment).
         this.switching = true;
         adaptiveGzipStats.switches++;
@@ -203,6 +227,22 @@ export class AdaptiveGzip {
           this.pump();
         });
         return;
+      }
+      let b = this.shift();
+      if (!store) {
+        // Deflate at levels 1-9 writes the same bytes however its input is split, so a run of
+        // compressed blocks lying side by side in one buffer goes to zlib as one write (one
+        // thread-pool round trip instead of one per block). Stored blocks never: level 0's
+        // output depends on the write sizes.
+        while (
+          b.length < RUN &&
+          this.queue.length > 0 &&
+          adjacent(b, this.queue[0]!.b) &&
+          !this.headStored()
+        ) {
+          const n = this.shift();
+          b = Buffer.from(b.buffer, b.byteOffset, b.length + n.length);
+        }
       }
       this.writeBlock(b);
     }
