@@ -134,13 +134,14 @@ function theWorker(): Worker {
 /** One blob's gunzip-and-hash on the worker. */
 export class WorkerDiffIdTap {
   private readonly id = nextId++;
+  /** The worker this tap was opened on (a later one does not know it). */
+  private readonly w = theWorker();
   private closed = false;
 
   constructor(handlers: TapHandlers) {
-    const w = theWorker();
     open.set(this.id, handlers);
-    w.ref();
-    w.postMessage({ t: 'o', id: this.id } satisfies ToWorker);
+    this.w.ref();
+    this.w.postMessage({ t: 'o', id: this.id } satisfies ToWorker);
   }
 
   /** Posts a copy of the chunk (the caller keeps its buffer). */
@@ -148,21 +149,21 @@ export class WorkerDiffIdTap {
     if (this.closed) return;
     // A message copies a view's whole ArrayBuffer: a small view of a large one is copied first.
     const buf = chunk.byteLength * 2 < chunk.buffer.byteLength ? Buffer.from(chunk) : chunk;
-    worker?.postMessage({ t: 'w', id: this.id, buf } satisfies ToWorker);
+    this.w.postMessage({ t: 'w', id: this.id, buf } satisfies ToWorker);
   }
 
   end(): void {
     if (this.closed) return;
     this.closed = true;
-    worker?.postMessage({ t: 'e', id: this.id } satisfies ToWorker);
+    this.w.postMessage({ t: 'e', id: this.id } satisfies ToWorker);
   }
 
   /** Drops the tap: no more callbacks. */
   destroy(): void {
     if (!open.delete(this.id)) return;
     this.closed = true;
-    worker?.postMessage({ t: 'x', id: this.id } satisfies ToWorker);
-    if (open.size === 0) worker?.unref();
+    this.w.postMessage({ t: 'x', id: this.id } satisfies ToWorker);
+    if (open.size === 0) this.w.unref();
   }
 }
 
