@@ -6,7 +6,10 @@
  *   - ferry, the CLI end to end (`node bin/ferry.js push oci:… …`);
  *   - `skopeo copy oci:… docker://…`;
  *   - 8 parallel `curl` PUTs of the same blobs (the registry's ingest limit);
- * interleaved A B C D, A B C D, …; medians with min–max. Each run pushes a
+ *   - 8 parallel "checking PUTs" (verify-puts.child.js: each layer's digest
+ *     and diff_id computed from the bytes sent, nothing else — the floor for
+ *     a pusher that checks diff_ids, as Ferry does and skopeo does not);
+ * interleaved A B C D E, A B C D E, …; medians with min–max. Each run pushes a
  * layout of its own (distinct random content), so ferry's REST push (A) is
  * the first time the serve process sees those blobs: it gunzips every layer
  * to check the config's diff_ids. Then ferry pushes the same layout again
