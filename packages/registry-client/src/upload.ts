@@ -1,7 +1,9 @@
 /**
  * One blob upload in an open session: a monolithic PUT, one streamed PATCH,
  * or Content-Range chunks from one reused buffer, the last of them sent as the
- * body of PUT ?digest= with the digest computed from the bytes. A failed chunk
+ * body of PUT ?digest= with the digest computed from the bytes. When the
+ * blob's size is known, a chunk's PATCH starts with its first bytes and takes
+ * the rest as they are read. A failed chunk
  * is re-sent from the buffer where the registry kept the session; otherwise
  * the upload resumes from the offset the registry reports (reopening the
  * source there) or, when the session is gone, starts a fresh one from byte 0.
@@ -26,6 +28,15 @@ const DONE_TIMEOUT_MS = 60_000;
 
 /** Thrown inside an attempt: the registry's offset is outside the buffer, reopen the source there. */
 class ReopenSignal extends Error {}
+
+/** A chunk's PATCH started before the chunk was read in full (Upload.startEarlyPatch). */
+interface EarlyPatch {
+  /** Views of the chunk buffer as it fills; ended when the chunk is complete. */
+  body: Readable;
+  done: Promise<void>;
+  /** The chunk's offset in the blob. */
+  start: number;
+}
 
 function keepSession(opt: UploadOptions['keepSessionOnFailure'], e: unknown): boolean {
   if (!(e instanceof RegistryError) || !opt) return false;
@@ -331,24 +342,69 @@ export class Upload {
 
   private async chunked(counter: Transform): Promise<void> {
     const buf = this.chunkBuffer();
-    for await (const chunk of counter) {
-      let c = chunk as Buffer;
-      while (c.length > 0) {
-        c = c.subarray(buf.take(c));
-        if (buf.full) {
-          await this.sendChunk(buf.bytes);
-          buf.clear();
+    let early: EarlyPatch | undefined;
+    try {
+      for await (const chunk of counter) {
+        let c = chunk as Buffer;
+        while (c.length > 0) {
+          if (buf.length === 0) early = this.startEarlyPatch(buf.limit);
+          const before = buf.length;
+          c = c.subarray(buf.take(c));
+          // The bytes just buffered also go out at once (views: the buffer holds them anyway).
+          early?.body.push(buf.bytes.subarray(before));
+          if (buf.full) {
+            const first = early;
+            early = undefined;
+            await this.sendChunk(buf.bytes, first);
+            buf.clear();
+          }
         }
       }
+    } finally {
+      // The source failed, or ended before the chunk its size promised: stop that PATCH.
+      early?.body.destroy(new Error('the blob source ended before the chunk was complete'));
     }
     // The last (partial) chunk goes out with the PUT, once the source has said its digest.
     this.tail = buf.length > 0 ? buf.bytes : undefined;
   }
 
-  /** PATCHes one chunk; after a failure where the registry kept the session, re-sends from the buffer. */
-  private async sendChunk(bytes: Buffer): Promise<void> {
+  /**
+   * When the blob's size is known and the next `length` bytes are not its last chunk, the
+   * chunk's PATCH starts now and takes its bytes as they arrive, so reading the source and
+   * sending overlap (the registry holds the session between chunks either way). The chunk is
+   * still buffered whole: a failed PATCH is re-sent from the buffer (sendChunk).
+   */
+  private startEarlyPatch(length: number): EarlyPatch | undefined {
+    const size = this.source.size;
+    if (size === undefined || this.offset + length >= size) return undefined;
     const start = this.offset;
+    const end = start + length;
+    const body = new Readable({ read() {} });
+    this.sent(length, end);
+    const done = this.patchWith(
+      body,
+      { 'content-length': String(length), 'content-range': `${start}-${end - 1}` },
+      () => end,
+    );
+    done.catch(() => undefined);
+    return { body, done, start };
+  }
+
+  /**
+   * PATCHes one chunk (or waits for the PATCH that took it as it was read); after a failure
+   * where the registry kept the session, re-sends from the buffer.
+   */
+  private async sendChunk(bytes: Buffer, early?: EarlyPatch): Promise<void> {
+    const start = early?.start ?? this.offset;
     const end = start + bytes.length;
+    if (early) {
+      early.body.push(null);
+      try {
+        await early.done;
+      } catch (e) {
+        await this.recoverChunk(e, start, end);
+      }
+    }
     while (this.offset < end) {
       const piece = bytes.subarray(this.offset - start);
       this.sent(piece.length, end);

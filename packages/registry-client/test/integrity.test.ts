@@ -9,12 +9,14 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import {
   bufferBlobSource,
   isTransient,
   MAX_CHUNK_SIZE,
   RegistryClient,
   RegistryError,
+  skipAndHash,
   TRANSIENT_CODES,
   type BlobSource,
 } from '@ferry/registry-client';
@@ -285,6 +287,69 @@ describe('registry client integrity (fake registry)', function () {
       puts.map((p) => p.headers['content-length']),
       ['5000', String(5000 - 1200)],
     );
+  });
+
+  /** A source of `data` (size stated or not) that gives its first `first` bytes, then waits for release(). */
+  function gatedSource(data: Buffer, first: number, statedSize: number | undefined) {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const src: BlobSource = {
+      ...(statedSize !== undefined ? { size: statedSize } : {}),
+      open(offset: number) {
+        async function* pieces() {
+          yield data.subarray(0, first);
+          await gate;
+          yield data.subarray(first);
+        }
+        return Promise.resolve(skipAndHash(Readable.from(pieces()), offset));
+      },
+    };
+    return { src, release };
+  }
+
+  it('with the size known, a chunk PATCH starts while the chunk is still read; without it, once the chunk is full', async () => {
+    const chunk = 64 * 1024;
+    const data = randomBytes(3 * chunk + 10);
+    const early = gatedSource(data, chunk / 2, data.length);
+    const p = client.uploadBlob(repo(), early.src, { chunkSize: chunk });
+    for (let i = 0; i < 200 && !fake.requests.some((q) => q.method === 'PATCH'); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(
+      fake.requests.some((q) => q.method === 'PATCH'),
+      'the PATCH of the first chunk began with half of it read',
+    );
+    early.release();
+    const r = await p;
+    assert.ok(fake.blobs.get(r.digest)!.equals(data));
+    assert.deepEqual(
+      fake.requests.filter((q) => q.method === 'PATCH').map((q) => q.headers['content-range']),
+      [`0-${chunk - 1}`, `${chunk}-${2 * chunk - 1}`, `${2 * chunk}-${3 * chunk - 1}`],
+    );
+    assert.equal(r.bytesSent, data.length);
+
+    const before = fake.requests.length;
+    const late = gatedSource(data, chunk / 2, undefined);
+    const q = client.uploadBlob(repo(), late.src, { chunkSize: chunk });
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(
+      !fake.requests.slice(before).some((x) => x.method === 'PATCH'),
+      'no PATCH before the chunk is full when the size is not known',
+    );
+    late.release();
+    const r2 = await q;
+    assert.equal(r2.digest, r.digest);
+  });
+
+  it('a source that ends before the size it stated fails clearly (the PATCH taking its chunk is stopped)', async () => {
+    const chunk = 64 * 1024;
+    const data = randomBytes(chunk + chunk / 2);
+    const src: BlobSource = { ...bufferBlobSource(data), size: 3 * chunk };
+    await assert.rejects(
+      client.uploadBlob(repo(), src, { chunkSize: chunk }),
+      (e: unknown) => e instanceof RegistryError && /bytes/.test(e.message),
+    );
+    assert.equal(fake.blobs.size, 0, 'nothing was committed');
   });
 
   it('a blob smaller than one chunk is one POST and one PUT that carries it', async () => {
