@@ -19,7 +19,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadConfig } from '@ferry/config';
-import { report } from './common';
+import { childResult, report } from './common';
 
 const SIZE = Number(process.env.BENCH_BLOB_BYTES ?? 1024 * 1024 * 1024);
 /** Each of the two layers of the chunked case. */
@@ -66,10 +66,10 @@ function runChild(mode: string, registry: string, nodeOptions = ''): Promise<Chi
     p.stdout.on('data', (d: Buffer) => (buf += d.toString()));
     p.on('error', reject);
     p.on('exit', (code) => {
-      const line = buf.split('\n').find((l) => l.startsWith('CHILD_RESULT '));
-      if (code !== 0 || !line)
+      const result = childResult<ChildResult>(buf);
+      if (code !== 0 || !result)
         return reject(new Error(`${mode} child exited with ${code}: ${buf.slice(-500)}`));
-      resolve(JSON.parse(line.slice('CHILD_RESULT '.length)) as ChildResult);
+      resolve(result);
     });
   });
 }

@@ -19,3 +19,9 @@ export interface BenchRow {
 export function report(name: string, rows: BenchRow[]): void {
   console.log('BENCH_RESULT ' + JSON.stringify({ name, rows }));
 }
+
+/** The `CHILD_RESULT {json}` line a benchmark's child process printed, or undefined. */
+export function childResult<T>(stdout: string): T | undefined {
+  const line = stdout.split('\n').find((l) => l.startsWith('CHILD_RESULT '));
+  return line ? (JSON.parse(line.slice('CHILD_RESULT '.length)) as T) : undefined;
+}

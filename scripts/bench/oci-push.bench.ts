@@ -29,7 +29,7 @@
  */
 import { join } from 'node:path';
 import type { BenchRow } from './common';
-import { report } from './common';
+import { childResult, report } from './common';
 import {
   build,
   cliPush,
@@ -119,9 +119,9 @@ async function checkingPuts(fx: OciFixture, host: string): Promise<{ s: number; 
     host,
     JSON.stringify(layers),
   ]);
-  const line = stdout.split('\n').find((l) => l.startsWith('CHILD_RESULT '));
-  if (!line) throw new Error(`verify-puts.child.js printed no result: ${stdout.slice(-400)}`);
-  return JSON.parse(line.slice('CHILD_RESULT '.length)) as { s: number; cpu: number };
+  const result = childResult<{ s: number; cpu: number }>(stdout);
+  if (!result) throw new Error(`verify-puts.child.js printed no result: ${stdout.slice(-400)}`);
+  return result;
 }
 
 async function main(): Promise<void> {

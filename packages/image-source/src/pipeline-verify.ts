@@ -14,17 +14,11 @@
  */
 import { SourceError, SourceErrorCodes } from './errors';
 import { WorkerDiffIdTap } from './diffid-worker';
-import { hex, type PipelineOptions } from './pipeline';
+import { ZLIB_INPUT_QUEUE, hex, type PipelineOptions } from './pipeline';
 import type { PipelineCore } from './pipeline-core';
 
 type Expect = NonNullable<PipelineOptions['expect']>;
 type Content = 'gzip' | 'tar' | 'opaque';
-
-/**
- * Bytes posted to the diffID worker and not yet consumed by its gunzip: above this, the
- * source pauses (ZLIB_INPUT_QUEUE's 4 MiB; pipeline.ts imports this module, so not read from it).
- */
-const TAP_QUEUE = 4 * 1024 * 1024;
 
 /** Gunzips the blob beside the stream (on the diffID worker), only to hash the uncompressed bytes. */
 class DiffIdTap {
@@ -38,7 +32,7 @@ class DiffIdTap {
     this.tap = new WorkerDiffIdTap({
       onAck: (n) => {
         this.queued -= n;
-        if (core.zBlocked && this.queued <= TAP_QUEUE) {
+        if (core.zBlocked && this.queued <= ZLIB_INPUT_QUEUE) {
           core.zBlocked = false;
           core.updatePause();
         }
@@ -61,11 +55,11 @@ class DiffIdTap {
     core.zstream = this.tap;
   }
 
-  /** Returns false when the worker's queue is full (pause the source). */
+  /** Returns false when more than ZLIB_INPUT_QUEUE bytes wait for the worker's gunzip (pause the source). */
   write(c: Buffer): boolean {
     this.queued += c.length;
     this.tap.write(c);
-    return this.queued <= TAP_QUEUE;
+    return this.queued <= ZLIB_INPUT_QUEUE;
   }
 
   end(): void {

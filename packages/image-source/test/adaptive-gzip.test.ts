@@ -5,25 +5,11 @@
  * gzip of the input, and is byte-for-byte zlib's gzip when no block is stored.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { fromReadable, runPipeline } from '@ferry/image-source';
 import { adaptiveGzipStats, sampledEntropy } from '../src/adaptive-gzip';
-import { randomBytesSeeded } from './support/images';
-
-const sha = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
-
-/** Compressible text (a few hundred distinct words). */
-function text(n: number): Buffer {
-  const parts: string[] = [];
-  for (let len = 0, i = 0; len < n; i++) {
-    const w = `word${(i * 7919) % 613} `;
-    parts.push(w);
-    len += w.length;
-  }
-  return Buffer.from(parts.join('').slice(0, n));
-}
+import { drain, randomBytesSeeded, sha256 as sha, textBytes as text } from './support/images';
 
 /** Gzips `input` through the layer pipeline, fed in pieces of `piece` bytes, from `offset` on. */
 async function gzipThrough(input: Buffer, piece: number, level = 6, offset = 0) {
@@ -35,9 +21,7 @@ async function gzipThrough(input: Buffer, piece: number, level = 6, offset = 0) 
     description: 'test layer',
     offset,
   });
-  const out: Buffer[] = [];
-  for await (const c of ls.stream) out.push(c as Buffer);
-  return { bytes: Buffer.concat(out), result: await ls.done };
+  return drain(ls);
 }
 
 const stats = () => ({ ...adaptiveGzipStats });

@@ -6,7 +6,6 @@
  * new one, and a stream dropped by its reader leaves nothing open.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { fromReadable, runPipeline } from '@ferry/image-source';
@@ -17,23 +16,7 @@ import {
   type TapResult,
 } from '../src/diffid-worker';
 import { verifiedDiffIds } from '../src/pipeline-verify';
-import { randomBytesSeeded } from './support/images';
-
-const sha = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
-
-/** Text-like bytes that compress (so gunzip output is larger than its input). */
-function textish(n: number, seed: number): Buffer {
-  const words = randomBytesSeeded(4096, seed)
-    .toString('base64')
-    .match(/.{1,7}/g)!;
-  const parts: string[] = [];
-  for (let len = 0, i = 0; len < n; i++) {
-    const w = words[(i * 7919 + seed) % words.length]! + ' ';
-    parts.push(w);
-    len += w.length;
-  }
-  return Buffer.from(parts.join('').slice(0, n));
-}
+import { randomBytesSeeded, sha256 as sha, textBytes } from './support/images';
 
 function tap(): {
   t: WorkerDiffIdTap;
@@ -54,6 +37,14 @@ function tap(): {
   return { t, acked: () => acked, result, failure };
 }
 
+/** A new tap given `raw` gzipped in one piece answers its diffID and size. */
+async function assertTapAnswers(raw: Buffer): Promise<void> {
+  const t = tap();
+  t.t.write(gzipSync(raw));
+  t.t.end();
+  assert.deepEqual(await t.result, { diffId: sha(raw), size: raw.length });
+}
+
 function chunks(b: Buffer, size: number): Buffer[] {
   const out: Buffer[] = [];
   for (let o = 0; o < b.length; o += size) out.push(Buffer.from(b.subarray(o, o + size)));
@@ -70,7 +61,7 @@ describe('@ferry/image-source: the diffID worker', function () {
   afterEach(() => verifiedDiffIds.clear());
 
   it('three taps written chunk by chunk, interleaved, each answer their own diffID and size; every byte is acknowledged', async () => {
-    const raws = [textish(3_000_000, 1), randomBytesSeeded(2_000_000, 2), textish(500_000, 3)];
+    const raws = [textBytes(3_000_000, 1), randomBytesSeeded(2_000_000, 2), textBytes(500_000, 3)];
     const gz = raws.map((r) => gzipSync(r));
     const taps = raws.map(() => tap());
     const parts = gz.map((g) => chunks(g, 64 * 1024));
@@ -93,30 +84,22 @@ describe('@ferry/image-source: the diffID worker', function () {
     const r = await bad.result;
     assert.ok('gzipError' in r, JSON.stringify(r));
     assert.match(r.gzipError.message, /incorrect header check/);
-    const raw = textish(100_000, 4);
-    const good = tap();
-    good.t.write(gzipSync(raw));
-    good.t.end();
-    assert.deepEqual(await good.result, { diffId: sha(raw), size: raw.length });
+    await assertTapAnswers(textBytes(100_000, 4));
   });
 
   it('a worker that dies fails every open tap with a clear error; the next tap starts a new worker', async () => {
     const open = [tap(), tap()];
-    open[0]!.t.write(gzipSync(textish(200_000, 5)).subarray(0, 1000));
+    open[0]!.t.write(gzipSync(textBytes(200_000, 5)).subarray(0, 1000));
     await stopDiffIdWorker();
     for (const x of open) {
       assert.match((await x.failure).message, /diffID worker exited/);
     }
     assert.equal(diffIdWorkerState().openTaps, 0);
-    const raw = textish(50_000, 6);
-    const again = tap();
-    again.t.write(gzipSync(raw));
-    again.t.end();
-    assert.deepEqual(await again.result, { diffId: sha(raw), size: raw.length });
+    await assertTapAnswers(textBytes(50_000, 6));
   });
 
   it('a layer stream whose worker dies fails (never passes unchecked)', async () => {
-    const raw = textish(4_000_000, 7);
+    const raw = textBytes(4_000_000, 7);
     const gz = gzipSync(raw);
     const src = new Readable({ read() {} });
     const ls = runPipeline({
@@ -135,7 +118,7 @@ describe('@ferry/image-source: the diffID worker', function () {
   });
 
   it('a layer stream dropped by its reader closes its tap', async () => {
-    const gz = gzipSync(textish(2_000_000, 8));
+    const gz = gzipSync(textBytes(2_000_000, 8));
     const src = new Readable({ read() {} });
     const ls = runPipeline({
       source: fromReadable(src),
