@@ -5,7 +5,6 @@
  * Layers are streamed as byte ranges of the archive, never extracted.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { Readable } from 'node:stream';
 import {
   MediaTypes,
   configDiffIds,
@@ -15,7 +14,8 @@ import {
   sha256Digest,
 } from '@ferry/manifest';
 import { SourceError, SourceErrorCodes } from './errors';
-import { READ_CHUNK_SIZE, fromReadable, hashOnly, runPipeline, type ByteSource } from './pipeline';
+import { hashOnly, runPipeline, type ByteSource } from './pipeline';
+import { fileSource } from './read-pool';
 import { openInsideRoot } from './root';
 import { sourceChanged, type DockerArchiveSnapshot, type FileIdentity } from './snapshot';
 import type { SourceSpec } from './spec';
@@ -86,18 +86,7 @@ async function magic(archive: Opener, e: TarEntry): Promise<'gzip' | 'zstd' | 't
 }
 
 async function rangeSource(archive: Opener, e: TarEntry): Promise<ByteSource> {
-  const fh = await archive();
-  if (e.size === 0) {
-    await fh.close();
-    return fromReadable(Readable.from([]));
-  }
-  return fromReadable(
-    fh.createReadStream({
-      start: e.offset,
-      end: e.offset + e.size - 1,
-      highWaterMark: READ_CHUNK_SIZE,
-    }),
-  );
+  return fileSource(await archive(), { start: e.offset, end: e.offset + e.size });
 }
 
 /** The identity of the file open as `fh` (fstat of that very descriptor). */

@@ -16,7 +16,8 @@ import {
   type ParsedManifest,
 } from '@ferry/manifest';
 import { SourceError, SourceErrorCodes } from './errors';
-import { READ_CHUNK_SIZE, fromReadable, hashOnly, runPipeline } from './pipeline';
+import { hashOnly, runPipeline } from './pipeline';
+import { fileSource } from './read-pool';
 import { openInsideRoot } from './root';
 import type { OciManifestPin } from './snapshot';
 import type { ImagePlatform, Layer, SourceImage } from './types';
@@ -214,7 +215,7 @@ function blobLayer(
     async open(offset = 0) {
       const fh = await layout.openBlob(d.digest, description);
       return runPipeline({
-        source: fromReadable(fh.createReadStream({ highWaterMark: READ_CHUNK_SIZE })),
+        source: fileSource(fh),
         mode: {
           kind: 'passthrough',
           content: compression === 'gzip' ? 'gzip' : compression === 'none' ? 'tar' : 'opaque',
@@ -235,11 +236,7 @@ function blobLayer(
         );
       }
       const fh = await layout.openBlob(d.digest, description);
-      return hashOnly(
-        fromReadable(fh.createReadStream({ highWaterMark: READ_CHUNK_SIZE })),
-        compression === 'gzip',
-        description,
-      );
+      return hashOnly(fileSource(fh), compression === 'gzip', description);
     },
   };
 }

@@ -13,6 +13,7 @@ import { SourceError, SourceErrorCodes } from './errors';
 import { PipelineCore } from './pipeline-core';
 import { compressStep } from './pipeline-gzip';
 import { passthroughStep } from './pipeline-verify';
+import { releaseReadBuffer } from './read-pool';
 
 export interface LayerResult {
   /** `sha256:` of the bytes the stream produces (the blob digest). */
@@ -30,6 +31,12 @@ export interface LayerStream {
   stream: Readable;
   /** Settles when every byte has been hashed; rejects when the stream fails. */
   done: Promise<LayerResult>;
+  /**
+   * The reader is done with a chunk of `stream` (copied it, keeps no reference): its
+   * memory may be read into again (read-pool.ts). Optional for the reader; only the one
+   * reader of the stream may call it, once per chunk.
+   */
+  release(chunk: Buffer): void;
 }
 
 /** A producer of raw bytes with flow control. */
@@ -109,7 +116,7 @@ export function runPipeline(opts: PipelineOptions): LayerStream {
   const core = new PipelineCore(opts.source, opts.description, offset, opts.highWaterMark);
   if (opts.mode.kind === 'gzip') compressStep(core, opts.mode.level, opts.expect ?? {});
   else passthroughStep(core, opts.mode.content, opts.expect ?? {}, opts.statedDiffId);
-  return { stream: core.out, done: core.done };
+  return { stream: core.out, done: core.done, release: releaseReadBuffer };
 }
 
 export { hashOnly } from './hash-only';

@@ -17,6 +17,11 @@ export interface BlobStream {
   stream: NodeJS.ReadableStream | Readable;
   /** Resolves when the source has produced every byte: digest over ALL bytes (skipped ones too). */
   done: Promise<{ digest: string; size: number }>;
+  /**
+   * Called with each chunk of `stream` the upload has copied and no longer refers to, so the
+   * source may reuse its memory (a chunked upload does; other kinds of upload never call it).
+   */
+  release?(chunk: Buffer): void;
 }
 
 export interface BlobSource {

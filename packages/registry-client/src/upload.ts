@@ -215,7 +215,7 @@ export class Upload {
       counter = this.counted(bs, this.offset, this.chunkSize === 0);
       this.tail = undefined;
       if (this.chunkSize === 0) await this.patchWith(counter, {}, () => this.pos);
-      else await this.chunked(counter);
+      else await this.chunked(counter, bs.release?.bind(bs));
       const { digest, size } = await settle(bs.done, DONE_TIMEOUT_MS, 'the blob source');
       return await this.finish(digest, size);
     } catch (e) {
@@ -340,7 +340,8 @@ export class Upload {
     return this.buffer;
   }
 
-  private async chunked(counter: Transform): Promise<void> {
+  /** Copies the stream into the chunk buffer; each chunk, once copied, goes back to `release`. */
+  private async chunked(counter: Transform, release?: (chunk: Buffer) => void): Promise<void> {
     const buf = this.chunkBuffer();
     let early: EarlyPatch | undefined;
     try {
@@ -359,6 +360,7 @@ export class Upload {
             buf.clear();
           }
         }
+        release?.(chunk as Buffer);
       }
     } finally {
       // The source failed, or ended before the chunk its size promised: stop that PATCH.

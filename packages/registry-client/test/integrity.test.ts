@@ -257,6 +257,49 @@ describe('registry client integrity (fake registry)', function () {
     );
   });
 
+  it('gives each chunk back to the source once copied (release): scribbling over it changes nothing sent', async () => {
+    const chunk = 64 * 1024;
+    const data = randomBytes(10 * 40_000 + 7);
+    // One PATCH fails: its chunk is re-sent from the upload's buffer, not from released memory.
+    fake.addFault({
+      method: 'PATCH',
+      path: /\/blobs\/uploads\//,
+      skip: 1,
+      action: { status: 503, body: 'busy' },
+    });
+    const emitted: Buffer[] = [];
+    const released: Buffer[] = [];
+    const src: BlobSource = {
+      size: data.length,
+      async open(offset: number) {
+        assert.equal(offset, 0);
+        for (let i = 0; i < data.length; i += 40_000)
+          emitted.push(Buffer.from(data.subarray(i, i + 40_000)));
+        return {
+          stream: Readable.from(emitted),
+          done: Promise.resolve({ digest: digestOf(data), size: data.length }),
+          release(c: Buffer) {
+            released.push(c);
+            c.fill(0xee);
+          },
+        };
+      },
+    };
+    const r = await client.uploadBlob(repo(), src, { chunkSize: chunk });
+    assert.equal(r.resumes, 1, 'the fault was hit');
+    assert.ok(fake.blobs.get(r.digest)!.equals(data), 'the registry holds the source bytes');
+    assert.equal(released.length, emitted.length, 'every chunk was given back');
+    assert.equal(new Set(released).size, released.length, 'none twice');
+    for (const c of released) assert.ok(emitted.includes(c), 'only chunks the source made');
+
+    // A streamed upload (one PATCH) hands chunks to the request itself: it never releases.
+    released.length = 0;
+    emitted.length = 0;
+    const r2 = await client.uploadBlob(repo(), src, { chunkSize: 0 });
+    assert.ok(fake.blobs.get(r2.digest)!.equals(data));
+    assert.equal(released.length, 0);
+  });
+
   it('the last chunk rides on the PUT; a failed PUT is sent again from the buffer (source opened once)', async () => {
     const chunk = 64 * 1024;
     const data = randomBytes(2 * chunk + 500);

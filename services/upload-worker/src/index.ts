@@ -441,7 +441,7 @@ function blobSourceOf(
     open: async (offset: number) => {
       const opened = shared
         ? await shared.tee.openBranch(shared.branch, offset)
-        : await layer.open(offset).then((s) => ({ s, stream: s.stream }));
+        : await layer.open(offset).then((s) => ({ s, stream: s.stream, shared: false }));
       const s = opened.s;
       onOpen(s);
       const done = s.done.then((r) => {
@@ -450,7 +450,8 @@ function blobSourceOf(
       });
       // The client may abandon a stream (a cut, a retry) without awaiting its end.
       done.catch(() => undefined);
-      return { stream: opened.stream, done };
+      // The layer's read buffers come back once copied, unless fan-out branches share them.
+      return { stream: opened.stream, done, ...(opened.shared ? {} : { release: s.release }) };
     },
   };
 }

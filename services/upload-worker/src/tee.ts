@@ -35,13 +35,17 @@ export class LayerTee<S extends TeeSourceStream> {
   /**
    * Branch i's open(offset): its share of the one read the first time at
    * offset 0, an independent read otherwise. `s` is the layer stream the
-   * bytes come from (for its progress counters).
+   * bytes come from (for its progress counters); `shared` says that other
+   * branches get the same chunks (so none of them may give a chunk back for reuse).
    */
-  async openBranch(i: number, offset: number): Promise<{ s: S; stream: Readable }> {
+  async openBranch(
+    i: number,
+    offset: number,
+  ): Promise<{ s: S; stream: Readable; shared: boolean }> {
     if (offset !== 0 || this.started || !this.waiting.has(i)) {
       this.leave(i);
       const s = await this.open(offset);
-      return { s, stream: s.stream };
+      return { s, stream: s.stream, shared: false };
     }
     this.waiting.delete(i);
     const out = new PassThrough({ highWaterMark: 1 << 20 });
@@ -53,7 +57,7 @@ export class LayerTee<S extends TeeSourceStream> {
     });
     this.maybeStart();
     const s = await this.shared;
-    return { s, stream: out };
+    return { s, stream: out, shared: true };
   }
 
   /** Branch i will not (or no longer) take part in the shared read. */

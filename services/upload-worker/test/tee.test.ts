@@ -22,6 +22,8 @@ describe('upload-worker: LayerTee (one read of a layer for several targets)', ()
       return source(data);
     }, 2);
     const [a, b] = await Promise.all([tee.openBranch(0, 0), tee.openBranch(1, 0)]);
+    // The branches get the same chunk objects: neither may give one back for reuse.
+    assert.deepEqual([a.shared, b.shared], [true, true]);
     const [x, y] = await Promise.all([readAll(a.stream), readAll(b.stream)]);
     assert.equal(x.toString(), 'abcdef');
     assert.equal(y.toString(), 'abcdef');
@@ -60,5 +62,8 @@ describe('upload-worker: LayerTee (one read of a layer for several targets)', ()
     const again = await tee.openBranch(0, 0);
     assert.equal((await readAll(again.stream)).toString(), 'xyz');
     assert.equal(opens, 2);
+    // A read of its own: the stream is the layer's, its chunks may be given back.
+    assert.equal(again.shared, false);
+    assert.equal(again.stream, again.s.stream);
   });
 });
