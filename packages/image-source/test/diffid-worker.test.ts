@@ -77,6 +77,31 @@ describe('@ferry/image-source: the diffID worker', function () {
     assert.equal(diffIdWorkerState().openTaps, 0);
   });
 
+  it('chunks of every size answer the same diffID: file-read-sized ones travel in buffers that come back, the caller keeps its own', async () => {
+    const raw = Buffer.concat([textBytes(3_000_000, 11), randomBytesSeeded(2_000_000, 12)]);
+    const gz = gzipSync(raw);
+    // Small (cloned), 256 KiB - 1 MiB (transferred) and over 1 MiB (cloned) pieces, mixed.
+    const sizes = [1000, 300 * 1024, 1024 * 1024, 1536 * 1024, 256 * 1024, 70_000];
+    const parts: Buffer[] = [];
+    for (let o = 0, i = 0; o < gz.length; i++) {
+      const n = sizes[i % sizes.length]!;
+      parts.push(Buffer.from(gz.subarray(o, o + n)));
+      o += n;
+    }
+    const copies = parts.map((p) => Buffer.from(p));
+    const t = tap();
+    for (const p of parts) t.t.write(p);
+    t.t.end();
+    assert.deepEqual(await t.result, { diffId: sha(raw), size: raw.length });
+    assert.equal(t.acked(), gz.length);
+    parts.forEach((p, i) => assert.ok(p.equals(copies[i]!), `chunk ${i} is untouched`));
+    assert.ok(diffIdWorkerState().spare > 0, 'transfer buffers came back for reuse');
+    // A buffer that came back carries the next such chunk (taken, then given back again).
+    const spare = diffIdWorkerState().spare;
+    await assertTapAnswers(randomBytesSeeded(400_000, 13));
+    assert.equal(diffIdWorkerState().spare, spare);
+  });
+
   it('bytes that are not gzip answer the gzip error; chunks still on their way are ignored; the next tap works', async () => {
     const bad = tap();
     for (const c of chunks(randomBytesSeeded(300_000, 9), 50_000)) bad.t.write(c);
