@@ -5,11 +5,11 @@
  * for every read. An upload holds each one for a while (the pipeline keeps the
  * newest chunk back until the digest is checked, the reader's queue, the chunk
  * buffer's copy), long enough for V8 to promote it, and promoted ArrayBuffers
- * are only freed by full collections, which V8 starts for every 64 MB of them:
- * profiled, an 8-layer 262 MB push ran 11 full mark-compacts of the serve's
- * heap and ~0.9 CPU-s of concurrent marking and sweeping on V8's threads, a
- * quarter of the process's CPU. Reading into buffers the uploader gives back
- * once it has copied them (LayerStream.release) makes none of that garbage.
+ * are only freed by full collections: profiled, an 8-layer 262 MB push ran 11
+ * full mark-compacts of the serve's heap and ~0.9 CPU-s of concurrent marking
+ * and sweeping on V8's threads, a quarter of the process's CPU. Reading into
+ * buffers the uploader gives back once it has copied them (LayerStream.release)
+ * makes none of that garbage (a quarter as many full collections).
  *
  * The rule: a buffer goes back to the pool only through releaseReadBuffer, by
  * the one reader a chunk was delivered to, once it holds no reference to the
