@@ -15,7 +15,9 @@
  * containerify is taken from BENCH_CONTAINERIFY (its cli.js or bin), else
  * installed once with npm into $TMPDIR/ferry-bench-tools.
  *
- * Env: BENCH_DIR_MB (total, default 600), BENCH_RUNS (3); see ferry-serve.ts.
+ * Env: BENCH_DIR_MB (total, default 600), BENCH_RUNS (3), BENCH_FERRY_ONLY=1
+ * (profiling: containerify, skopeo and zlib skipped, reported as NaN); see
+ * ferry-serve.ts.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -55,6 +57,8 @@ const TOTAL_MB = Number(process.env.BENCH_DIR_MB ?? 600);
 const LAYERS = 4;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const LEVEL = 6;
+/** Profiling runs: ferry only, the peers skipped and reported as NaN. */
+const FERRY_ONLY = process.env.BENCH_FERRY_ONLY === '1';
 
 async function writeFile(path: string, size: number, gen: (n: number) => Buffer): Promise<void> {
   const ws = createWriteStream(path);
@@ -144,7 +148,7 @@ function containerifyBin(): string {
 async function main(): Promise<void> {
   const { startRedis, startRegistry, tmpDir } = helpers();
   build();
-  const cfy = containerifyBin();
+  const cfy = FERRY_ONLY ? '' : containerifyBin();
   const root = tmpDir('bench-dir');
   const img = join(root, 'img');
   process.stderr.write(`making a ${LAYERS}-layer dir: image, ${TOTAL_MB} MB …\n`);
@@ -197,6 +201,13 @@ async function main(): Promise<void> {
         ferryCpu.main.push(c1.main - c0.main);
         ferryCpu.other.push(c1.other - c0.other);
         await reg.stop();
+      }
+      if (FERRY_ONLY) {
+        t.cfy.push(NaN);
+        t.skopeo.push(NaN);
+        t.zlib.push(NaN);
+        process.stderr.write(`run ${i}: ferry ${t.ferry[i]!.toFixed(2)}\n`);
+        continue;
       }
       {
         const reg = await startRegistry();
