@@ -10,6 +10,8 @@ import {
   type RedisHandle,
   type RegistryHandle,
 } from '../helpers';
+import { openSource } from '@ferry/image-source';
+import { writeOciImage } from '../../packages/image-source/test/support/images';
 import { pushAndWait, stackConfig, startWorkers, type WorkerStack } from './stack';
 
 /**
@@ -22,6 +24,8 @@ async function startHeadCounter(
 ): Promise<{
   host: string;
   maxInFlight: () => number;
+  /** Starts counting the most in flight anew. */
+  resetMax: () => void;
   heads: () => number;
   stop(): Promise<void>;
 }> {
@@ -61,6 +65,9 @@ async function startHeadCounter(
   return {
     host: `127.0.0.1:${port}`,
     maxInFlight: () => max,
+    resetMax: () => {
+      max = inFlight;
+    },
     heads: () => heads,
     stop: () =>
       new Promise<void>((r) => {
@@ -116,6 +123,60 @@ describe('pipeline: existence checks per registry are capped across the cluster'
       assert.ok(two.layers.every((l) => l.state === 'exists'));
       assert.ok(proxy.heads() - before >= 12, `HEADs: ${proxy.heads() - before}`);
       assert.equal(proxy.maxInFlight(), 2, `at most 2 at once, and the cap was reached`);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('a whole-image lookup that started with one lane grows to the cap once the other holders let go', async () => {
+    const proxy = await startHeadCounter({ port: registry.port }, 100);
+    try {
+      const root = tmpDir('lookup-grow');
+      const img = join(root, 'img');
+      for (let i = 0; i < 10; i++) {
+        const d = join(img, 'layers', `l${String(i).padStart(2, '0')}`);
+        mkdirSync(d, { recursive: true });
+        writeFileSync(join(d, 'f.txt'), `grow layer ${i}\n`);
+      }
+      // An OCI layout: its layers state their digests, so one job looks the image up in lanes.
+      const layout = join(root, 'layout');
+      const src = await openSource(`dir:${img}`, { root });
+      await writeOciImage(layout, src.images[0]!, { refName: 'latest' });
+      const stack = await startWorkers(
+        stackConfig({
+          FERRY_REDIS_URL: redis.url,
+          FERRY_REGISTRY_ALLOW: proxy.host,
+          FERRY_SOURCE_ROOT: root,
+          FERRY_LOOKUP_CONCURRENCY: '4',
+        }),
+      );
+      stacks.push(stack);
+      const target = `${proxy.host}/grow/app:1`;
+      const one = await pushAndWait(stack, { source: `oci:${layout}:latest`, target });
+      assert.equal(one.status, 'succeeded', JSON.stringify(one.error));
+      // Other holders take three of the registry's four permits: the re-push starts with one lane.
+      const sem = stack.ctx.lookupSemaphore;
+      const others = await Promise.all([0, 1, 2].map(() => sem.tryAcquire(proxy.host)));
+      assert.ok(others.every((p) => p !== null));
+      const before = proxy.heads();
+      proxy.resetMax();
+      const pushing = pushAndWait(stack, { source: `oci:${layout}:latest`, target });
+      // While they hold them, HEADs go one at a time; then they let go.
+      for (let i = 0; i < 200 && proxy.heads() - before < 2; i++)
+        await new Promise((r) => setTimeout(r, 10));
+      assert.equal(proxy.maxInFlight(), 1, 'one lane while three permits are held elsewhere');
+      await Promise.all(others.map((p) => p!.release()));
+      const two = await pushing;
+      assert.equal(two.status, 'succeeded', JSON.stringify(two.error));
+      assert.ok(two.layers.every((l) => l.state === 'exists'));
+      assert.ok(proxy.heads() - before >= 11, `HEADs: ${proxy.heads() - before}`);
+      // Eleven checks (ten layers and the config) at 100 ms: one lane to the end would never overlap.
+      assert.ok(
+        proxy.maxInFlight() >= 3 && proxy.maxInFlight() <= 4,
+        `the lookup grew to ${proxy.maxInFlight()} HEADs at once (cap 4)`,
+      );
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(await sem.count(proxy.host), 0, 'every permit given back');
     } finally {
       await proxy.stop();
     }

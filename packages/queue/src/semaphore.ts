@@ -288,11 +288,16 @@ export class Semaphore {
    * are free in one call (waiting as `use` does only when none is), runs fn
    * with one PermitControl each, and gives all back in one call after. Each
    * control is released, reacquired and lapses on its own as in `use`.
+   *
+   * fn's `more(n)` takes up to n of the permits not granted at the start, as
+   * many as are free now, in one call without waiting (none when all are
+   * held): a caller that started with fewer than it wanted grows when others
+   * give theirs back. What it grants is held, renewed and given back with the rest.
    */
   async useMany<T>(
     key: string,
     want: number,
-    fn: (permits: PermitControl[]) => Promise<T>,
+    fn: (permits: PermitControl[], more: (n: number) => Promise<PermitControl[]>) => Promise<T>,
     opts: AcquireOptions = {},
   ): Promise<T> {
     const controls = Array.from(
@@ -306,9 +311,38 @@ export class Semaphore {
     granted.forEach((p, i) => controls[i].adopt(p));
     if (granted.length === 0) await controls[0].reacquire();
     const held = controls.slice(0, Math.max(1, granted.length));
+    const spare = controls.slice(held.length);
+    let done = false;
+    const more = async (n: number): Promise<PermitControl[]> => {
+      const asked = spare.splice(0, Math.max(0, Math.min(n, spare.length)));
+      if (asked.length === 0) return [];
+      let got: Permit[] = [];
+      try {
+        got = await this.tryAcquireMany(
+          key,
+          asked.map((c) => c.holder),
+        );
+      } finally {
+        // What was not granted may be asked for again.
+        spare.unshift(...asked.slice(got.length));
+      }
+      if (done) {
+        // fn has answered already (it did not wait for this call): give them straight back.
+        void this.releaseMany(
+          key,
+          got.map((p) => p.holder),
+        ).catch(() => undefined);
+        return [];
+      }
+      const added = asked.slice(0, got.length);
+      got.forEach((p, i) => added[i].adopt(p));
+      held.push(...added);
+      return added;
+    };
     try {
-      return await fn(held);
+      return await fn([...held], more);
     } finally {
+      done = true;
       // Not awaited, as in use(): one call for them all.
       const holders = held.flatMap((c) => c.detach() ?? []);
       void this.releaseMany(key, holders).catch(() => undefined);

@@ -317,6 +317,52 @@ describe('@ferry/queue against a real redis-server', function () {
       await until('permits given back', async () => (await sem.count(key)) === 2);
     });
 
+    it("useMany's more() takes permits freed since the start, without waiting, and gives them back with the rest", async () => {
+      const key = 'registry.example:5000';
+      const sem = new Semaphore(conn, {
+        prefix: `{s${randomUUID().slice(0, 8)}}`,
+        name: 'lookup',
+        limit: 3,
+        leaseMs: 5_000,
+      });
+      const a = await sem.tryAcquire(key);
+      const b = await sem.tryAcquire(key);
+      assert.ok(a && b);
+      let later: ((n: number) => Promise<unknown[]>) | undefined;
+      const total = await sem.useMany(
+        key,
+        3,
+        async (permits, more) => {
+          later = more;
+          assert.equal(permits.length, 1);
+          // None free: nothing, at once.
+          const t0 = Date.now();
+          assert.deepEqual(await more(2), []);
+          assert.ok(Date.now() - t0 < 1_000);
+          await a.release();
+          const added = await more(2);
+          assert.equal(added.length, 1, 'the one freed');
+          assert.ok(added[0]!.held);
+          assert.equal(await sem.count(key), 3);
+          assert.equal(await sem.tryAcquire(key), null, 'the cap holds');
+          await b.release();
+          // Asked for nothing: nothing taken.
+          assert.deepEqual(await more(0), []);
+          assert.equal(await sem.count(key), 2);
+          const last = await more(5);
+          assert.equal(last.length, 1, 'no more than wanted in all');
+          assert.deepEqual(await more(1), [], 'all three wanted are held');
+          return permits.length + added.length + last.length;
+        },
+        { timeoutMs: 1_000, pollMs: 5 },
+      );
+      assert.equal(total, 3);
+      await until('permits given back', async () => (await sem.count(key)) === 0);
+      // Asked after fn answered: nothing is kept.
+      assert.deepEqual(await later!(3), []);
+      assert.equal(await sem.count(key), 0);
+    });
+
     it('frees the permit of a holder that stopped renewing', async () => {
       const sem = new Semaphore(conn, {
         prefix: `{s${randomUUID().slice(0, 8)}}`,

@@ -286,28 +286,28 @@ export interface PermitLane {
  * Holds up to `want` lookup permits of `registry` — as many as are free,
  * taken in one call (waiting only when none is) — while `fn` makes its calls
  * through them, one lane per permit; all are given back in one call after.
- * A call may still give its lane's permit back while it sleeps.
+ * A call may still give its lane's permit back while it sleeps. `more(n)`
+ * opens up to n more lanes, as many as permits are free now (one call, no
+ * waiting): a lookup that started when few were free grows when others end.
  */
 export function withPermitLanes<T>(
   ctx: QueueContext,
   registry: string,
   want: number,
   timeoutMs: number,
-  fn: (lanes: PermitLane[]) => Promise<T>,
+  fn: (lanes: PermitLane[], more: (n: number) => Promise<PermitLane[]>) => Promise<T>,
 ): Promise<T> {
+  const laneOf = (permit: PermitControl): PermitLane => ({
+    registry,
+    run: async (call) => {
+      await permit.reacquire();
+      return callUnder(permit, call);
+    },
+  });
   return ctx.lookupSemaphore.useMany(
     registry,
     want,
-    (permits) =>
-      fn(
-        permits.map((permit) => ({
-          registry,
-          run: async (call) => {
-            await permit.reacquire();
-            return callUnder(permit, call);
-          },
-        })),
-      ),
+    (permits, more) => fn(permits.map(laneOf), async (n) => (await more(n)).map(laneOf)),
     { timeoutMs },
   );
 }

@@ -306,27 +306,63 @@ const DEFAULT_PARALLEL = 5;
  */
 type LaneTask = (lane: PermitLane) => Promise<void>;
 
+/** A lookup that has fewer lanes than it wants asks for more at most this often (one Redis call). */
+const GROW_EVERY_MS = 25;
+
 /**
  * Runs the tasks in at most `parallel` lanes, one lookup permit of
  * `registry` each, all taken in one call and given back in one (as many as
- * are free; the cluster-wide cap holds). Waits for every task before
- * answering: a failure is thrown only once no task is still at work (a
- * permanent one before a transient one), so a retried job never races its
+ * are free; the cluster-wide cap holds). One that started with fewer lanes
+ * than it wanted (other lookups held the permits) asks for more between
+ * tasks, while tasks are left, so it grows once the others give theirs back
+ * instead of running its layers one by one to the end. Waits for every task
+ * before answering: a failure is thrown only once no task is still at work
+ * (a permanent one before a transient one), so a retried job never races its
  * previous try.
  */
 async function inLanes(deps: LookupDeps, registry: string, tasks: LaneTask[]): Promise<void> {
   const failures: unknown[] = [];
   let next = 0;
   const want = Math.min(Math.max(1, deps.parallel ?? DEFAULT_PARALLEL), tasks.length);
-  await withPermitLanes(deps.ctx, registry, want, deps.permitTimeoutMs ?? 120_000, (lanes) =>
-    Promise.all(
-      lanes.map(async (lane) => {
-        while (next < tasks.length) {
-          const i = next++;
-          await tasks[i](lane).catch((err: unknown) => failures.push(err));
+  await withPermitLanes(
+    deps.ctx,
+    registry,
+    want,
+    deps.permitTimeoutMs ?? 120_000,
+    async (lanes, more) => {
+      const running: Promise<void>[] = [];
+      let open = 0;
+      let asking = false;
+      let askedAt = Date.now();
+      const grow = async (): Promise<void> => {
+        const n = Math.min(want - open, tasks.length - next);
+        if (n <= 0 || asking || Date.now() - askedAt < GROW_EVERY_MS) return;
+        asking = true;
+        askedAt = Date.now();
+        try {
+          for (const lane of await more(n)) start(lane);
+        } catch {
+          // Redis did not answer: go on with the lanes held (the job's own calls will tell).
+        } finally {
+          asking = false;
         }
-      }),
-    ),
+      };
+      const start = (lane: PermitLane): void => {
+        open++;
+        running.push(
+          (async () => {
+            while (next < tasks.length) {
+              const i = next++;
+              await tasks[i](lane).catch((err: unknown) => failures.push(err));
+              await grow();
+            }
+          })(),
+        );
+      };
+      lanes.forEach(start);
+      // Lanes opened while waiting are waited for too.
+      for (let i = 0; i < running.length; i++) await running[i];
+    },
   );
   if (failures.length > 0) throw failures.find((e) => isPermanent(e)) ?? failures[0];
 }
