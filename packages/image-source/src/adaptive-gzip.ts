@@ -81,10 +81,24 @@ export interface AdaptiveGzipOptions {
   /** Input bytes that may wait (blocks queued + zlib's own queue) before write() says false. */
   queueLimit: number;
   onData(chunk: Buffer): void;
+  /**
+   * zlib has consumed every byte of a chunk given to write() (or they were copied): the
+   * caller may reuse its memory. Not called for chunks still queued when the stream fails.
+   */
+  release?(chunk: Buffer): void;
   onDrain(): void;
   onEnd(): void;
   onError(err: Error): void;
 }
+
+/** A chunk given to write(), or a block buffer of this stream's own, and its views still queued or in zlib. */
+interface Owner {
+  refs: number;
+  done(): void;
+}
+
+/** Block buffers (partial blocks gathered by copying) that wait for reuse, per stream. */
+const MAX_SPARE_BLOCKS = 4;
 
 export class AdaptiveGzip {
   private readonly z: zlib.DeflateRaw;
@@ -96,7 +110,9 @@ export class AdaptiveGzip {
   private cur: Buffer | undefined;
   private fill = 0;
   /** Whole blocks not yet written to zlib. */
-  private readonly queue: { b: Buffer; store?: boolean }[] = [];
+  private readonly queue: { b: Buffer; store?: boolean; owner?: Owner }[] = [];
+  /** Block buffers zlib is done with, for the next partial blocks. */
+  private readonly spareBlocks: Buffer[] = [];
   private queued = 0;
   private switching = false;
   private ending = false;
@@ -128,22 +144,28 @@ export class AdaptiveGzip {
   write(c: Buffer): boolean {
     this.start();
     let off = 0;
+    let owner: Owner | undefined;
     while (off < c.length) {
       if (this.fill === 0 && c.length - off >= BLOCK) {
-        this.enqueue(c.subarray(off, off + BLOCK));
+        // A whole block is queued as a view of c: c is given back once zlib has consumed it.
+        owner ??= { refs: 0, done: () => this.o.release?.(c) };
+        owner.refs++;
+        this.enqueue(c.subarray(off, off + BLOCK), owner);
         off += BLOCK;
         continue;
       }
-      this.cur ??= Buffer.allocUnsafe(BLOCK);
+      this.cur ??= this.spareBlocks.pop() ?? Buffer.allocUnsafe(BLOCK);
       const n = c.copy(this.cur, this.fill, off, Math.min(c.length, off + BLOCK - this.fill));
       this.fill += n;
       off += n;
       if (this.fill === BLOCK) {
-        this.enqueue(this.cur);
+        this.enqueue(this.cur, this.blockOwner(this.cur));
         this.cur = undefined;
         this.fill = 0;
       }
     }
+    // Every byte was copied: c is free now.
+    if (!owner) this.o.release?.(c);
     this.pump();
     const ok = this.room();
     if (!ok) this.wantDrain = true;
@@ -184,9 +206,19 @@ export class AdaptiveGzip {
     return this.queued + this.z.writableLength < this.o.queueLimit;
   }
 
-  private enqueue(b: Buffer): void {
-    this.queue.push({ b });
+  private enqueue(b: Buffer, owner?: Owner): void {
+    this.queue.push(owner ? { b, owner } : { b });
     this.queued += b.length;
+  }
+
+  /** A full block buffer of this stream's own goes back to spareBlocks once zlib has consumed it. */
+  private blockOwner(block: Buffer): Owner {
+    return {
+      refs: 1,
+      done: () => {
+        if (this.spareBlocks.length < MAX_SPARE_BLOCKS) this.spareBlocks.push(block);
+      },
+    };
   }
 
   private fail(e: Error): void {
@@ -206,29 +238,32 @@ export class AdaptiveGzip {
     return q.store;
   }
 
-  private shift(): Buffer {
-    const { b } = this.queue.shift()!;
+  /** Takes the head block; its owner joins `owners` (given back once zlib has consumed it). */
+  private shift(owners: Owner[]): Buffer {
+    const { b, owner } = this.queue.shift()!;
     this.queued -= b.length;
+    if (owner) owners.push(owner);
     return b;
   }
 
   private pump(): void {
     while (!this.switching && !this.destroyed && this.queue.length > 0) {
       const store = this.headStored();
+      const owners: Owner[] = [];
       if (store !== this.stored) {
-        const b = this.shift();
+        const b = this.shift(owners);
         // Nothing is written until deflateParams has run (see the module comment).
         this.switching = true;
         adaptiveGzipStats.switches++;
         this.z.params(store ? 0 : this.level, zlib.constants.Z_DEFAULT_STRATEGY, () => {
           this.switching = false;
           this.stored = store;
-          this.writeBlock(b);
+          this.writeBlock(b, owners);
           this.pump();
         });
         return;
       }
-      let b = this.shift();
+      let b = this.shift(owners);
       if (!store) {
         // Deflate at levels 1-9 writes the same bytes however its input is split, so a run of
         // compressed blocks lying side by side in one buffer goes to zlib as one write (one
@@ -240,11 +275,11 @@ export class AdaptiveGzip {
           adjacent(b, this.queue[0]!.b) &&
           !this.headStored()
         ) {
-          const n = this.shift();
+          const n = this.shift(owners);
           b = Buffer.from(b.buffer, b.byteOffset, b.length + n.length);
         }
       }
-      this.writeBlock(b);
+      this.writeBlock(b, owners);
     }
     if (this.switching || this.destroyed) return;
     if (this.ending && !this.ended && this.queue.length === 0) {
@@ -257,10 +292,19 @@ export class AdaptiveGzip {
     }
   }
 
-  private writeBlock(b: Buffer): void {
+  private writeBlock(b: Buffer, owners: Owner[]): void {
     if (this.destroyed) return;
     this.crc = zlib.crc32(b, this.crc);
     this.isize = (this.isize + b.length) >>> 0;
-    this.z.write(b);
+    if (owners.length === 0) {
+      this.z.write(b);
+      return;
+    }
+    // Called once zlib has consumed every byte of b (with an error instead when it never will:
+    // then nothing is given back, as zlib may still hold the memory).
+    this.z.write(b, (err) => {
+      if (err || this.destroyed) return;
+      for (const o of owners) if (--o.refs === 0) o.done();
+    });
   }
 }

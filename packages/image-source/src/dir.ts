@@ -268,6 +268,7 @@ function countingSource(inner: ByteSource): { source: ByteSource; read: () => nu
       pause: () => inner.pause(),
       resume: () => inner.resume(),
       cancel: () => inner.cancel(),
+      release: (chunk) => inner.release?.(chunk),
     },
   };
 }

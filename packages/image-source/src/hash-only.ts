@@ -52,6 +52,7 @@ export function hashOnly(
         } else {
           h.update(c);
           n += c.length;
+          source.release?.(c);
         }
       },
       () => {

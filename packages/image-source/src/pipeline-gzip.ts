@@ -23,6 +23,7 @@ export function compressStep(
     level,
     chunkSize: GZIP_CHUNK_SIZE,
     queueLimit: ZLIB_INPUT_QUEUE,
+    release: (c) => core.source.release?.(c),
     onData: (c) => {
       if (core.settled) return;
       core.outHash.update(c);

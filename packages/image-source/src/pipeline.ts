@@ -46,6 +46,12 @@ export interface ByteSource {
   resume(): void;
   /** Stop producing and release files; later data/end/error callbacks are ignored. */
   cancel(): void;
+  /**
+   * The consumer is done with a chunk onData gave it (hashed or copied it, keeps no
+   * reference, nor does anything it handed the chunk to): the source may read into its
+   * memory again. Optional on both sides: a chunk never given back is garbage-collected.
+   */
+  release?(chunk: Buffer): void;
 }
 
 /**
@@ -54,7 +60,10 @@ export interface ByteSource {
  * step. With two layers gzipping on two cores the main thread must first win a core back
  * from a zlib thread, so each round trip idles one; 1 MiB (one round trip per 1 MiB read
  * from tar even for incompressible data) instead of 128 KiB cut the two-layer wall time by
- * ~14% with the same bytes out (chunking never changes deflate's output).
+ * ~14% with the same bytes out (chunking never changes deflate's output). It does change
+ * where a level switch of adaptive-gzip.ts falls (zlib's deflateParams flushes into the
+ * room left in the output buffer), so it is part of what makes a dir: layer's bytes:
+ * changing it changes their digests.
  */
 export const GZIP_CHUNK_SIZE = 1024 * 1024;
 /** Input bytes that may wait in front of zlib (read-ahead). */

@@ -21,17 +21,61 @@
 import type { FileHandle } from 'node:fs/promises';
 import { READ_CHUNK_SIZE, type ByteSource } from './pipeline';
 
+/**
+ * Buffers of one size, made here and taken back once their reader is done
+ * (the rule above). A chunk is recognised by its ArrayBuffer, so a view of a
+ * pooled buffer (a shorter read) comes back whole.
+ */
+export class BufferPool {
+  /** Every buffer this pool made (its ArrayBuffer), so a foreign chunk is never taken in. */
+  private readonly made = new WeakSet<ArrayBufferLike>();
+  private readonly free: Buffer[] = [];
+  /** Buffers made so far (tests and diagnostics: reuse keeps it low). */
+  created = 0;
+
+  constructor(
+    readonly size: number,
+    private readonly maxFree: number,
+  ) {}
+
+  take(): Buffer {
+    const b = this.free.pop();
+    if (b) return b;
+    const fresh = Buffer.allocUnsafeSlow(this.size);
+    this.made.add(fresh.buffer);
+    this.created++;
+    return fresh;
+  }
+
+  /** Gives a chunk's buffer back; chunks of any other origin and second releases are ignored. */
+  release(chunk: Buffer): void {
+    const ab = chunk.buffer;
+    if (
+      !this.made.has(ab) ||
+      this.free.length >= this.maxFree ||
+      this.free.some((b) => b.buffer === ab)
+    )
+      return;
+    this.free.push(Buffer.from(ab, 0, this.size));
+  }
+
+  /** How many buffers wait. */
+  get waiting(): number {
+    return this.free.length;
+  }
+
+  clear(): void {
+    this.free.length = 0;
+  }
+}
+
 const MAX_FREE = 16;
-/** Every buffer this pool made (its ArrayBuffer), so a foreign chunk is never taken in. */
-const made = new WeakSet<ArrayBufferLike>();
-const free: Buffer[] = [];
+// Made on first use: pipeline.ts, where READ_CHUNK_SIZE lives, imports this module.
+let thePool: BufferPool | undefined;
+const pool = (): BufferPool => (thePool ??= new BufferPool(READ_CHUNK_SIZE, MAX_FREE));
 
 function takeReadBuffer(): Buffer {
-  const b = free.pop();
-  if (b) return b;
-  const fresh = Buffer.allocUnsafeSlow(READ_CHUNK_SIZE);
-  made.add(fresh.buffer);
-  return fresh;
+  return pool().take();
 }
 
 /**
@@ -40,19 +84,17 @@ function takeReadBuffer(): Buffer {
  * origin, and a second release of the same buffer, are ignored.
  */
 export function releaseReadBuffer(chunk: Buffer): void {
-  const ab = chunk.buffer;
-  if (!made.has(ab) || free.length >= MAX_FREE || free.some((b) => b.buffer === ab)) return;
-  free.push(Buffer.from(ab, 0, READ_CHUNK_SIZE));
+  thePool?.release(chunk);
 }
 
 /** Tests: how many buffers wait in the pool. */
 export function readPoolSize(): number {
-  return free.length;
+  return thePool?.waiting ?? 0;
 }
 
 /** Tests: empties the pool. */
 export function clearReadPool(): void {
-  free.length = 0;
+  thePool?.clear();
 }
 
 /**

@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { fromReadable, runPipeline } from '@ferry/image-source';
-import { adaptiveGzipStats, sampledEntropy } from '../src/adaptive-gzip';
+import { AdaptiveGzip, adaptiveGzipStats, sampledEntropy } from '../src/adaptive-gzip';
+import { GZIP_CHUNK_SIZE, ZLIB_INPUT_QUEUE } from '../src/pipeline';
 import { drain, randomBytesSeeded, sha256 as sha, textBytes as text } from './support/images';
 
 /** Gzips `input` through the layer pipeline, fed in pieces of `piece` bytes, from `offset` on. */
@@ -85,6 +86,47 @@ describe('@ferry/image-source: dir: layer gzip stores blocks that cannot shrink'
     const tail = await gzipThrough(r, 123_456, 6, 1_000_001);
     assert.ok(tail.bytes.equals(whole.bytes.subarray(1_000_001)));
     assert.equal(tail.result.digest, whole.result.digest);
+  });
+
+  it('gives each written chunk back once zlib has consumed it, never before: scribbled over then, the output is unchanged', async () => {
+    const reference = (await gzipThrough(mixed, 64 * 1024)).bytes;
+    for (const piece of [1000, 256 * 1024, 600_000, 4 * 1024 * 1024]) {
+      const written = new Set<Buffer>();
+      const released: Buffer[] = [];
+      const out: Buffer[] = [];
+      await new Promise<void>((resolve, reject) => {
+        const z = new AdaptiveGzip({
+          level: 6,
+          // As the pipeline has them: the output chunk size is part of what makes the bytes.
+          chunkSize: GZIP_CHUNK_SIZE,
+          queueLimit: ZLIB_INPUT_QUEUE,
+          onData: (c) => out.push(c),
+          // The caller reuses the memory at once: any byte zlib had not read yet would change.
+          release: (c) => {
+            assert.ok(written.has(c), 'only chunks given to write() come back');
+            released.push(c);
+            c.fill(0xa5);
+          },
+          onDrain: () => undefined,
+          onEnd: resolve,
+          onError: reject,
+        });
+        // Every chunk is written at once (fresh memory each): zlib's queue holds several.
+        for (let o = 0; o < mixed.length; o += piece) {
+          const c = Buffer.from(mixed.subarray(o, o + piece));
+          written.add(c);
+          z.write(c);
+        }
+        z.end();
+      });
+      assert.ok(Buffer.concat(out).equals(reference), `pieces of ${piece}: other bytes`);
+      assert.equal(
+        released.length,
+        written.size,
+        `pieces of ${piece}: every chunk given back once`,
+      );
+      assert.equal(new Set(released).size, released.length);
+    }
   });
 
   it('an empty layer is the empty gzip', async () => {
