@@ -271,14 +271,18 @@ describe('@ferry/queue against a real redis-server', function () {
       conns.forEach((c) => c.disconnect());
     });
 
-    it('useMany takes as many permits as are free in one call, gives them back in one, and keeps the cap', async () => {
-      const key = 'registry.example:5000';
-      const sem = new Semaphore(conn, {
+    /** A lookup semaphore of 3 permits under a fresh prefix (the useMany tests). */
+    const lanesSemaphore = () =>
+      new Semaphore(conn, {
         prefix: `{s${randomUUID().slice(0, 8)}}`,
         name: 'lookup',
         limit: 3,
         leaseMs: 5_000,
       });
+
+    it('useMany takes as many permits as are free in one call, gives them back in one, and keeps the cap', async () => {
+      const key = 'registry.example:5000';
+      const sem = lanesSemaphore();
       const other = await sem.tryAcquire(key);
       assert.ok(other);
       // Two free: four wanted, two granted; each is held, and nothing more can be taken.
@@ -319,12 +323,7 @@ describe('@ferry/queue against a real redis-server', function () {
 
     it("useMany's more() takes permits freed since the start, without waiting, and gives them back with the rest", async () => {
       const key = 'registry.example:5000';
-      const sem = new Semaphore(conn, {
-        prefix: `{s${randomUUID().slice(0, 8)}}`,
-        name: 'lookup',
-        limit: 3,
-        leaseMs: 5_000,
-      });
+      const sem = lanesSemaphore();
       const a = await sem.tryAcquire(key);
       const b = await sem.tryAcquire(key);
       assert.ok(a && b);
