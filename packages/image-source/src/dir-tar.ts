@@ -131,11 +131,16 @@ class LayerTarWriter implements ByteSource {
   private pendingBytes = 0;
   private onData: (chunk: Buffer) => void = () => undefined;
 
+  /** File reads of this writer's size, one byte more for the growth check. */
+  private readonly pool: BufferPool;
+
   constructor(
     private readonly walk: LayerWalk,
     private readonly label: string,
     private readonly opts: TarOptions,
-  ) {}
+  ) {
+    this.pool = readPool((opts.maxReadSize ?? TAR_READ_SIZE) + 1);
+  }
 
   start(onData: (c: Buffer) => void, onEnd: () => void, onError: (e: Error) => void): void {
     this.onData = onData;
@@ -167,11 +172,6 @@ class LayerTarWriter implements ByteSource {
 
   release(chunk: Buffer): void {
     this.pool.release(chunk);
-  }
-
-  /** File reads of this writer's size, one byte more for the growth check. */
-  private get pool(): BufferPool {
-    return readPool((this.opts.maxReadSize ?? TAR_READ_SIZE) + 1);
   }
 
   private async run(): Promise<void> {

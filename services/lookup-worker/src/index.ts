@@ -330,12 +330,12 @@ async function inLanes(deps: LookupDeps, registry: string, tasks: LaneTask[]): P
     want,
     deps.permitTimeoutMs ?? 120_000,
     async (lanes, more) => {
+      // One per lane opened.
       const running: Promise<void>[] = [];
-      let open = 0;
       let asking = false;
       let askedAt = Date.now();
       const grow = async (): Promise<void> => {
-        const n = Math.min(want - open, tasks.length - next);
+        const n = Math.min(want - running.length, tasks.length - next);
         if (n <= 0 || asking || Date.now() - askedAt < GROW_EVERY_MS) return;
         asking = true;
         askedAt = Date.now();
@@ -348,7 +348,6 @@ async function inLanes(deps: LookupDeps, registry: string, tasks: LaneTask[]): P
         }
       };
       const start = (lane: PermitLane): void => {
-        open++;
         running.push(
           (async () => {
             while (next < tasks.length) {
